@@ -1,0 +1,217 @@
+"""Load a causal LM for every stage: the shipped tiny model, a local directory or a hub id.
+
+`load_policy` adds what RLHF needs on top of `from_pretrained`: LoRA adapters (peft), 4-bit nf4 or
+8-bit weights (bitsandbytes) with a compute dtype chosen for the device, a pad token and left
+padding for batched generation, a chat template for models that ship none, safetensors only, and
+`trust_remote_code` off unless asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig,
+                          PreTrainedModel, PreTrainedTokenizerBase)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from .tiny.build import CHAT_TEMPLATE, MODEL_DIR
+
+TINY = "tiny"  # the name of the shipped tiny-world base model
+
+# For models with no chat template: the tiny world's role tags, ended by the model's own EOS token.
+FALLBACK_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<|end|>", "{{ eos_token }}")
+
+DEFAULT_LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
+
+
+@dataclass
+class Policy:
+    """A causal LM with its tokenizer, ready to chat.
+
+    Args:
+        model: a transformers causal LM, or a peft model wrapping one.
+        tokenizer: its tokenizer, left-padded, with a pad token and a chat template.
+        name: where it was loaded from.
+
+    Examples:
+        >>> policy = load_policy("tiny")
+        >>> reply = policy.generate(["What color is the fox?"], seed=0)[0]
+        >>> isinstance(reply, str)
+        True
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def is_lora(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    def chat_prompt(self, prompt: str) -> str:
+        """The text the model sees for a one-turn user prompt, up to where the reply starts."""
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str] | str, max_new_tokens: int = 48, temperature: float = 1.0,
+                 do_sample: bool = True, seed: int | None = None, batch_size: int = 32) -> list[str]:
+        """Reply to each prompt; sampling (temperature, no top-k/top-p) unless do_sample=False."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if seed is not None:
+            torch.manual_seed(seed)
+        was_training = self.model.training
+        self.model.eval()
+        replies: list[str] = []
+        batches = range(0, len(prompts), batch_size)
+        for start in tqdm(batches, desc="generating", disable=len(batches) < 4, leave=False):
+            texts = [self.chat_prompt(p) for p in prompts[start: start + batch_size]]
+            inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            sampling = dict(temperature=temperature, top_k=0, top_p=1.0) if do_sample else {}
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                         pad_token_id=self.tokenizer.pad_token_id,
+                                         eos_token_id=self.tokenizer.eos_token_id, **sampling)
+            new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, T_new)
+            replies += [r.strip() for r in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        self.model.train(was_training)
+        return replies
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(device: str) -> torch.dtype:
+    """bf16 on GPUs that have it, fp16 on older GPUs (T4), fp32 on the CPU."""
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def resolve(name_or_path: str) -> str:
+    """'tiny' -> the shipped model; an existing directory -> itself; else a hub id."""
+    if name_or_path == TINY:
+        return str(MODEL_DIR)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not any(path.glob("*.safetensors")):
+            raise ValueError(f"{path} holds no .safetensors weights; rlhflab loads safetensors only "
+                             "(pickled .bin files can run code). Convert them with "
+                             "model.save_pretrained(path, safe_serialization=True) in a trusted environment.")
+        return str(path)
+    if name_or_path.startswith((".", "/", "~")) or path.suffix or name_or_path.count("/") > 1:
+        raise FileNotFoundError(f"no model directory at {name_or_path!r}; pass 'tiny', an existing "
+                                "directory saved with save_pretrained, or a hub id such as 'Qwen/Qwen2.5-0.5B-Instruct'")
+    return name_or_path
+
+
+def quantization_config(quantization: str | None, device: str) -> BitsAndBytesConfig | None:
+    """The bitsandbytes settings for '4bit' (nf4, double quantization) or '8bit', after checking
+    that this machine can run them."""
+    if quantization is None:
+        return None
+    if quantization not in ("4bit", "8bit"):
+        raise ValueError(f"quantization must be '4bit', '8bit' or None, not {quantization!r}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError(f"{quantization} loading needs bitsandbytes: pip install 'bitsandbytes>=0.48'")
+    import bitsandbytes.functional as bnb_functional
+
+    try:  # a real 4-bit round trip on the target device, not a guess from the device name
+        probe = torch.ones(64, device=device, dtype=compute_dtype(device))
+        bnb_functional.quantize_4bit(probe, quant_type="nf4")
+    except Exception as error:
+        raise RuntimeError(f"this machine cannot run bitsandbytes {quantization} on {device!r} ({error}); "
+                           "load with quantization=None, or use a CUDA GPU or a CPU with bitsandbytes>=0.48") from error
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype(device))
+
+
+def lora_config(lora, task_type: str = "CAUSAL_LM"):
+    """None/False -> no adapter; True -> DEFAULT_LORA; a dict -> LoraConfig(**dict); a LoraConfig as is."""
+    from peft import LoraConfig
+
+    if lora is None or lora is False:
+        return None
+    if isinstance(lora, LoraConfig):
+        return lora
+    settings = dict(DEFAULT_LORA)
+    if isinstance(lora, dict):
+        settings.update(lora)
+    elif lora is not True:
+        raise TypeError(f"lora must be True, a dict of LoraConfig fields or a peft.LoraConfig, not {type(lora).__name__}")
+    return LoraConfig(task_type=task_type, **settings)
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generation continues from the right end of every row
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    return tokenizer
+
+
+def load_policy(name_or_path: str = TINY, lora=None, quantization: str | None = None, *,
+                adapter: str | None = None, device: str | None = None, dtype: torch.dtype | None = None,
+                trust_remote_code: bool = False) -> Policy:
+    """Load a causal LM as a policy.
+
+    Args:
+        name_or_path: 'tiny' (the shipped tiny-world model), a local directory, or a hub id.
+        lora: True for the default LoRA adapter on every linear layer, a dict of LoraConfig fields,
+            or a peft.LoraConfig. None trains (or freezes) the full model.
+        quantization: '4bit' (nf4) or '8bit' weights through bitsandbytes, or None.
+        adapter: a saved peft adapter directory to load on top (trainable when lora is set).
+        device: 'cpu', 'cuda', ...; by default CUDA when present.
+        dtype: weight dtype of unquantized layers; by default bf16/fp16 on GPUs, fp32 on the CPU.
+        trust_remote_code: run the model repository's own Python code. Off unless you trust it.
+
+    Examples:
+        >>> policy = load_policy("tiny", lora=True, quantization="4bit")
+        >>> policy.is_lora
+        True
+    """
+    source = resolve(name_or_path)
+    device = device or default_device()
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not trust_remote_code:
+        raise ValueError(f"{name_or_path!r} is a {config.model_type!r} model with no causal-LM head; "
+                         "rlhflab needs a decoder-only model such as Llama, Qwen2 or GPT-2")
+    quantized = quantization_config(quantization, device)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, quantization_config=quantized, dtype=dtype or compute_dtype(device), use_safetensors=True,
+        trust_remote_code=trust_remote_code, device_map={"": device} if quantized else None,
+    )
+    if not quantized:
+        model.to(device)
+    tokenizer = load_tokenizer(source, trust_remote_code)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return Policy(attach_adapter(model, lora, adapter, quantized is not None), tokenizer, name_or_path)
+
+
+def attach_adapter(model: PreTrainedModel, lora, adapter: str | None, quantized: bool,
+                   task_type: str = "CAUSAL_LM"):
+    """Wrap `model` in a peft adapter: a saved one, a new one, or none."""
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    config = lora_config(lora, task_type)
+    if quantized and config is not None:
+        # fp32 norms and input grads for stable k-bit training (Dettmers et al. 2023, QLoRA).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=config is not None)
+    if config is not None:
+        return get_peft_model(model, config)
+    return model
