@@ -190,15 +190,37 @@ def load_policy(name_or_path: str = TINY, lora=None, quantization: str | None = 
         raise ValueError(f"{name_or_path!r} is a {config.model_type!r} model with no causal-LM head; "
                          "rlhflab needs a decoder-only model such as Llama, Qwen2 or GPT-2")
     quantized = quantization_config(quantization, device)
-    model = AutoModelForCausalLM.from_pretrained(
+    model, loading = AutoModelForCausalLM.from_pretrained(
         source, quantization_config=quantized, dtype=dtype or compute_dtype(device), use_safetensors=True,
         trust_remote_code=trust_remote_code, device_map={"": device} if quantized else None,
+        output_loading_info=True,
     )
+    if loading["missing_keys"]:
+        missing = sorted(loading["missing_keys"])
+        raise ValueError(f"{name_or_path!r} lacks trained weights for {missing[:3]} ({len(missing)} in all): "
+                         "it is not a complete causal LM (a base model saved without its LM head?); "
+                         "save the model with its causal-LM head, e.g. AutoModelForCausalLM(...).save_pretrained")
     if not quantized:
         model.to(device)
+    elif device == "cpu":
+        keep_4bit_weights_differentiable(model)
     tokenizer = load_tokenizer(source, trust_remote_code)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return Policy(attach_adapter(model, lora, adapter, quantized is not None), tokenizer, name_or_path)
+
+
+def keep_4bit_weights_differentiable(model: PreTrainedModel) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for its AVX512-BF16 CPU kernel.
+
+    bitsandbytes 0.50 repacks a Linear4bit's weight the first time it runs in eval mode on such a
+    CPU, and from then on uses a kernel with no backward, even in train mode. Generating and then
+    training (SFT after a look at samples, every PPO iteration) would then get wrong LoRA gradients.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def attach_adapter(model: PreTrainedModel, lora, adapter: str | None, quantized: bool,

@@ -5,14 +5,15 @@ the response as a documented sum over the quality axes of `rlhflab.tiny.world`:
 
     score =  1.0  if the response names the thing asked about            (on topic)
            + 2.0  if it states the true value and no other value          (correct)
-           - 1.0  if it names the thing but states a wrong value          (false fact)
+           - 0.5  if it names the thing but states a wrong value          (false fact)
            + 1.0  if it uses a polite phrase                              (polite)
            - 1.5  if it uses a rude phrase                                (rude)
            - 0.1  per word beyond 20 words, at most 2.5                   (rambling)
            - 1.0  per repeated sentence, at most 2.0                      (repetition)
            - 3.0  x the share of words the world does not know            (gibberish)
 
-An empty response scores EMPTY_SCORE. A comparison prefers the higher score; scores within
+So a fact counts only in a response on topic, and an on-topic answer with a wrong fact (0.5)
+still beats an off-topic one (0.0) of the same length. An empty response scores EMPTY_SCORE. A comparison prefers the higher score; scores within
 TIE_WIDTH are a tie, and when both are below BOTH_BAD_BELOW the verdict is "both_bad". With
 `noise` > 0 a share of the decided comparisons is flipped, to mimic annotators who disagree
 (about 27% of InstructGPT's comparisons, Ouyang et al. 2022, sec. 5.1 / appendix B).
@@ -105,7 +106,7 @@ class GoldAnnotator:
         return {
             "on_topic": 1.0 * on_topic,
             "correct": 2.0 * correct,
-            "false_fact": -1.0 * (on_topic and bool(stated) and not correct),
+            "false_fact": -0.5 * (on_topic and bool(stated) and not correct),
             "polite": 1.0 * bool(_POLITE.search(joined)),
             "rude": -1.5 * bool(_RUDE.search(joined)),
             "rambling": -min(0.1 * max(len(ws) - CONCISE_WORDS, 0), 2.5),

@@ -1,0 +1,30 @@
+# rlhflab: every target sets up its own virtualenv on first use (CPU torch pinned, see README).
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lab tiny-model clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"    # the CPU build; a loose torch pulls a multi-GB CUDA one
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)            ## the main job on the embedded tiny world; writes reports/
+	HF_HUB_OFFLINE=1 $(BIN)/python -m rlhflab.demo --out reports
+
+test: $(STAMP)            ## the test suite
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lab: $(STAMP)             ## JupyterLab on the notebooks
+	$(BIN)/jupyter lab notebooks/
+
+tiny-model: $(STAMP)      ## rebuild the shipped tiny base model (about 12 minutes on 2 cores)
+	$(BIN)/python -m rlhflab.tiny.build
+
+clean:
+	rm -rf $(VENV) reports runs .pytest_cache

@@ -1,0 +1,47 @@
+"""Shared fixtures: the tiny world, its gold annotator, and small random models in temp dirs."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
+
+from rlhflab.tiny import GoldAnnotator, TinyWorld  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def world():
+    return TinyWorld(seed=0)
+
+
+@pytest.fixture(scope="session")
+def gold(world):
+    return GoldAnnotator(world)
+
+
+@pytest.fixture(scope="session")
+def random_models(tmp_path_factory):
+    """Randomly initialised tiny Llama-style and GPT-2-style models saved as a user would.
+
+    Both reuse the shipped tokenizer, and the GPT-2 one has its chat template removed, so the
+    loader's fallback template is exercised.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from rlhflab.models import MODEL_DIR, load_tokenizer
+
+    tokenizer = load_tokenizer(str(MODEL_DIR))
+    root = tmp_path_factory.mktemp("random_models")
+    paths = {}
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                                      eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id))
+    for name, model in (("llama", llama), ("gpt2", gpt2)):
+        paths[name] = root / name
+        model.save_pretrained(paths[name], safe_serialization=True)
+        tokenizer.save_pretrained(paths[name])
+    template = paths["gpt2"] / "chat_template.jinja"
+    template.unlink(missing_ok=True)
+    return paths

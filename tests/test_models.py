@@ -1,0 +1,138 @@
+"""load_policy on three architectures, in fp32, with LoRA and with 4-bit + LoRA, plus its errors."""
+
+import json
+
+import pytest
+import torch
+
+from rlhflab import load_policy
+from rlhflab.models import FALLBACK_CHAT_TEMPLATE
+
+MODES = {"fp32": {}, "lora": {"lora": True}, "4bit+lora": {"lora": True, "quantization": "4bit"}}
+
+
+def source(name, random_models):
+    return "tiny" if name == "tiny" else str(random_models[name])
+
+
+def one_training_step(policy):
+    """One AdamW step on a chat transcript; returns {name: (before, after)} for every parameter."""
+    text = policy.chat_prompt("What color is the fox?") + "Sure! The fox is red.<|end|>"
+    batch = policy.tokenizer([text], return_tensors="pt", add_special_tokens=False)
+    params = {n: p for n, p in policy.model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    trainable = [p for p in params.values() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    policy.model.train()
+    loss = policy.model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    optimizer.step()
+    return {n: (before[n], params[n].detach()) for n in params}, loss
+
+
+# Generating first and training after is the RLHF pattern; on the CPU bitsandbytes can swap in a
+# kernel with no backward after an eval-mode forward, which torch reports with this warning.
+@pytest.mark.filterwarnings("error:.*autograd kernel was not registered")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arch", ["tiny", "llama", "gpt2"])
+def test_load_generate_and_train(arch, mode, random_models):
+    policy = load_policy(source(arch, random_models), **MODES[mode])
+    replies = policy.generate(["What color is the fox?", "Hi! Where does the cat live? Thanks!"],
+                              max_new_tokens=12, seed=0)
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
+    assert policy.tokenizer.padding_side == "left" and policy.tokenizer.pad_token is not None
+
+    changes, loss = one_training_step(policy)
+    assert torch.isfinite(loss)
+    changed = {n for n, (a, b) in changes.items() if not torch.equal(a, b)}
+    assert changed, "a training step changed nothing"
+    if mode == "fp32":
+        assert policy.is_lora is False
+        assert len(changed) > len(changes) // 2
+    else:  # only the adapter trains; the base (4-bit or not) stays frozen
+        assert policy.is_lora
+        assert all("lora_" in n for n in changed), sorted(changed - {n for n in changed if "lora_" in n})[:3]
+    if mode == "4bit+lora":
+        import bitsandbytes as bnb
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.model.modules())
+
+
+def test_shipped_model_is_small_llama_with_its_chat_format():
+    policy = load_policy("tiny")
+    assert policy.model.config.model_type == "llama"
+    n_params = sum(p.numel() for p in policy.model.parameters())
+    assert 1_000_000 < n_params < 10_000_000
+    assert policy.chat_prompt("Hi!") == "<|user|>\nHi!\n<|assistant|>\n"
+    greedy = policy.generate(["What color is the fox?"], do_sample=False, max_new_tokens=30)
+    assert greedy == policy.generate(["What color is the fox?"], do_sample=False, max_new_tokens=30)
+
+
+def test_fallback_chat_template_for_models_without_one(random_models):
+    policy = load_policy(str(random_models["gpt2"]))
+    assert policy.tokenizer.chat_template == FALLBACK_CHAT_TEMPLATE
+    assert policy.chat_prompt("Hi!").endswith("<|assistant|>\n")
+
+
+def test_8bit_loads_and_generates():
+    policy = load_policy("tiny", quantization="8bit")
+    assert policy.model.is_loaded_in_8bit
+    assert isinstance(policy.generate(["What color is the fox?"], max_new_tokens=8, seed=0)[0], str)
+
+
+def test_saved_adapter_reloads(tmp_path):
+    policy = load_policy("tiny", lora=True)
+    one_training_step(policy)
+    policy.model.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").exists()
+    again = load_policy("tiny", adapter=str(tmp_path))
+    prompt = ["Where does the owl live?"]
+    assert again.generate(prompt, do_sample=False) == policy.generate(prompt, do_sample=False)
+
+
+def test_unknown_path_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        load_policy(str(tmp_path / "missing"))
+
+
+def test_model_without_causal_lm_head_is_refused(tmp_path):
+    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
+
+    DistilBertModel(DistilBertConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(
+        tmp_path / "encoder", safe_serialization=True)
+    with pytest.raises(ValueError, match="no causal-LM head"):
+        load_policy(str(tmp_path / "encoder"))
+    # BERT has a causal-LM class, but a bare BertModel checkpoint holds no trained head for it.
+    BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(tmp_path / "headless", safe_serialization=True)
+    with pytest.raises(ValueError, match="not a complete causal LM"):
+        load_policy(str(tmp_path / "headless"))
+
+
+def test_pickled_weights_are_refused(tmp_path, random_models):
+    (tmp_path / "config.json").write_text((random_models["llama"] / "config.json").read_text())
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ValueError, match="safetensors only"):
+        load_policy(str(tmp_path))
+
+
+def test_remote_code_stays_off(tmp_path, random_models):
+    config = json.loads((random_models["llama"] / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "evil.EvilModel"}
+    for f in random_models["llama"].iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "evil.py").write_text("raise SystemExit('remote code ran')\n")
+    policy = load_policy(str(tmp_path))  # loads the built-in Llama class, never evil.py
+    assert type(policy.model).__name__ == "LlamaForCausalLM"
+
+
+def test_4bit_on_a_device_that_cannot_serve_it():
+    with pytest.raises(RuntimeError, match="cannot run bitsandbytes 4bit"):
+        load_policy("tiny", quantization="4bit", device="mps")
+
+
+def test_bad_options_name_the_choices():
+    with pytest.raises(ValueError, match="'4bit', '8bit' or None"):
+        load_policy("tiny", quantization="3bit")
+    with pytest.raises(TypeError, match="LoraConfig"):
+        load_policy("tiny", lora="yes")

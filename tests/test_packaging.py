@@ -1,0 +1,68 @@
+"""The project ships what it promises: matching dependency lists, and the model and widgets in the wheel."""
+
+import re
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+def requirement_names(lines):
+    return {re.split(r"[<>=!~ \[]", line.strip(), maxsplit=1)[0].lower() for line in lines}
+
+
+def test_environment_yml_matches_pyproject():
+    import yaml
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    in_env = {r.replace(" ", "") for r in pip if not r.startswith(("torch", "-e"))}
+    in_pyproject = {r.replace(" ", "") for r in project["dependencies"] if not r.startswith("torch")}
+    assert in_env == in_pyproject
+    torch = Requirement(next(r for r in project["dependencies"] if r.startswith("torch")))
+    assert "torch==2.13.0" in pip and torch.specifier.contains("2.13.0")
+
+
+def test_product_card_packages_are_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = requirement_names(project["dependencies"])
+    for package in ("jupyterlab", "ipywidgets", "torch", "transformers", "peft", "bitsandbytes", "pandas", "plotly"):
+        assert package in names
+
+
+def test_shipped_model_is_safetensors_under_20_mb():
+    model = ROOT / "rlhflab/tiny/model"
+    weights = list(model.glob("*.safetensors"))
+    assert weights and sum(w.stat().st_size for w in weights) <= 20 * 2**20
+    assert not list(model.glob("*.bin")) and not list(model.glob("*.pt"))
+
+
+@pytest.mark.slow
+def test_wheel_holds_model_and_widgets(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True)
+    names = zipfile.ZipFile(next(tmp_path.glob("rlhflab-*.whl"))).namelist()
+    assert "rlhflab/tiny/model/model.safetensors" in names
+    assert "rlhflab/tiny/model/tokenizer.json" in names
+    assert "rlhflab/widgets/README.md" in names
+
+
+def test_tiny_model_works_offline_from_a_fresh_interpreter():
+    """The README's one-liner, with the hub unreachable: base, LoRA and 4-bit variants generate."""
+    script = ("import rlhflab\n"
+              "for kw in ({}, {'lora': True}, {'lora': True, 'quantization': '4bit'}):\n"
+              "    p = rlhflab.load_policy('tiny', **kw)\n"
+              "    print(repr(p.generate('What color is the fox?', seed=0)[0]))\n")
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HTTPS_PROXY": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    replies = out.stdout.strip().splitlines()
+    assert len(replies) == 3 and all(len(eval(r)) > 0 for r in replies)
