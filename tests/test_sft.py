@@ -25,22 +25,16 @@ def test_sft_lowers_heldout_loss_and_raises_gold_score(tmp_path):
     assert "Before / after samples" in (tmp_path / "sft.html").read_text()
 
 
-def test_loss_covers_the_response_only(world):
+def test_loss_covers_the_response_only(world, tmp_path):
     """TRL's completion mask must cover exactly the reply tokens (and the closing <|end|>)."""
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+    import trl
 
     policy = load_policy("tiny")
     row = world.demonstrations("train", 1)[0]
-    trainer_args = SFTConfig(output_dir="unused", max_steps=0)
-    dataset = conversations([row])
-    import trl
-
-    trainer = trl.SFTTrainer(model=policy.model, train_dataset=dataset, processing_class=policy.tokenizer,
-                             args=trl.SFTConfig(output_dir=str(trainer_args.output_dir), report_to="none",
+    trainer = trl.SFTTrainer(model=policy.model, train_dataset=conversations([row]), processing_class=policy.tokenizer,
+                             args=trl.SFTConfig(output_dir=str(tmp_path), report_to="none", bf16=False,
                                                 completion_only_loss=True, max_length=256))
-    example = trainer.train_dataset[0]
-    batch = DataCollatorForLanguageModeling(pad_token_id=policy.tokenizer.pad_token_id,
-                                            completion_only_loss=True)([example])
+    batch = trainer.data_collator([trainer.train_dataset[0]])  # what training sees
     trained = [t for t, label in zip(batch["input_ids"][0], batch["labels"][0]) if label != -100]
     assert policy.tokenizer.decode(trained).strip() == row["response"] + "<|end|>"
 
