@@ -3,17 +3,39 @@
 Every stage accepts a pandas DataFrame, a `datasets.Dataset`, or a list of dicts. `as_rows` turns
 any of them into a list of plain dicts with the columns a stage needs, renaming through an
 optional `columns` mapping, and says exactly what is missing and how to fix it.
+
+Labels travel as:
+    Item         a prompt and K responses to compare (K = 2 for a pair), with the source of each
+    comparison   one row per ordered pair a label decides: prompt / chosen / rejected, the margin,
+                 the annotator and the flags; rankings of K expand into K(K-1)/2 of them
+    TRL rows     prompt / chosen / rejected (+ margin), what TRL's RewardTrainer and DPOTrainer read
+
+Imports (HH-RLHF, generic JSONL or CSV) are read and checked completely before anything is
+written, so a bad file raises with the line and the fix, and the store is left as it was.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
 
 DEMONSTRATION_COLUMNS = ("prompt", "response")
+COMPARISON_COLUMNS = ("prompt", "chosen", "rejected")
+MARGINS = {"slightly": 1.0, "clearly": 2.0, "much": 3.0, None: 1.0}  # Llama 2's margin by preference strength
+MAX_CHARS = 100_000  # longest text an import accepts by default (a page of text is ~3,000 characters)
+HH_ASSISTANT = "\n\nAssistant:"
 
 
 def as_rows(data, required: Iterable[str], columns: Mapping[str, str] | None = None,
-            what: str = "data") -> list[dict]:
+            what: str = "data", allow_empty: Iterable[str] = ()) -> list[dict]:
     """Rows of `data` as dicts holding at least `required` keys, each a non-empty string.
 
     Args:
@@ -21,9 +43,10 @@ def as_rows(data, required: Iterable[str], columns: Mapping[str, str] | None = N
         required: the column names the stage needs.
         columns: maps a required name to the name it has in `data`, e.g. {'response': 'completion'}.
         what: how the error messages call this data.
+        allow_empty: required columns that may hold empty text (an empty reply is real data in HH-RLHF).
     """
     columns = dict(columns or {})
-    required = list(required)
+    required, allow_empty = list(required), set(allow_empty)
     if hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas DataFrame
         found, rows = [str(c) for c in data.columns], data.to_dict("records")
     elif hasattr(data, "column_names") and hasattr(data, "to_list"):  # datasets.Dataset
@@ -48,7 +71,7 @@ def as_rows(data, required: Iterable[str], columns: Mapping[str, str] | None = N
             if not isinstance(value, str):
                 raise ValueError(f"{what} row {index}: {name!r} must be text, not {type(value).__name__} "
                                  f"({str(value)[:40]!r}); convert or drop that row")
-            if not value.strip():
+            if not value.strip() and name not in allow_empty:
                 raise ValueError(f"{what} row {index}: {name!r} is empty; drop that row or fill it in")
         out.append(record)
     return out
@@ -56,3 +79,307 @@ def as_rows(data, required: Iterable[str], columns: Mapping[str, str] | None = N
 
 def _not_a_record(row, what: str):
     raise TypeError(f"{what} rows must be dicts with named columns, not {type(row).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Items
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Item:
+    """Something to label: a prompt and the responses to compare (2 for a pair, K for a ranking)."""
+
+    prompt: str
+    responses: tuple[str, ...]
+    sources: tuple[str, ...] = ()  # who wrote each response (a policy name, 'hh-rlhf', ...); '' when unknown
+    gold: str | list | None = None  # calibration answer: a choice ('a', 'b', 'tie', 'both_bad') or ranks
+    meta: dict = field(default_factory=dict, hash=False, compare=False)  # free-form, kept with the item
+    item_id: str = ""  # derived from the content when empty, so the same item is never stored twice
+
+    def __post_init__(self):
+        object.__setattr__(self, "responses", tuple(self.responses))
+        object.__setattr__(self, "sources", tuple(self.sources) or ("",) * len(self.responses))
+        if len(self.responses) < 2:
+            raise ValueError(f"an item needs at least 2 responses to compare, got {len(self.responses)}")
+        if len(self.sources) != len(self.responses):
+            raise ValueError(f"{len(self.sources)} sources for {len(self.responses)} responses; give one per response")
+        if not self.item_id:
+            digest = hashlib.sha256(json.dumps([self.prompt, *self.responses]).encode()).hexdigest()
+            object.__setattr__(self, "item_id", digest[:32])
+
+
+# ---------------------------------------------------------------------------------------------
+# Export: labels in force -> comparisons -> DataFrame / Dataset / JSONL
+# ---------------------------------------------------------------------------------------------
+
+def comparisons(store) -> list[dict]:
+    """Every pair the labels in force decide, ties and 'both bad' included, oldest label first.
+
+    A pair label gives one row; a ranking of K responses gives K(K-1)/2 rows. `label` is
+    'preferred' (chosen beat rejected), 'tie' or 'both_bad'; for the latter two chosen/rejected
+    are simply the stored order. `shown_left` says whether chosen was displayed on the left.
+    """
+    items = store.items()
+    rows = []
+    for label in store.labels():
+        item = items[label["item_id"]]
+        flags = label["flags"] or {}
+        left = (label["shown_order"] or [None])[0]
+        for winner, loser, kind, margin in _decided_pairs(label, len(item.responses)):
+            rows.append({
+                "item_id": item.item_id, "prompt": item.prompt,
+                "chosen": item.responses[winner], "rejected": item.responses[loser],
+                "chosen_source": item.sources[winner], "rejected_source": item.sources[loser],
+                "label": kind, "margin": margin, "annotator": label["annotator"],
+                "flags": sorted([f"chosen:{f}" for f in flags.get(_letter(winner), [])]
+                                + [f"rejected:{f}" for f in flags.get(_letter(loser), [])]),
+                "shown_left": None if left is None else left == winner,
+                "rationale": label["rationale"], "created_at": label["created_at"], "event_id": label["event_id"],
+            })
+    return rows
+
+
+def _letter(index: int) -> str:
+    return "abcdefghijklmnopqrstuvwxyz"[index]
+
+
+def _decided_pairs(label: dict, k: int):
+    """(winner index, loser index, kind, margin) for each pair a label speaks about."""
+    if label["ranking"] is not None:  # rank 1 is best; equal ranks are ties; margin = rank distance
+        ranks = label["ranking"]
+        for i, j in combinations(range(k), 2):
+            if ranks[i] == ranks[j]:
+                yield i, j, "tie", 0.0
+            else:
+                winner, loser = (i, j) if ranks[i] < ranks[j] else (j, i)
+                yield winner, loser, "preferred", float(abs(ranks[i] - ranks[j]))
+        return
+    choice = label["choice"]
+    if choice in ("a", "b"):
+        winner = "ab".index(choice)
+        yield winner, 1 - winner, "preferred", MARGINS[label["strength"]]
+    else:
+        yield 0, 1, choice, 0.0
+
+
+def to_dataframe(store):
+    """All comparisons (ties and 'both bad' included) as a pandas DataFrame."""
+    import pandas as pd
+
+    rows = comparisons(store)
+    return pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
+
+
+def trl_rows(store, include_flagged: bool = True) -> list[dict]:
+    """prompt / chosen / rejected / margin / annotator / flags rows for TRL; only decided pairs.
+
+    Args:
+        include_flagged: keep pairs whose chosen response was flagged (say, harmful); False drops them.
+    """
+    out = []
+    for row in comparisons(store):
+        if row["label"] != "preferred":
+            continue
+        if not include_flagged and any(f.startswith("chosen:") for f in row["flags"]):
+            continue
+        out.append({k: row[k] for k in ("prompt", "chosen", "rejected", "margin", "annotator", "flags")})
+    return out
+
+
+def to_trl_dataset(store, include_flagged: bool = True):
+    """A `datasets.Dataset` of TRL preference rows (see `trl_rows`)."""
+    from datasets import Dataset
+
+    rows = trl_rows(store, include_flagged)
+    if not rows:
+        raise ValueError(f"{store!r} holds no decided pairs yet; label some items (or import comparisons) first")
+    return Dataset.from_list(rows)
+
+
+def to_jsonl(store, path: str | Path) -> Path:
+    """All comparisons as JSON lines (UTF-8); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in comparisons(store):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Import: files -> checked comparison rows -> (deduplicated) -> the store
+# ---------------------------------------------------------------------------------------------
+
+def read_lines(path: str | Path) -> list[tuple[int, str]]:
+    """(line number, text) of a UTF-8 text file, gzipped or not; invalid UTF-8 names its line."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    out = []
+    with opener(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                out.append((number, raw.decode("utf-8")))
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path.name} line {number} is not valid UTF-8 (byte {error.start}: "
+                                 f"{raw[error.start:error.start + 4]!r}); re-save the file as UTF-8, e.g. "
+                                 f"iconv -f latin1 -t utf-8") from None
+    return out
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Objects of a JSON-lines file (.jsonl or .jsonl.gz); blank lines are ignored."""
+    rows = []
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{Path(path).name} line {number} is not JSON ({error.msg}); fix or remove that line") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{Path(path).name} line {number} is a JSON {type(row).__name__}, not an object; "
+                             "each line must be one {\"column\": value, ...} record")
+        rows.append(row)
+    return rows
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    """Rows of a CSV file with a header line; every value stays text."""
+    text = "".join(line for _, line in read_lines(path))
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def read_comparisons(source, columns: Mapping[str, str] | None = None, max_chars: int | None = MAX_CHARS,
+                     allow_empty: Iterable[str] = ()) -> list[dict]:
+    """Checked prompt / chosen / rejected rows from a file (.jsonl, .jsonl.gz, .csv) or in-memory data.
+
+    Args:
+        source: a path, a pandas DataFrame, a datasets.Dataset or a list of dicts.
+        columns: maps prompt / chosen / rejected to your column names, e.g. {'chosen': 'better'}.
+        max_chars: longest text accepted; None accepts any length (the widgets scroll long text).
+        allow_empty: columns that may be empty strings, e.g. ('chosen', 'rejected').
+    """
+    what = "data"
+    if isinstance(source, (str, Path)):
+        path, what = Path(source), Path(source).name
+        if not path.exists():
+            raise FileNotFoundError(f"no file {str(path)!r}; check the path (relative paths start at {os.getcwd()})")
+        source = read_csv(path) if path.suffix == ".csv" else read_jsonl(path)
+    rows = as_rows(source, COMPARISON_COLUMNS, columns, what=what, allow_empty=allow_empty)
+    if max_chars is not None:
+        for index, row in enumerate(rows):
+            for name, value in row.items():
+                if len(value) > max_chars:
+                    raise ValueError(f"{what} row {index}: {name!r} is {len(value):,} characters, over "
+                                     f"max_chars={max_chars:,}; shorten it, drop the row, or pass max_chars=None")
+    return rows
+
+
+def read_hh_rlhf(path: str | Path) -> list[dict]:
+    """Anthropic HH-RLHF comparisons (Bai et al. 2022) as prompt / chosen / rejected rows.
+
+    Each HH record holds two whole transcripts that share the conversation up to the last
+    assistant turn. The prompt is that shared prefix, ending in "\\n\\nAssistant:"; chosen and
+    rejected are the two final assistant replies (a few are empty, and are kept: an empty reply that
+    was preferred is data).
+    """
+    rows = []
+    # HH has no prompt column: read the chosen transcript as the prompt too, then cut it below.
+    for index, record in enumerate(read_comparisons(path, columns={"prompt": "chosen"}, max_chars=None)):
+        chosen, rejected = record["chosen"], record["rejected"]
+        shared = os.path.commonprefix([chosen, rejected])
+        cut = shared.rfind(HH_ASSISTANT)
+        if cut < 0:
+            raise ValueError(f"{Path(path).name} record {index}: chosen and rejected share no assistant turn; "
+                             "is this an HH-RLHF file? Use read_comparisons for other formats")
+        cut += len(HH_ASSISTANT)
+        rows.append({"prompt": chosen[:cut], "chosen": chosen[cut:].strip(), "rejected": rejected[cut:].strip()})
+    return rows
+
+
+def normalized(text: str) -> str:
+    """Text with case and runs of whitespace folded: the key of the looser duplicate check."""
+    return " ".join(text.lower().split())
+
+
+@dataclass
+class DedupReport:
+    """What `dedup` kept and dropped, and why."""
+
+    kept: int
+    exact: list[int] = field(default_factory=list)  # input rows identical to an earlier row
+    normalized: list[int] = field(default_factory=list)  # equal to an earlier row after case/whitespace folding
+
+    def __str__(self) -> str:
+        return (f"kept {self.kept}; dropped {len(self.exact)} exact duplicates (rows {self.exact[:10]}) and "
+                f"{len(self.normalized)} case/whitespace duplicates (rows {self.normalized[:10]})")
+
+
+def dedup(rows: list[dict], keys: Iterable[str] = COMPARISON_COLUMNS) -> tuple[list[dict], DedupReport]:
+    """Rows without duplicates on `keys`: exact first, then after case and whitespace folding.
+
+    keys=('prompt',) removes repeated prompts; the default removes repeated comparisons.
+    """
+    keys = list(keys)
+    seen_exact, seen_loose = set(), set()
+    kept, report = [], DedupReport(kept=0)
+    for index, row in enumerate(rows):
+        exact = tuple(row[k] for k in keys)
+        loose = tuple(normalized(row[k]) for k in keys)
+        if exact in seen_exact:
+            report.exact.append(index)
+        elif loose in seen_loose:
+            report.normalized.append(index)
+        else:
+            kept.append(row)
+        seen_exact.add(exact)
+        seen_loose.add(loose)
+    report.kept = len(kept)
+    return kept, report
+
+
+@dataclass
+class ImportReport:
+    """What `import_comparisons` stored."""
+
+    read: int  # comparisons in the input
+    dedup: DedupReport | None  # None when deduplication was off
+    stored: int  # new labeled items written
+    already_stored: int  # items the store held before (same content): left alone
+
+    def __str__(self) -> str:
+        dropped = f"; {self.dedup}" if self.dedup else ""
+        return f"read {self.read}{dropped}; stored {self.stored}, already stored {self.already_stored}"
+
+
+def import_comparisons(store, source, columns: Mapping[str, str] | None = None, annotator: str = "imported",
+                       source_name: str = "imported", remove_duplicates: bool = True,
+                       max_chars: int | None = MAX_CHARS, allow_empty: Iterable[str] = ()) -> ImportReport:
+    """Put labeled comparisons into a store: each becomes an item (chosen as 'a') and a label by `annotator`.
+
+    `source` is anything `read_comparisons` reads, or rows already read (e.g. `read_hh_rlhf(path)`).
+    Everything is checked before anything is written; bad input raises and the store is unchanged.
+
+    Examples:
+        >>> import tempfile, os
+        >>> from rlhflab.store import LabelStore
+        >>> store = LabelStore(os.path.join(tempfile.mkdtemp(), "labels.db"))
+        >>> rows = [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}] * 2
+        >>> str(import_comparisons(store, rows))
+        'read 2; kept 1; dropped 1 exact duplicates (rows [1]) and 0 case/whitespace duplicates (rows []); stored 1, already stored 0'
+    """
+    rows = read_comparisons(source, columns, max_chars, allow_empty)
+    report = None
+    if remove_duplicates:
+        rows, report = dedup(rows)
+    items = [Item(r["prompt"], (r["chosen"], r["rejected"]), (source_name, source_name)) for r in rows]
+    new = store.add_items(items)
+    store.record_many([{"item_id": i.item_id, "annotator": annotator, "choice": "a", "session": "import"} for i in new])
+    return ImportReport(read=len(rows) + (len(report.exact) + len(report.normalized) if report else 0),
+                        dedup=report, stored=len(new), already_stored=len(items) - len(new))
+
+
+def import_hh_rlhf(store, path: str | Path, annotator: str = "hh-rlhf") -> ImportReport:
+    """`read_hh_rlhf` then `import_comparisons`, keeping HH's few empty replies and its long ones."""
+    return import_comparisons(store, read_hh_rlhf(path), annotator=annotator, source_name="hh-rlhf",
+                              max_chars=None, allow_empty=("chosen", "rejected"))

@@ -1,0 +1,452 @@
+"""Labeling in the notebook: the Python side of the widgets, the candidate queue, scripted labeling.
+
+    items      `items_from` (a DataFrame, Dataset, JSONL file or list of dicts), `world_items` (the tiny
+               world), or `GenerationQueue` (K responses per prompt from one or two policies, made in
+               background batches ahead of the people labeling)
+    widgets    `PairwiseLabeler` (two responses side by side) and `RankingLabeler` (K responses, ties
+               allowed); `PairwiseLabeler(..., playground=[policy])` lets a person type a prompt and
+               judge two fresh replies
+    scripted   `label_with_gold` drives the same store API with the tiny world's gold annotator
+
+The widget only collects: it sends "label / skip / flag / undo / edit" messages. Python decides which
+item to show, in which left/right order (random per item, recorded with the label), commits each
+label to the store, and only then shows the next item. Model text reaches the browser as plain
+strings that the front end renders with `textContent`; only the project's own guidelines are
+rendered as markdown, with raw HTML and unsafe links disabled.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import random
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+import anywidget
+import traitlets
+from markdown_it import MarkdownIt
+
+from .records import Item, as_rows, read_jsonl
+from .store import LabelStore
+
+# InstructGPT's labelers flagged each response for, among others, harm and made-up facts (Ouyang et al.
+# 2022, appendix B.2); these four are the ones every project needs.
+DEFAULT_FLAGS = ("harmful", "false fact", "unhelpful", "off-topic")
+DEFAULT_GUIDELINES = """\
+### How to judge
+Prefer the response that is **helpful**, **truthful** and **harmless**, in that order of checks:
+
+1. Does it answer what was asked? Off-topic replies lose.
+2. Is every fact right? A confident wrong fact is worse than a short true answer.
+3. Is it polite and to the point? Rambling and repetition lose.
+
+Choose *tie* when neither is better, and *both bad* when neither is acceptable.
+Flag a response for anything harmful or false, and flag the prompt if it cannot be answered.
+
+Keys: `A` / `←` left better, `B` / `→` right better, `1` `2` `3` strength, `T` tie, `X` both bad,
+`S` skip, `U` undo.
+"""
+
+
+def render_guidelines(markdown: str) -> str:
+    """HTML of the project's guidelines: CommonMark with raw HTML off and unsafe links (javascript:) dropped."""
+    return MarkdownIt("commonmark", {"html": False}).render(markdown)
+
+
+def _asset(name: str):
+    return importlib.resources.files("rlhflab.widgets").joinpath(name).read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Items to label
+# ---------------------------------------------------------------------------------------------
+
+def items_from(data, responses: tuple[str, ...] = ("response_a", "response_b"), prompt: str = "prompt",
+               sources: tuple[str, ...] | None = None, gold: str | None = None) -> list[Item]:
+    """Items from existing candidates: a DataFrame, datasets.Dataset, list of dicts, or a .jsonl path.
+
+    Args:
+        responses: the columns holding the responses to compare (2 for pairs, K for rankings).
+        prompt: the column holding the prompt.
+        sources: columns naming the policy behind each response, aligned with `responses`.
+        gold: a column with the calibration answer ('a', 'b', 'tie', 'both_bad'), where known.
+    """
+    if isinstance(data, str) or hasattr(data, "suffix"):
+        data = read_jsonl(data)
+    optional = [*(sources or ()), *([gold] if gold else [])]  # may be '' where unknown
+    rows = as_rows(data, [prompt, *responses, *optional], what="candidates", allow_empty=optional)
+    return [Item(row[prompt], tuple(row[r] for r in responses), tuple(row[s] for s in sources or ()),
+                 gold=row[gold] or None if gold else None) for row in rows]
+
+
+def world_items(world, n: int, k: int = 2, seed: int = 0, p_better: tuple[float, ...] = (0.7, 0.3)) -> list[Item]:
+    """`n` items of the tiny world, each with `k` candidates; response i comes from a 'policy' whose
+    every quality axis is good with probability p_better[i % len(p_better)] (the source name says which)."""
+    rng = random.Random(f"world_items:{seed}")
+    items = []
+    for q in world.questions("train", n, seed=seed):
+        ps = [p_better[i % len(p_better)] for i in range(k)]
+        items.append(Item(q.text, tuple(world.random_candidate(q, rng, p).text for p in ps),
+                          tuple(f"world-p{p}" for p in ps)))
+    return items
+
+
+@dataclass
+class GenerationConfig:
+    k: int = 2  # responses per prompt; with two policies they alternate, so a pair is policy vs policy
+    batch_size: int = 8  # prompts generated per batch
+    ahead: int = 16  # items kept ready beyond what has been labeled; the thread sleeps when that many wait
+    max_new_tokens: int = 48  # reply length limit, tokens
+    temperature: float = 1.0  # sampling temperature for every policy
+    seed: int = 0  # seeds the sampling, batch by batch
+
+
+class GenerationQueue:
+    """Generates items from prompts with one or two policies in a background thread, ahead of labeling.
+
+    Args:
+        store: where the items go; labelers pick them up from there with `store.next_item`.
+        prompts: the prompts to answer (duplicates are dropped).
+        policies: one or two `Policy` objects (e.g. SFT vs PPO, or one policy twice at two temperatures
+            via `temperatures`).
+        config: batch size, how far ahead, sampling.
+        temperatures: one temperature per policy; defaults to config.temperature for each.
+
+    Examples:
+        >>> queue = GenerationQueue(store, prompts, [sft_policy, ppo_policy]).start()  # doctest: +SKIP
+        >>> PairwiseLabeler(store, annotator="ada", queue=queue)  # doctest: +SKIP
+    """
+
+    def __init__(self, store: LabelStore, prompts: list[str], policies: list, config: GenerationConfig | None = None,
+                 temperatures: list[float] | None = None):
+        if not 1 <= len(policies) <= 2:
+            raise ValueError(f"give one or two policies to compare, not {len(policies)}")
+        self.store, self.policies, self.config = store, list(policies), config or GenerationConfig()
+        self.temperatures = temperatures or [self.config.temperature] * len(self.policies)
+        self.prompts = list(dict.fromkeys(prompts))
+        self.generated = 0  # items stored so far
+        self.error: BaseException | None = None  # what stopped the thread, if anything did
+        self.listeners: list = []  # called with no arguments after every stored batch
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rlhflab-generation", daemon=True)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> GenerationQueue:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None):
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def join(self, timeout: float | None = None):
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise RuntimeError(f"generation stopped: {self.error!r}") from self.error
+
+    def _run(self):
+        try:
+            for start in range(0, len(self.prompts), self.config.batch_size):
+                while self.store.progress()["untouched"] >= self.config.ahead:  # enough is waiting
+                    if self._stop.wait(0.2):
+                        return
+                if self._stop.is_set():
+                    return
+                batch = self.prompts[start:start + self.config.batch_size]
+                self.store.add_items(self.generate(batch, seed=self.config.seed + start))
+                self.generated += len(batch)
+                for listener in self.listeners:
+                    listener()
+        except BaseException as error:  # kept for join() and the widget's status line
+            self.error = error
+
+    def generate(self, prompts: list[str], seed: int = 0) -> list[Item]:
+        """K responses for each prompt, response i from policy i % len(policies)."""
+        columns, sources = [], []
+        for i in range(self.config.k):
+            index = i % len(self.policies)
+            policy = self.policies[index]
+            columns.append(policy.generate(prompts, max_new_tokens=self.config.max_new_tokens,
+                                           temperature=self.temperatures[index], seed=seed + i,
+                                           batch_size=len(prompts)))
+            sources.append(f"{policy.name}@T{self.temperatures[index]}" if len(set(self.temperatures)) > 1
+                           else policy.name)
+        return [Item(p, tuple(col[j] for col in columns), tuple(sources)) for j, p in enumerate(prompts)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The widgets (Python side); the front end is widgets/labeler.js
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class LabelerConfig:
+    flags: tuple[str, ...] = DEFAULT_FLAGS  # per-response flags offered as checkboxes
+    guidelines: str = DEFAULT_GUIDELINES  # markdown the project writes; shown in a collapsible panel
+    history: int = 10  # recent labels listed for editing
+    seed: int | None = None  # seeds the left/right order; None draws a fresh order every session
+
+
+class _Labeler(anywidget.AnyWidget):
+    _esm = _asset("labeler.js")
+    _css = _asset("labeler.css")
+
+    # configuration (Python -> browser)
+    kind = traitlets.Unicode("pairwise").tag(sync=True)
+    annotator = traitlets.Unicode("").tag(sync=True)
+    flag_names = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    guidelines_html = traitlets.Unicode("").tag(sync=True)
+    playground = traitlets.Bool(False).tag(sync=True)
+    # state (Python -> browser): what to show
+    item = traitlets.Dict().tag(sync=True)  # {} when the queue is empty
+    progress = traitlets.Dict().tag(sync=True)
+    history = traitlets.List().tag(sync=True)
+    status = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, store: LabelStore, annotator: str, config: LabelerConfig | None = None,
+                 queue: GenerationQueue | None = None, **kwargs):
+        if not annotator or not annotator.strip():
+            raise ValueError("say who is labeling: annotator='your-name' (labels are kept per annotator)")
+        self.config = config or LabelerConfig()
+        super().__init__(annotator=annotator, flag_names=list(self.config.flags),
+                         guidelines_html=render_guidelines(self.config.guidelines), **kwargs)
+        self.store, self.queue = store, queue
+        self.session = uuid.uuid4().hex  # recorded with every event from this widget
+        self._rng = random.Random(self.config.seed)
+        self._skipped: set[str] = set()  # skipped items are not offered again in this session
+        self.on_msg(self._on_message)
+        if queue is not None:
+            queue.listeners.append(self._on_new_items)
+        self.show_next()
+
+    # -- what to show ------------------------------------------------------------------------------
+
+    def show(self, item: Item, previous: dict | None = None):
+        """Put `item` on screen in a fresh random order (or as `previous` showed it, when editing)."""
+        order = list(range(len(item.responses)))
+        if previous and previous.get("shown_order"):
+            order = list(previous["shown_order"])
+        else:
+            self._rng.shuffle(order)
+        self.item = {"item_id": item.item_id, "prompt": item.prompt, "shown_order": order,
+                     "responses": [item.responses[i] for i in order], "editing": previous is not None,
+                     "previous": _shown_label(previous, order) if previous else None}
+        self.refresh()
+
+    def show_next(self):
+        item = self.store.next_item(self.annotator, exclude=self._skipped)
+        if item is not None:
+            self.show(item)
+            return
+        self.item = {}
+        self.refresh()
+        waiting = self.queue is not None and self.queue.running
+        self.status = "generating more responses..." if waiting else "all done - nothing left to label"
+
+    def refresh(self):
+        progress = self.store.progress(self.annotator)
+        self.progress = {"labelled": progress["labelled"], "remaining": progress["remaining"],
+                         "by_annotator": progress["by_annotator"]}
+        items = self.store.items()
+        recent = [e for e in self.store.current().values() if e["annotator"] == self.annotator]
+        recent = sorted(recent, key=lambda e: e["id"])[-self.config.history:][::-1]
+        self.history = [{"event_id": e["event_id"], "action": e["action"],
+                         "prompt": items[e["item_id"]].prompt[:120], "summary": _summary(e)} for e in recent]
+
+    def _on_new_items(self):
+        if not self.item:
+            self.show_next()
+
+    # -- what the browser sends --------------------------------------------------------------------
+
+    def _on_message(self, _widget, message: dict, _buffers):
+        try:
+            self.handle(message)
+        except Exception as error:  # shown in the widget; the label was not stored
+            self.say(f"not saved: {error}")
+
+    def say(self, text: str):
+        """Set the status line; always reaches the browser, which unlocks its buttons on every status."""
+        if self.status == text:
+            self.status = ""
+        self.status = text
+
+    def handle(self, message: dict):
+        """Apply one browser message; also how tests and scripts drive the widget without a browser."""
+        action = message.get("action")
+        if action == "undo":
+            undone = self.store.undo(self.annotator, session=self.session)
+            if undone is None:
+                self.say("nothing to undo")
+                return
+            self._skipped.discard(undone["item_id"])
+            self.status = f"undid your {undone['action'].replace('_', ' ')}"
+            self.show(self.store.item(undone["item_id"]), previous=undone)
+            return
+        if action == "edit":
+            event = next(e for e in self.store.events(self.annotator) if e["event_id"] == message["event_id"])
+            self.status = "editing an earlier label: your new answer replaces it"
+            self.show(self.store.item(event["item_id"]), previous=event)
+            return
+        if action == "prompt":
+            self.play(message.get("text", ""))
+            return
+        if not self.item or message.get("item_id") != self.item["item_id"]:
+            self.say("that item is no longer on screen; nothing was saved")
+            return
+        item_id, order = self.item["item_id"], self.item["shown_order"]
+        common = {"session": self.session, "shown_order": order}
+        if action == "skip":
+            self.store.skip(item_id, self.annotator, **common)
+            self._skipped.add(item_id)
+        elif action == "flag_prompt":
+            self.store.flag_prompt(item_id, self.annotator, rationale=message.get("rationale"), **common)
+        elif action == "label":
+            self.store.record(item_id, self.annotator, rationale=message.get("rationale"),
+                              flags=_stored_flags(message.get("flags") or {}, order), **common,
+                              **self.labeled(message, order))
+        else:
+            raise ValueError(f"unknown action {action!r}")
+        self.status = "saved"
+        self.show_next()  # only after the commit above returned
+
+    def labeled(self, message: dict, order: list[int]) -> dict:
+        raise NotImplementedError
+
+    def play(self, prompt: str):
+        raise ValueError("this labeler has no playground; create it with playground=[policy]")
+
+
+class PairwiseLabeler(_Labeler):
+    """Two responses side by side: A / B better (slightly, clearly, much), tie, or both bad.
+
+    Args:
+        store: the LabelStore to read items from and write labels to.
+        annotator: who is labeling.
+        config: flags, guidelines, history length, order seed.
+        queue: a running GenerationQueue to wait for when the store runs dry.
+        playground: one or two policies; shows a prompt box, and each typed prompt gets two fresh
+            replies (one per policy, or two samples of one) to judge like any other item.
+
+    Examples:
+        >>> PairwiseLabeler(LabelStore("labels.db"), annotator="ada")  # doctest: +SKIP
+    """
+
+    def __init__(self, store: LabelStore, annotator: str, config: LabelerConfig | None = None,
+                 queue: GenerationQueue | None = None, playground: list | None = None):
+        self._playground = GenerationQueue(store, [], playground) if playground else None
+        super().__init__(store, annotator, config, queue, kind="pairwise", playground=bool(playground))
+
+    def labeled(self, message: dict, order: list[int]) -> dict:
+        choice, strength = message.get("choice"), message.get("strength")
+        if choice in ("left", "right"):
+            stored = order[0 if choice == "left" else 1]
+            return {"choice": "ab"[stored], "strength": strength or "clearly"}
+        if choice in ("tie", "both_bad"):
+            return {"choice": choice}
+        raise ValueError(f"choice must be left, right, tie or both_bad, not {choice!r}")
+
+    def play(self, prompt: str):
+        if self._playground is None:
+            super().play(prompt)
+        if not prompt.strip():
+            raise ValueError("type a prompt first")
+        self.status = "generating..."
+        [item] = self._playground.generate([prompt.strip()], seed=self._rng.randrange(2**31))
+        self.store.add_items([Item(item.prompt, item.responses, item.sources, meta={"playground": True})])
+        self.status = ""
+        self.show(self.store.item(item.item_id))
+
+
+class RankingLabeler(_Labeler):
+    """K responses to put in order, best first; equal ranks are ties. Exported as K(K-1)/2 pairs.
+
+    Args: as `PairwiseLabeler`, without the playground.
+    """
+
+    def __init__(self, store: LabelStore, annotator: str, config: LabelerConfig | None = None,
+                 queue: GenerationQueue | None = None):
+        super().__init__(store, annotator, config, queue, kind="ranking")
+
+    def labeled(self, message: dict, order: list[int]) -> dict:
+        shown_ranks = message.get("ranks") or []
+        if len(shown_ranks) != len(order) or not all(isinstance(r, int) and r >= 1 for r in shown_ranks):
+            raise ValueError(f"give every one of the {len(order)} responses a rank (1 = best)")
+        ranking = [0] * len(order)
+        for position, rank in enumerate(shown_ranks):
+            ranking[order[position]] = rank
+        return {"ranking": ranking}
+
+
+def _stored_flags(shown: dict, order: list[int]) -> dict:
+    """{'0': [...]} keyed by shown position -> {'a': [...]} keyed by stored response."""
+    return {"abcdefghijklmnopqrstuvwxyz"[order[int(p)]]: sorted(set(f)) for p, f in shown.items() if f}
+
+
+def _shown_label(event: dict, order: list[int]) -> dict:
+    """An earlier label as the browser shows it (by position), to pre-fill an edit."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    out = {"action": event["action"], "rationale": event.get("rationale") or ""}
+    if event.get("choice") in ("a", "b"):
+        out["choice"] = "left" if letters[order[0]] == event["choice"] else "right"
+        out["strength"] = event["strength"]
+    elif event.get("choice"):
+        out["choice"] = event["choice"]
+    if event.get("ranking"):
+        out["ranks"] = [event["ranking"][i] for i in order]
+    return out
+
+
+def _summary(event: dict) -> str:
+    if event["action"] != "label":
+        return event["action"].replace("_", " ")
+    if event["ranking"]:
+        return "ranked " + " ".join(map(str, event["ranking"]))
+    return " ".join(x for x in (event["choice"].replace("_", " "), event["strength"]) if x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scripted labeling with the gold annotator
+# ---------------------------------------------------------------------------------------------
+
+def label_with_gold(store: LabelStore, gold, annotator: str = "gold", n: int | None = None, seed: int = 0) -> list[str]:
+    """Label up to `n` items (all available when None) as the gold annotator would, through the store API.
+
+    Pairs are shown in a random left/right order and judged by `gold.compare` (whose `noise` flips
+    some verdicts); rankings sort by gold score. Response flags follow the gold score's parts
+    (a wrong fact -> 'false fact', another topic -> 'off-topic'). Returns the event ids.
+    """
+    rng = random.Random(f"label_with_gold:{seed}:{annotator}")
+    session, events = f"gold-{uuid.uuid4().hex[:8]}", []
+    while n is None or len(events) < n:
+        item = store.next_item(annotator)
+        if item is None:
+            break
+        order = list(range(len(item.responses)))
+        rng.shuffle(order)
+        flags = {"abcdefghijklmnopqrstuvwxyz"[i]: _gold_flags(gold, item.prompt, r) for i, r in enumerate(item.responses)}
+        common = {"session": session, "shown_order": order, "flags": {k: v for k, v in flags.items() if v}}
+        if len(item.responses) == 2:
+            verdict = gold.compare(item.prompt, item.responses[order[0]], item.responses[order[1]])
+            if verdict.choice in ("a", "b"):  # gold's 'a' is the left response
+                stored = "ab"[order[0 if verdict.choice == "a" else 1]]
+                events.append(store.record(item.item_id, annotator, choice=stored, strength=verdict.strength, **common))
+            else:
+                events.append(store.record(item.item_id, annotator, choice=verdict.choice, **common))
+        else:
+            scores = [gold.score(item.prompt, r) for r in item.responses]
+            ranking = [1 + sum(other > mine for other in scores) for mine in scores]
+            events.append(store.record(item.item_id, annotator, ranking=ranking, **common))
+    return events
+
+
+def _gold_flags(gold, prompt: str, response: str) -> list[str]:
+    try:
+        parts = gold.axes(prompt, response)
+    except ValueError:  # not a prompt of the tiny world: gold has no opinion on flags
+        return []
+    return [name for name, hit in (("false fact", parts["false_fact"] < 0), ("off-topic", parts["on_topic"] == 0))
+            if hit]

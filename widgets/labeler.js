@@ -1,0 +1,298 @@
+// Front end of rlhflab's PairwiseLabeler and RankingLabeler (anywidget; plain ES module, no build step).
+//
+// It renders what Python puts in the `item` trait and sends back what the person chose:
+//   {action: "label", item_id, choice: "left"|"right"|"tie"|"both_bad", strength, flags, rationale}  (pairs)
+//   {action: "label", item_id, ranks: [rank per shown position], flags, rationale}                     (rankings)
+//   {action: "skip" | "flag_prompt", item_id, rationale}, {action: "undo"}, {action: "edit", event_id},
+//   {action: "prompt", text}                                                                            (playground)
+// Python maps shown positions back to stored responses, commits, then sends the next item.
+//
+// Prompts and responses are untrusted model text: they are only ever set with textContent. The one
+// innerHTML is the guidelines panel, which Python renders from the project's own markdown with raw
+// HTML and unsafe links disabled.
+
+const STRENGTHS = ["slightly", "clearly", "much"];
+
+/**
+ * What a key press means, or null. Pure, so node can test it.
+ * @param {string} key  KeyboardEvent.key
+ * @param {"pairwise"|"ranking"} kind
+ * @param {number} k  responses on screen
+ * @returns {{type: string, value?: any} | null}
+ */
+export function actionForKey(key, kind, k) {
+  const lower = key.length === 1 ? key.toLowerCase() : key;
+  if (lower === "s") return { type: "skip" };
+  if (lower === "u") return { type: "undo" };
+  if (lower === "p") return { type: "flag_prompt" };
+  if (kind === "pairwise") {
+    if (lower === "a" || key === "ArrowLeft") return { type: "choice", value: "left" };
+    if (lower === "b" || key === "ArrowRight") return { type: "choice", value: "right" };
+    if (lower === "t") return { type: "choice", value: "tie" };
+    if (lower === "x") return { type: "choice", value: "both_bad" };
+    if (["1", "2", "3"].includes(key)) return { type: "strength", value: STRENGTHS[Number(key) - 1] };
+    return null;
+  }
+  if (/^[1-9]$/.test(key) && Number(key) <= k) return { type: "rank", value: Number(key) - 1 };
+  if (key === "=") return { type: "tie_next" };
+  if (key === "Enter") return { type: "submit" };
+  if (key === "Backspace") return { type: "clear" };
+  return null;
+}
+
+/**
+ * Ranks after clicking response `position` next: the next free rank, or the last rank again (a tie).
+ * @param {(number|null)[]} ranks  rank per shown position, null when not yet ranked
+ * @param {number} position
+ * @param {boolean} tie  give it the same rank as the last one assigned
+ */
+export function assignRank(ranks, position, tie) {
+  const out = ranks.slice();
+  if (out[position] !== null) return out;
+  const given = out.filter((r) => r !== null);
+  const last = given.length ? Math.max(...given) : 0;
+  out[position] = tie && last > 0 ? last : given.length + 1;
+  return out;
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function button(label, title, onClick) {
+  const node = element("button", "rl-button", label);
+  node.type = "button";
+  node.title = title;
+  node.addEventListener("click", onClick);
+  return node;
+}
+
+/** @param {{model: any, el: HTMLElement}} context */
+function render({ model, el }) {
+  const root = element("div", "rlhflab-labeler");
+  root.tabIndex = 0;
+  root.dataset.lmSuppressShortcuts = "true"; // JupyterLab: our keys are labels, not notebook commands
+  el.appendChild(root);
+
+  let strength = "clearly";
+  let ranks = [];
+  let tieNext = false;
+  let pending = false; // a message is on its way; ignore further input until Python answers
+
+  // -- static frame ----------------------------------------------------------------------------
+  const top = element("div", "rl-top");
+  const progress = element("span", "rl-progress");
+  const who = element("span", "rl-annotator");
+  top.append(progress, who);
+
+  const guidelines = element("details", "rl-guidelines");
+  guidelines.append(element("summary", "", "Guidelines"));
+  const guidelinesBody = element("div", "rl-guidelines-body");
+  guidelines.append(guidelinesBody);
+
+  const playground = element("div", "rl-playground");
+  const promptInput = element("textarea", "rl-prompt-input");
+  promptInput.placeholder = "Type a prompt to see two fresh replies";
+  promptInput.rows = 2;
+  playground.append(promptInput, button("Generate two replies", "ask the model(s)", () => {
+    send({ action: "prompt", text: promptInput.value });
+  }));
+
+  const promptBox = element("div", "rl-prompt");
+  const responses = element("div", "rl-responses");
+  const controls = element("div", "rl-controls");
+  const rationale = element("input", "rl-rationale");
+  rationale.placeholder = "Why? (optional)";
+  const status = element("div", "rl-status");
+  const history = element("details", "rl-history");
+  history.append(element("summary", "", "Your recent labels"));
+  const historyList = element("ol", "rl-history-list");
+  history.append(historyList);
+  root.append(top, guidelines, playground, promptBox, responses, controls, status, history);
+
+  function send(message) {
+    if (pending) return;
+    pending = true;
+    root.classList.add("rl-pending");
+    model.send(message);
+  }
+
+  function shownFlags() {
+    const flags = {};
+    responses.querySelectorAll(".rl-response").forEach((card) => {
+      const checked = [...card.querySelectorAll("input[type=checkbox]:checked")].map((c) => c.dataset.flag);
+      if (checked.length) flags[card.dataset.position] = checked;
+    });
+    return flags;
+  }
+
+  function label(fields) {
+    const item = model.get("item");
+    if (!item.item_id) return;
+    send({ action: "label", item_id: item.item_id, flags: shownFlags(), rationale: rationale.value, ...fields });
+  }
+
+  function other(action) {
+    const item = model.get("item");
+    if (action === "undo") return send({ action: "undo" });
+    if (item.item_id) send({ action, item_id: item.item_id, rationale: rationale.value });
+  }
+
+  // -- drawing ---------------------------------------------------------------------------------
+  function drawItem() {
+    const item = model.get("item");
+    const kind = model.get("kind");
+    pending = false;
+    root.classList.remove("rl-pending");
+    root.dataset.itemId = item.item_id || "";
+    promptBox.replaceChildren();
+    responses.replaceChildren();
+    controls.replaceChildren();
+    strength = item.previous && item.previous.strength ? item.previous.strength : "clearly";
+    rationale.value = item.previous ? item.previous.rationale || "" : "";
+    if (!item.item_id) return;
+
+    promptBox.append(element("div", "rl-heading", item.editing ? "Prompt (editing your earlier label)" : "Prompt"),
+                     element("div", "rl-text", item.prompt));
+    const k = item.responses.length;
+    ranks = item.previous && item.previous.ranks ? item.previous.ranks.slice() : new Array(k).fill(null);
+    item.responses.forEach((text, position) => {
+      const card = element("div", "rl-response");
+      card.dataset.position = String(position);
+      const name = kind === "pairwise" ? (position === 0 ? "A (left)" : "B (right)") : `Response ${position + 1}`;
+      card.append(element("div", "rl-heading", name), element("div", "rl-text", text));
+      const flags = element("div", "rl-flags");
+      model.get("flag_names").forEach((flag) => {
+        const box = element("label", "rl-flag");
+        const input = element("input");
+        input.type = "checkbox";
+        input.dataset.flag = flag;
+        box.append(input, document.createTextNode(" " + flag));
+        flags.append(box);
+      });
+      card.append(flags);
+      if (kind === "ranking") {
+        const rank = element("div", "rl-rank");
+        card.append(rank, button("Next best", "give this response the next rank", () => rankClick(position, false)),
+                    button("Tie with last", "same rank as the last one you gave", () => rankClick(position, true)));
+      }
+      responses.append(card);
+    });
+
+    if (kind === "pairwise") {
+      const strengths = element("div", "rl-strengths");
+      STRENGTHS.forEach((name, i) => {
+        const b = button(`${i + 1} ${name}`, `strength: ${name} better (key ${i + 1})`, () => setStrength(name));
+        b.dataset.strength = name;
+        strengths.append(b);
+      });
+      controls.append(strengths,
+        button("A is better", "key A or ←", () => label({ choice: "left", strength })),
+        button("B is better", "key B or →", () => label({ choice: "right", strength })),
+        button("Tie", "key T", () => label({ choice: "tie" })),
+        button("Both bad", "key X", () => label({ choice: "both_bad" })));
+      setStrength(strength);
+    } else {
+      controls.append(button("Submit ranking", "key Enter", submitRanking),
+                      button("Clear ranks", "key Backspace", () => { ranks = new Array(k).fill(null); drawRanks(); }));
+      drawRanks();
+    }
+    controls.append(rationale,
+      button("Skip", "key S", () => other("skip")),
+      button("Flag prompt", "the prompt itself is bad (key P)", () => other("flag_prompt")),
+      button("Undo", "undo your last label (key U)", () => other("undo")));
+    root.focus({ preventScroll: true });
+  }
+
+  function setStrength(name) {
+    strength = name;
+    controls.querySelectorAll("[data-strength]").forEach((b) => {
+      b.classList.toggle("rl-selected", b.dataset.strength === name);
+    });
+  }
+
+  function rankClick(position, tie) {
+    ranks = assignRank(ranks, position, tie);
+    drawRanks();
+  }
+
+  function drawRanks() {
+    responses.querySelectorAll(".rl-response").forEach((card, position) => {
+      card.querySelector(".rl-rank").textContent = ranks[position] === null ? "rank: -" : `rank: ${ranks[position]}`;
+    });
+  }
+
+  function submitRanking() {
+    if (ranks.some((r) => r === null)) {
+      status.textContent = "rank every response first (ties allowed)";
+      return;
+    }
+    label({ ranks });
+  }
+
+  function drawFrame() {
+    who.textContent = `annotator: ${model.get("annotator")}`;
+    guidelinesBody.innerHTML = model.get("guidelines_html"); // project-written, sanitised by Python
+    playground.style.display = model.get("playground") ? "" : "none";
+  }
+
+  function drawProgress() {
+    const p = model.get("progress");
+    const others = Object.entries(p.by_annotator || {}).map(([name, n]) => `${name} ${n}`).join(", ");
+    progress.textContent = `labelled ${p.labelled ?? 0} · remaining ${p.remaining ?? 0}` + (others ? ` · team: ${others}` : "");
+  }
+
+  function drawStatus() {
+    status.textContent = model.get("status");
+    pending = false; // Python answered (an error, "nothing to undo", or the end of the queue)
+    root.classList.remove("rl-pending");
+  }
+
+  function drawHistory() {
+    historyList.replaceChildren();
+    model.get("history").forEach((entry) => {
+      const row = element("li", "rl-history-entry");
+      row.append(element("span", "rl-history-prompt", entry.prompt), element("span", "rl-history-summary", entry.summary),
+                 button("Edit", "change this label", () => send({ action: "edit", event_id: entry.event_id })));
+      historyList.append(row);
+    });
+  }
+
+  // -- keyboard ----------------------------------------------------------------------------------
+  function onKey(event) {
+    const tag = event.target && event.target.tagName;
+    if (tag === "INPUT" || tag === "TEXTAREA" || event.ctrlKey || event.metaKey || event.altKey) return;
+    const item = model.get("item");
+    const action = actionForKey(event.key, model.get("kind"), item.responses ? item.responses.length : 0);
+    if (!action) return;
+    event.preventDefault();
+    event.stopPropagation(); // keep JupyterLab's own shortcuts (a/b insert cells) out of it
+    if (action.type === "choice") label(action.value === "left" || action.value === "right"
+      ? { choice: action.value, strength } : { choice: action.value });
+    else if (action.type === "strength") setStrength(action.value);
+    else if (action.type === "rank") { rankClick(action.value, tieNext); tieNext = false; }
+    else if (action.type === "tie_next") tieNext = true;
+    else if (action.type === "submit") submitRanking();
+    else if (action.type === "clear") { ranks = ranks.map(() => null); drawRanks(); }
+    else other(action.type);
+  }
+  root.addEventListener("keydown", onKey);
+
+  const handlers = [["change:item", drawItem], ["change:progress", drawProgress], ["change:status", drawStatus],
+                    ["change:history", drawHistory], ["change:guidelines_html", drawFrame]];
+  handlers.forEach(([name, handler]) => model.on(name, handler));
+  drawFrame();
+  drawProgress();
+  drawHistory();
+  drawItem();
+  drawStatus();
+  return () => {
+    handlers.forEach(([name, handler]) => model.off(name, handler));
+    root.removeEventListener("keydown", onKey);
+  };
+}
+
+export default { render };
