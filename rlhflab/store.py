@@ -166,9 +166,10 @@ class LabelStore:
 
     # -- transactions ---------------------------------------------------------------------------
 
-    def _write(self):
-        """A write transaction; serialised per project on Postgres so assignment cannot race."""
-        return _WriteTransaction(self)
+    def _write(self, serialise: bool = True):
+        """A write transaction. SQLite always takes the database's write lock; on Postgres, `serialise`
+        takes a per-project lock so that assignment cannot race (plain appends need none)."""
+        return _WriteTransaction(self, serialise)
 
     def _read(self):
         return self.engine.connect()
@@ -236,7 +237,7 @@ class LabelStore:
             rationale=e.get("rationale") or None, shown_order=e.get("shown_order"), target=e.get("target"),
             created_at=time.time())) for e in events]
         if rows:
-            with self._write() as conn:
+            with self._write(serialise=False) as conn:
                 conn.execute(insert(events_table), rows)
         return [r["event_id"] for r in rows]
 
@@ -348,13 +349,13 @@ class LabelStore:
 class _WriteTransaction:
     """`with store._write() as conn:` - BEGIN IMMEDIATE on SQLite, a per-project advisory lock on Postgres."""
 
-    def __init__(self, store: LabelStore):
-        self.store = store
+    def __init__(self, store: LabelStore, serialise: bool):
+        self.store, self.serialise = store, serialise
 
     def __enter__(self) -> Connection:
         self._context = self.store.engine.begin()
         conn = self._context.__enter__()
-        if not self.store.is_sqlite:
+        if self.serialise and not self.store.is_sqlite:
             conn.execute(select(func.pg_advisory_xact_lock(zlib.crc32(self.store.project.encode()))))
         return conn
 

@@ -1,0 +1,226 @@
+"""LabelStore: the event log, the derived view, assignment with leases, gold accuracy, and durability
+(SIGKILL mid-run; four processes into one SQLite file; the same against a real Postgres)."""
+
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from rlhflab.records import Item
+from rlhflab.store import LabelStore, StoreConfig
+
+
+
+def pair(n: int) -> Item:
+    return Item(f"prompt {n}?", (f"good answer {n}", f"bad answer {n}"), ("sft", "ppo"))
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = LabelStore(tmp_path / "labels.db")
+    store.add_items([pair(n) for n in range(5)])
+    yield store
+    store.close()
+
+
+# -- the log and the view ---------------------------------------------------------------------
+
+def test_sqlite_file_is_in_wal_mode(store):
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_undo_and_edit_are_new_events_and_the_view_follows(store):
+    first, second = list(store.items())[:2]
+    e1 = store.record(first, "ada", choice="a", strength="much", shown_order=[1, 0])
+    e2 = store.record(second, "ada", choice="tie", shown_order=[0, 1])
+    e3 = store.record(first, "ada", choice="b", strength="slightly", shown_order=[1, 0])  # edit
+    assert [(l["event_id"], l["choice"]) for l in store.labels()] == [(e2, "tie"), (e3, "b")]
+    undone = store.undo("ada")  # the edit goes; the first answer is in force again
+    assert undone["event_id"] == e3
+    assert {l["event_id"] for l in store.labels()} == {e1, e2}
+    store.undo("ada")
+    store.undo("ada")
+    assert store.labels() == [] and store.undo("ada") is None
+    assert [e["action"] for e in store.events()] == ["label", "label", "label", "undo", "undo", "undo"]
+
+
+def test_skip_and_flag_prompt_leave_the_queue_but_are_not_labels(store):
+    ids = list(store.items())
+    store.skip(ids[0], "ada")
+    store.flag_prompt(ids[1], "ada", rationale="not a question")
+    assert store.labels() == []
+    assert store.next_item("ada").item_id == ids[2]
+    assert store.progress("ada")["labelled"] == 2 and store.progress("ada")["remaining"] == 3
+
+
+def test_bad_events_are_refused_and_nothing_is_written(store):
+    item = next(iter(store.items()))
+    for kwargs, message in [({"choice": "left"}, "choice must be one of"),
+                            ({"choice": "tie", "strength": "much"}, "only when 'a' or 'b' won"),
+                            ({}, "exactly one of choice="),
+                            ({"ranking": [0, 1]}, "rank 1 \\(best\\)")]:
+        with pytest.raises(ValueError, match=message):
+            store.record(item, "ada", **kwargs)
+    with pytest.raises(ValueError, match="annotator"):
+        store.record(item, "", choice="a")
+    assert store.events() == []
+
+
+def test_in_memory_sqlite_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="file path"):
+        LabelStore("sqlite://")
+
+
+def test_projects_in_one_database_are_separate(tmp_path):
+    a = LabelStore(tmp_path / "l.db", project="a")
+    b = LabelStore(tmp_path / "l.db", project="b")
+    a.add_items([pair(1)])
+    assert b.items() == {} and b.add_items([pair(1)])  # same content, other project: stored again
+    a.record(pair(1).item_id, "ada", choice="a")
+    assert b.labels() == [] and len(a.labels()) == 1
+
+
+# -- assignment --------------------------------------------------------------------------------
+
+def test_overlap_gives_each_item_m_annotators_and_gold_goes_to_everyone(tmp_path):
+    store = LabelStore(tmp_path / "l.db", config=StoreConfig(overlap=2))
+    gold_item = Item("gold?", ("right", "wrong"), gold="a")
+    store.add_items([pair(0), pair(1), gold_item])
+    seen = {}
+    for who in ("ada", "bob", "cy"):
+        seen[who] = []
+        while (item := store.next_item(who)) is not None:
+            seen[who].append(item.item_id)
+            store.record(item.item_id, who, choice="a" if who != "cy" else "b")
+    assert seen["ada"] == seen["bob"] == [pair(0).item_id, pair(1).item_id, gold_item.item_id]
+    assert seen["cy"] == [gold_item.item_id]  # the other two already have 2 annotators
+    accuracy = store.gold_accuracy()
+    assert accuracy["ada"] == {"gold_items": 1, "accuracy": 1.0} and accuracy["cy"]["accuracy"] == 0.0
+
+
+def test_a_lease_holds_an_item_until_it_expires(tmp_path):
+    store = LabelStore(tmp_path / "l.db", config=StoreConfig(overlap=1, lease_seconds=0.5))
+    store.add_items([pair(0), pair(1)])
+    assert store.next_item("ada").item_id == pair(0).item_id
+    assert store.next_item("ada").item_id == pair(0).item_id  # ada resumes her own lease
+    assert store.next_item("bob").item_id == pair(1).item_id  # pair 0 is leased to ada
+    assert store.next_item("cy") is None
+    time.sleep(0.6)  # ada walked away: her item returns to the queue
+    assert store.next_item("cy").item_id == pair(0).item_id
+
+
+# -- durability ----------------------------------------------------------------------------------
+# Workers are forked from this process: a spawned one would spend seconds importing torch through
+# rlhflab/__init__ before its first label.
+
+FORK = multiprocessing.get_context("fork")
+
+
+def label_forever(url: str, annotator: str, n: int, acks):
+    """Label round-robin, one committed event each, sending each event_id once `record` has returned."""
+    store = LabelStore(url)
+    item_ids = list(store.items())
+    for i in range(n):
+        event_id = f"{annotator}-{i:06d}"
+        store.record(item_ids[i % len(item_ids)], annotator, choice="ab"[i % 2], strength="clearly",
+                     shown_order=[i % 2, 1 - i % 2], event_id=event_id, session="worker")
+        if acks is not None:
+            acks.send(event_id)
+
+
+def test_every_acknowledged_label_survives_sigkill(tmp_path):
+    url = str(tmp_path / "labels.db")
+    LabelStore(url).add_items([pair(n) for n in range(20)])
+    receive, send = FORK.Pipe(duplex=False)
+    worker = FORK.Process(target=label_forever, args=(url, "ada", 1_000_000, send))
+    worker.start()
+    acknowledged = [receive.recv() for _ in range(300)]
+    worker.kill()  # SIGKILL mid-run: it is inside its next record() or about to be
+    worker.join()
+    assert worker.exitcode == -signal.SIGKILL
+    stored = {e["event_id"] for e in LabelStore(url).events()}
+    assert set(acknowledged) <= stored
+    assert len(stored) - len(acknowledged) <= 2  # at most those committed but not yet received here
+
+
+def run_concurrently(url: str, workers: int = 4, per_worker: int = 2000):
+    store = LabelStore(url)
+    store.add_items([pair(n) for n in range(50)])
+    processes = [FORK.Process(target=label_forever, args=(url, f"w{k}", per_worker, None)) for k in range(workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+        assert process.exitcode == 0
+    events = store.events()
+    ids = [e["event_id"] for e in events]
+    assert len(ids) == len(set(ids)) == workers * per_worker
+    assert set(ids) == {f"w{k}-{i:06d}" for k in range(workers) for i in range(per_worker)}
+    for k in range(workers):  # each process's labels are committed in the order it made them
+        mine = [e["event_id"] for e in events if e["annotator"] == f"w{k}"]
+        assert mine == sorted(mine)
+
+
+def test_four_processes_into_one_sqlite_file_lose_and_duplicate_nothing(tmp_path):
+    run_concurrently(str(tmp_path / "labels.db"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway Postgres cluster on localhost (the Debian `postgresql` package's binaries)."""
+    if os.environ.get("RLHFLAB_POSTGRES_URL"):
+        yield os.environ["RLHFLAB_POSTGRES_URL"]
+        return
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Postgres binaries are missing in CI; .ci/run installs the Debian 'postgresql' package")
+        pytest.skip("no Postgres binaries (apt-get install postgresql) and not in CI")
+    bindir = bins[-1].parent
+    datadir = Path(tempfile.mkdtemp(prefix="rlhflab-pg-"))
+    as_owner = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(datadir, "postgres", "postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    subprocess.run([*as_owner, bindir / "initdb", "-D", datadir, "-A", "trust", "-U", "postgres"], check=True,
+                   capture_output=True)
+    subprocess.run([*as_owner, bindir / "pg_ctl", "-D", datadir, "-w", "-l", datadir / "log", "-o",
+                    f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([*as_owner, bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "labels"],
+                       check=True, capture_output=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/labels"
+    finally:
+        subprocess.run([*as_owner, bindir / "pg_ctl", "-D", datadir, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
+def test_four_processes_into_postgres_lose_and_duplicate_nothing(postgres_url):
+    run_concurrently(postgres_url)
+
+
+def test_postgres_store_derives_the_same_view(postgres_url):
+    store = LabelStore(postgres_url, project="view")
+    store.add_items([pair(0), Item("rank?", ("x", "y", "z"), gold=[1, 2, 2])])
+    store.record(pair(0).item_id, "ada", choice="a", strength="much", flags={"b": ["harmful"]})
+    store.record(Item("rank?", ("x", "y", "z")).item_id, "ada", ranking=[1, 2, 2])
+    store.undo("ada")
+    store.record(Item("rank?", ("x", "y", "z")).item_id, "ada", ranking=[1, 2, 2])
+    assert [l["flags"] for l in store.labels()] == [{"b": ["harmful"]}, None]
+    assert store.gold_accuracy() == {"ada": {"gold_items": 1, "accuracy": 1.0}}
