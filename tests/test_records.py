@@ -1,0 +1,126 @@
+"""Import (HH-RLHF, generic JSONL/CSV, dedup, malformed input) and export (DataFrame, TRL Dataset, JSONL)."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhflab.records import (Item, comparisons, dedup, import_comparisons, import_hh_rlhf, read_comparisons,
+                             read_hh_rlhf, to_dataframe, to_jsonl, to_trl_dataset, trl_rows)
+from rlhflab.store import LabelStore
+
+HH = Path(__file__).parent.parent.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
+ROWS = [{"prompt": "What color is the fox?", "chosen": "The fox is red.", "rejected": "Go away."},
+        {"prompt": "Where does the owl live?", "chosen": "In the forest.", "rejected": "Owls? Whatever."}]
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LabelStore(tmp_path / "labels.db")
+
+
+@pytest.mark.skipif(not HH.exists(), reason="the shared HH-RLHF file is not next to this checkout")
+def test_hh_rlhf_imports_to_2312_comparisons(store):
+    rows = read_hh_rlhf(HH)
+    assert len(rows) == 2312
+    first = rows[0]
+    assert first["prompt"].startswith("\n\nHuman: what are some pranks with a pen")
+    assert first["prompt"].endswith("\n\nAssistant:")
+    assert first["chosen"].startswith("No, sorry!") and "\n\nHuman:" not in first["chosen"]
+    report = import_hh_rlhf(store, HH)
+    assert report.stored == 2312 and report.dedup.kept == 2312
+    assert len(to_trl_dataset(store)) == 2312
+    assert import_hh_rlhf(store, HH).already_stored == 2312  # importing twice adds nothing
+    assert len(store.labels()) == 2312
+
+
+def test_hh_prompt_is_the_shared_prefix_even_when_the_last_turns_differ_in_number():
+    record = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: more?\n\nAssistant: sure",
+              "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
+    path = Path(__import__("tempfile").mkdtemp()) / "hh.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    [row] = read_hh_rlhf(path)
+    assert row == {"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": "hello\n\nHuman: more?\n\nAssistant: sure",
+                   "rejected": "go away"}
+
+
+def test_generic_jsonl_and_csv_with_a_column_mapping(tmp_path, store):
+    renamed = [{"question": r["prompt"], "better": r["chosen"], "worse": r["rejected"]} for r in ROWS]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in renamed) + "\n\n")
+    (tmp_path / "a.csv").write_text("question,better,worse\n" + "".join(
+        f'"{r["question"]}","{r["better"]}","{r["worse"]}"\n' for r in renamed))
+    columns = {"prompt": "question", "chosen": "better", "rejected": "worse"}
+    assert read_comparisons(tmp_path / "a.jsonl", columns) == ROWS
+    assert read_comparisons(tmp_path / "a.csv", columns) == ROWS
+    with gzip.open(tmp_path / "a.jsonl.gz", "wt") as f:
+        f.write(json.dumps(ROWS[0]))
+    assert read_comparisons(tmp_path / "a.jsonl.gz") == ROWS[:1]
+
+
+def test_dedup_exact_then_normalised_and_reports_what_was_dropped():
+    rows = [ROWS[0], dict(ROWS[0]), {k: "  " + v.upper() + " " for k, v in ROWS[0].items()}, ROWS[1]]
+    kept, report = dedup(rows)
+    assert kept == [ROWS[0], ROWS[1]] and report.exact == [1] and report.normalized == [2]
+    assert "dropped 1 exact duplicates (rows [1]) and 1 case/whitespace duplicates (rows [2])" in str(report)
+    prompts, report = dedup([{"prompt": "Hi"}, {"prompt": "hi "}], keys=("prompt",))
+    assert len(prompts) == 1 and report.normalized == [1]
+
+
+@pytest.mark.parametrize("make_file, message", [
+    (lambda: [{"prompt": "p", "chosen": "c"}], "column 'rejected' is missing from data; found: chosen, prompt; pass columns="),
+    (lambda: [{"prompt": "p", "chosen": "  ", "rejected": "r"}], "row 0: 'chosen' is empty; drop that row"),
+    (lambda: [{"prompt": "p", "chosen": 3, "rejected": "r"}], "row 0: 'chosen' must be text, not int"),
+    (lambda: [{"prompt": "p", "chosen": None, "rejected": "r"}], "must be text, not NoneType"),
+    (lambda: [{"prompt": "p", "chosen": "x" * 2**20, "rejected": "r"}], "1,048,576 characters, over max_chars"),
+    (lambda: b'{"prompt": "p", "chosen": "ok", "rejected": "r"}\n{"prompt": "caf\xe9"}\n', "line 2 is not valid UTF-8"),
+    (lambda: b'{"prompt": "p",\n', "line 1 is not JSON"),
+    (lambda: b'["p", "c", "r"]\n', "line 1 is a JSON list, not an object"),
+])
+def test_malformed_input_names_the_problem_and_the_store_keeps_everything(tmp_path, store, make_file, message):
+    import_comparisons(store, ROWS)
+    before = (store.items(), store.events())
+    data = make_file()
+    if isinstance(data, bytes):
+        (tmp_path / "bad.jsonl").write_bytes(data)
+        data = tmp_path / "bad.jsonl"
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        import_comparisons(store, data)
+    assert (store.items(), store.events()) == before
+
+
+def test_a_one_megabyte_response_is_kept_when_asked(store):
+    long = "word " * 2**18
+    report = import_comparisons(store, [{"prompt": "p", "chosen": long, "rejected": "r"}], max_chars=None)
+    assert report.stored == 1 and trl_rows(store)[0]["chosen"] == long
+
+
+def test_missing_file_says_where_it_looked(tmp_path, store):
+    with pytest.raises(FileNotFoundError, match="check the path"):
+        import_comparisons(store, tmp_path / "nope.jsonl")
+
+
+def test_export_keeps_margins_flags_annotators_and_expands_rankings(tmp_path, store):
+    pair = Item("What color is the fox?", ("The fox is red.", "Go away."), ("sft", "ppo"))
+    ranking = Item("Where does the owl live?", ("forest", "desert", "cave"), ("x", "y", "z"))
+    store.add_items([pair, ranking])
+    store.record(pair.item_id, "ada", choice="b", strength="much", flags={"a": ["harmful"]}, shown_order=[1, 0])
+    store.record(ranking.item_id, "bob", ranking=[1, 3, 1])
+    rows = comparisons(store)
+    assert [(r["chosen"], r["rejected"], r["label"], r["margin"]) for r in rows] == [
+        ("Go away.", "The fox is red.", "preferred", 3.0),
+        ("forest", "desert", "preferred", 2.0), ("forest", "cave", "tie", 0.0), ("cave", "desert", "preferred", 2.0)]
+    assert rows[0]["flags"] == ["rejected:harmful"] and rows[0]["shown_left"] is True
+    assert rows[0]["annotator"] == "ada" and rows[0]["chosen_source"] == "ppo"
+    dataset = to_trl_dataset(store)
+    assert dataset.column_names == ["prompt", "chosen", "rejected", "margin", "annotator", "flags"]
+    assert len(dataset) == 3  # the tie is kept in the DataFrame and JSONL, not in TRL rows
+    assert len(to_dataframe(store)) == 4
+    lines = to_jsonl(store, tmp_path / "out/labels.jsonl").read_text().splitlines()
+    assert [json.loads(line)["label"] for line in lines] == ["preferred", "preferred", "tie", "preferred"]
+
+
+def test_empty_store_export_says_what_to_do(store):
+    with pytest.raises(ValueError, match="label some items"):
+        to_trl_dataset(store)
+    assert to_dataframe(store).empty
