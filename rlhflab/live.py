@@ -66,6 +66,7 @@ class LivePlot(TrainerCallback):
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self._figures: dict = {}  # panel -> FigureWidget
         self._box = None
+        self._samples = None  # HTML widget with the latest sample table
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.jsonl_path.write_text("")
@@ -91,6 +92,21 @@ class LivePlot(TrainerCallback):
                 f.write(json.dumps({"step": step, **curves}) + "\n")
         if self.widgets and curves:
             self._draw(curves)
+
+    def samples(self, step: int, table) -> None:
+        """Show a table of samples (a DataFrame; model text is escaped) and keep it in samples.jsonl."""
+        if self.run_dir is not None:
+            with (self.run_dir / "samples.jsonl").open("a") as f:
+                for row in table.to_dict("records"):
+                    f.write(json.dumps({"step": step, **row}) + "\n")
+        if self.widgets:
+            import ipywidgets
+            from IPython.display import display
+
+            if self._samples is None:
+                self._samples = ipywidgets.HTML()
+                display(self._samples)
+            self._samples.value = f"<b>samples at step {step}</b>" + table.to_html(index=False, escape=True)
 
     def close(self) -> None:
         """Write the static HTML plot; call when training ends (trainers do it for you)."""

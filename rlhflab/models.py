@@ -183,20 +183,35 @@ def load_policy(name_or_path: str = TINY, lora=None, quantization: str | None = 
         >>> policy.is_lora
         True
     """
-    source = resolve(name_or_path)
     device = device or default_device()
+    model, tokenizer = load_pretrained(AutoModelForCausalLM, name_or_path, quantization, device, dtype,
+                                       trust_remote_code)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return Policy(attach_adapter(model, lora, adapter, quantization is not None), tokenizer, name_or_path)
+
+
+def load_pretrained(auto_class, name_or_path: str, quantization: str | None, device: str,
+                    dtype: torch.dtype | None, trust_remote_code: bool, new_head: str | None = None):
+    """A checked `from_pretrained` shared by policies and reward models.
+
+    `new_head` names the one module allowed to be missing from the checkpoint (the reward
+    model's fresh 'score' head); any other missing weight means the checkpoint is incomplete.
+    """
+    source = resolve(name_or_path)
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not trust_remote_code:
         raise ValueError(f"{name_or_path!r} is a {config.model_type!r} model with no causal-LM head; "
                          "rlhflab needs a decoder-only model such as Llama, Qwen2 or GPT-2")
     quantized = quantization_config(quantization, device)
-    model, loading = AutoModelForCausalLM.from_pretrained(
+    tokenizer = load_tokenizer(source, trust_remote_code)
+    extra = {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id} if new_head else {}
+    model, loading = auto_class.from_pretrained(
         source, quantization_config=quantized, dtype=dtype or compute_dtype(device), use_safetensors=True,
         trust_remote_code=trust_remote_code, device_map={"": device} if quantized else None,
-        output_loading_info=True,
+        output_loading_info=True, **extra,
     )
-    if loading["missing_keys"]:
-        missing = sorted(loading["missing_keys"])
+    missing = sorted(k for k in loading["missing_keys"] if not (new_head and k.startswith(new_head + ".")))
+    if missing:
         raise ValueError(f"{name_or_path!r} lacks trained weights for {missing[:3]} ({len(missing)} in all): "
                          "it is not a complete causal LM (a base model saved without its LM head?); "
                          "save the model with its causal-LM head, e.g. AutoModelForCausalLM(...).save_pretrained")
@@ -204,9 +219,7 @@ def load_policy(name_or_path: str = TINY, lora=None, quantization: str | None = 
         model.to(device)
     elif device == "cpu":
         keep_4bit_weights_differentiable(model)
-    tokenizer = load_tokenizer(source, trust_remote_code)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return Policy(attach_adapter(model, lora, adapter, quantized is not None), tokenizer, name_or_path)
+    return model, tokenizer
 
 
 def keep_4bit_weights_differentiable(model: PreTrainedModel) -> None:

@@ -140,3 +140,18 @@ class GoldAnnotator:
             difference = self.score(prompt, ours) - self.score(prompt, theirs)
             total += 1.0 if difference >= TIE_WIDTH else 0.5 if abs(difference) < TIE_WIDTH else 0.0
         return total / len(prompts)
+
+    def preferences(self, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> list[dict]:
+        """Label pairs as TRL preference rows: prompt, chosen, rejected, strength.
+
+        Ties and "both_bad" verdicts say nothing about which side is better, so they give no row
+        (the label store keeps them; only the reward model's pairs leave them out).
+        """
+        rows = []
+        for prompt, a, b in zip(prompts, responses_a, responses_b, strict=True):
+            verdict = self.compare(prompt, a, b)
+            if verdict.choice in ("a", "b"):
+                chosen, rejected = (a, b) if verdict.choice == "a" else (b, a)
+                rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "strength": verdict.strength})
+        return rows
+

@@ -242,6 +242,16 @@ class TinyWorld:
         rng = random.Random(f"candidates:{seed}:{q.text}")
         return [self.random_candidate(q, rng, p_better) for _ in range(k)]
 
+    def candidate_pairs(self, split: str, n: int, seed: int = 0) -> tuple[list[str], list[str], list[str]]:
+        """`n` prompts with two random candidates each: (prompts, responses_a, responses_b)."""
+        prompts, first, second = [], [], []
+        for q in self.questions(split, n, seed):
+            a, b = self.candidates(q, 2, seed)
+            prompts.append(q.text)
+            first.append(a.text)
+            second.append(b.text)
+        return prompts, first, second
+
     # -- pretraining corpus ---------------------------------------------------------------------
 
     def fact_document(self, rng: random.Random) -> str:

@@ -1,0 +1,540 @@
+"""PPO for language models, with a KL penalty to the reference policy.
+
+Our own implementation (TRL 1.16 removed its PPOTrainer), following Ziegler et al. 2019
+("Fine-Tuning Language Models from Human Preferences"), Ouyang et al. 2022 (InstructGPT) and
+Huang et al. 2022/2024 ("The N Implementation Details of RLHF with PPO"). One PPO step is:
+
+    rollout  1. sample responses to a batch of prompts (KV cache, temperature, no top-k/top-p)
+             2. truncate each response after its first EOS
+             3. log-probs of the policy and of the reference (adapters off), values of the value head
+             4. score the responses with the reward model; penalise responses with no EOS
+             5. per-token reward = -kl_coef * KL (k1 or k3), plus the score on the last real token
+             6. (optional) whiten the rewards; advantages by GAE, then whiten them
+    update   7. several epochs over minibatches: clipped policy loss, clipped value loss
+                (+ ptx: the pretraining log-likelihood term of InstructGPT's objective, eq. 2)
+             8. adapt kl_coef toward the target KL (Ziegler et al. 2019, eq. 2)
+
+Memory (DESIGN.md): with LoRA one base model, optionally 4-bit, serves every role: the policy is
+its adapter plus a value head, the reference is the base with adapters disabled, and the reward
+model can be a second adapter with its score head on the same base (`SharedReward`).
+Everything runs through Accelerate, so `accelerate launch` spreads rollouts over processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .live import LivePlot
+from .models import Policy
+from .reward import transcript_ids
+
+
+@dataclass
+class PPOConfig:
+    """Settings of one PPO run (sizes are per process)."""
+
+    output_dir: str = "runs/ppo"  # checkpoints (peft adapter + value head + state) and metrics
+    steps: int = 100  # PPO steps; each is one rollout batch and its update
+    batch_size: int = 16  # prompts (and so responses) per rollout
+    mini_batch_size: int = 8  # responses per gradient step
+    gradient_accumulation_steps: int = 1  # minibatches whose gradients add up before a step
+    ppo_epochs: int = 4  # passes over each rollout batch
+    response_length: int = 32  # most tokens sampled per response
+    temperature: float = 1.0  # sampling temperature, also applied to the log-probs
+    learning_rate: float = 5e-4  # AdamW rate for adapter and value head (~1e-5 for full weights)
+    max_grad_norm: float = 1.0  # gradient clipping
+    # KL penalty
+    kl_coef: float = 0.05  # initial beta of the per-token KL penalty
+    adaptive_kl: bool = True  # adapt beta toward target_kl (False: beta stays fixed)
+    target_kl: float = 3.0  # target KL per response in nats (Ziegler et al. used 6 for text)
+    kl_horizon: int = 10_000  # responses over which beta adapts (Ziegler et al. 2019)
+    kl_estimator: str = "k1"  # 'k1' (log-ratio) or 'k3' ((r - 1) - log r, low variance; Schulman 2020)
+    # PPO losses
+    cliprange: float = 0.2  # policy ratio clip
+    cliprange_value: float = 0.2  # value prediction clip
+    vf_coef: float = 0.1  # weight of the value loss
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+    whiten_rewards: bool = False  # whiten per-token rewards before GAE
+    missing_eos_penalty: float = 1.0  # subtracted from the score of a response with no EOS
+    ptx_coef: float = 0.0  # weight of the pretraining log-likelihood term (InstructGPT's gamma)
+    # bookkeeping
+    sample_every: int = 10  # show a prompt / response / reward table every this many steps
+    save_every: int = 25  # checkpoint every this many steps (and at the end or on interrupt)
+    seed: int = 0  # seeds prompt order and sampling
+    minibatches: int = field(init=False)  # derived: minibatches per epoch
+
+    def __post_init__(self):
+        if self.batch_size % self.mini_batch_size:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size "
+                             f"({self.mini_batch_size})")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator must be 'k1' or 'k3', not {self.kl_estimator!r}")
+        self.minibatches = self.batch_size // self.mini_batch_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers (tested against slow references in tests/test_ppo.py)
+# ---------------------------------------------------------------------------------------------
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased variance over the masked entries."""
+    mean = masked_mean(values, mask)
+    n = mask.sum()
+    return ((values - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over masked entries; with shift_mean=False the mean is added back."""
+    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
+    return (whitened if shift_mean else whitened + mean) * mask
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+                lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over (B, T) masked responses.
+
+    Masked (post-EOS) positions have no value and no reward, so each response ends at its EOS.
+    Returns (advantages, returns), both (B, T).
+    """
+    values, rewards = values * mask, rewards * mask
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * last
+        advantages[:, t] = last
+    advantages = advantages * mask
+    return advantages, advantages + values
+
+
+def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Estimates of KL(policy || reference) per sampled token (Schulman 2020, "Approximating KL")."""
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    return torch.expm1(-log_ratio) + log_ratio  # k3 = (r - 1) - log r with r = p_ref / p
+
+
+@dataclass
+class AdaptiveKLController:
+    """beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon)  (Ziegler et al. 2019)."""
+
+    value: float
+    target: float
+    horizon: int
+
+    def update(self, kl: float, n_responses: int) -> None:
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_responses / self.horizon
+
+
+def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad everything after the first EOS. Returns (responses, mask incl. the EOS, has_eos)."""
+    is_eos = responses == eos_id
+    has_eos = is_eos.any(dim=1)
+    first = torch.where(has_eos, is_eos.float().argmax(dim=1), torch.full_like(has_eos, responses.shape[1], dtype=torch.long))
+    positions = torch.arange(responses.shape[1], device=responses.device)
+    mask = positions[None, :] <= first[:, None]  # (B, T)
+    return torch.where(mask, responses, pad_id), mask.float(), has_eos
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    logp = F.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models: the policy with its value head, the reference, and rewards
+# ---------------------------------------------------------------------------------------------
+
+class PolicyWithValue(torch.nn.Module):
+    """The policy LM plus a scalar value head on its last hidden state."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        hidden = model.config.get_text_config().hidden_size
+        self.value_head = torch.nn.Linear(hidden, 1)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+        self.value_head.to(next(model.parameters()).device)
+
+    def forward(self, input_ids, attention_mask):
+        position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # left padding, right positions
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         output_hidden_states=True, use_cache=False)
+        hidden = out.hidden_states[-1]  # (B, T, H)
+        return out.logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)  # (B, T, V), (B, T)
+
+
+class SharedReward:
+    """A reward adapter with its score head, loaded onto the policy's own base model.
+
+    The reward model saved by `rlhflab.reward` is a LoRA adapter plus a 'score' head. Here its
+    LoRA weights become a second adapter of the policy's peft model and run through peft's
+    per-sample adapter routing, so no second copy of the base weights is held.
+    """
+
+    def __init__(self, policy: Policy, reward_dir: str | Path, adapter_name: str = "reward"):
+        if not policy.is_lora:
+            raise ValueError("a shared reward adapter needs a LoRA policy: load_policy(..., lora=True); "
+                             "or pass a separate RewardModel")
+        reward_dir = Path(reward_dir)
+        self.policy, self.adapter_name = policy, adapter_name
+        policy.model.load_adapter(str(reward_dir), adapter_name=adapter_name, is_trainable=False)
+        with safe_open(reward_dir / "adapter_model.safetensors", "pt") as weights:
+            key = next(k for k in weights.keys() if k.endswith("score.weight"))
+            self.score_weight = weights.get_tensor(key).to(policy.device)  # (1, H)
+        stats = json.loads((reward_dir / "reward_normalization.json").read_text())
+        self.mean, self.std = stats["mean"], stats["std"]
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        tokenizer, model = self.policy.tokenizer, self.policy.model
+        ids = [transcript_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
+        batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding_side="left").to(self.policy.device)
+        was_training = model.training
+        model.eval()  # peft routes per-sample adapters in eval mode only
+        position_ids = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)
+        out = model(**batch, position_ids=position_ids, output_hidden_states=True,
+                    adapter_names=[self.adapter_name] * len(ids))
+        model.train(was_training)
+        last = out.hidden_states[-1][:, -1]  # (B, H), the EOS of every left-padded row
+        raw = (last.to(self.score_weight.dtype) @ self.score_weight.T)[:, 0].float().cpu()
+        return (raw - self.mean) / self.std
+
+
+class GoldReward:
+    """The tiny world's gold annotator as a reward: PPO against the truth, for comparisons."""
+
+    def __init__(self, gold):
+        self.gold = gold
+
+    def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return torch.tensor([self.gold.score(p, r) for p, r in zip(prompts, responses)])
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class PPOResult:
+    step: int  # PPO steps completed in all (resumed runs count from their checkpoint)
+    history: list[dict]  # one metrics dict per step of this run
+    output_dir: Path  # holds checkpoint/ (peft adapter, value head, optimizer, state)
+    interrupted: bool  # True when a KeyboardInterrupt stopped the run (a checkpoint was saved)
+
+
+def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.gather(F.log_softmax(logits / temperature, dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+class PPOTrainer:
+    """Runs PPO on a policy against a reward; see the module docstring for the algorithm.
+
+    Args:
+        policy: from `load_policy`, usually `load_policy(base, lora=True, adapter=sft_dir)` so the
+            trainable adapter starts from SFT.
+        prompts: the prompts to sample from (a list of strings).
+        reward: anything with `score(prompts, responses) -> Tensor` (normalised), e.g. a
+            `RewardModel`, a `SharedReward` or a `GoldReward`.
+        config: PPOConfig.
+        gold: optional GoldAnnotator; its mean score is logged next to the proxy reward.
+        ptx_texts: demonstration or pretraining texts for the ptx term (needs ptx_coef > 0).
+        live: a LivePlot; by default one writing to `output_dir`.
+        reference_adapter: the SFT adapter directory; the reference is then the base plus that
+            adapter, frozen. Without it the reference is the base with adapters off (LoRA) or a
+            frozen copy of the starting weights (full fine-tuning).
+
+    Examples:
+        >>> trainer = PPOTrainer(policy, prompts, reward, PPOConfig(steps=50), gold=gold)
+        >>> result = trainer.train()
+    """
+
+    def __init__(self, policy: Policy, prompts: list[str], reward, config: PPOConfig | None = None, *,
+                 gold=None, ptx_texts: list[str] | None = None, live: LivePlot | None = None,
+                 reference_adapter: str | Path | None = None):
+        self.config = config = config or PPOConfig()
+        if not prompts:
+            raise ValueError("PPO needs at least one prompt")
+        if config.ptx_coef > 0 and not ptx_texts:
+            raise ValueError("ptx_coef > 0 needs ptx_texts (demonstrations or pretraining text)")
+        self.policy, self.reward, self.gold = policy, reward, gold
+        self.prompts, self.ptx_texts = list(prompts), ptx_texts or []
+        self.output_dir = Path(config.output_dir)
+        self.accelerator = Accelerator(cpu=policy.device.type == "cpu",
+                                       gradient_accumulation_steps=config.gradient_accumulation_steps)
+        self.live = live or (LivePlot(self.output_dir, title="PPO") if self.accelerator.is_main_process
+                             else LivePlot(None, widgets=False))
+        self.kl_ctl = AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+        # Full fine-tuning needs its own frozen reference; LoRA gets it by switching adapters off.
+        self.reference = None if policy.is_lora else copy.deepcopy(policy.model).requires_grad_(False).eval()
+        self.reference_adapter = None
+        if reference_adapter is not None:
+            if not policy.is_lora:
+                raise ValueError("reference_adapter needs a LoRA policy: load_policy(..., lora=True, adapter=...)")
+            policy.model.load_adapter(str(reference_adapter), adapter_name="reference", is_trainable=False)
+            self.reference_adapter = "reference"
+        module = PolicyWithValue(policy.model)
+        optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=config.learning_rate)
+        self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
+        self.step = 0
+        self._rng = random.Random(f"{config.seed}:{self.accelerator.process_index}")
+
+    @property
+    def unwrapped(self) -> PolicyWithValue:
+        return self.accelerator.unwrap_model(self.module)
+
+    # -- rollout ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[str]) -> dict:
+        c, tokenizer, device = self.config, self.policy.tokenizer, self.accelerator.device
+        model = self.unwrapped.model
+        model.eval()
+        # 1. sample with the KV cache
+        texts = [self.policy.chat_prompt(p) for p in prompts]
+        queries = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        generated = model.generate(**queries, max_new_tokens=c.response_length, do_sample=True,
+                                   temperature=c.temperature, top_k=0, top_p=1.0,
+                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        query_len = queries["input_ids"].shape[1]
+        raw_responses = generated[:, query_len:]
+        raw_responses = F.pad(raw_responses, (0, c.response_length - raw_responses.shape[1]), value=tokenizer.pad_token_id)
+        # 2. truncate after the first EOS
+        responses, response_mask, has_eos = truncate_after_eos(raw_responses, tokenizer.eos_token_id,
+                                                               tokenizer.pad_token_id)  # (B, R)
+        input_ids = torch.cat([queries["input_ids"], responses], dim=1)  # (B, Q + R)
+        attention_mask = torch.cat([queries["attention_mask"], response_mask.long()], dim=1)
+        # 3. policy and reference log-probs, values
+        logits, values = self.unwrapped(input_ids, attention_mask)
+        logprobs = logprobs_of(logits[:, query_len - 1: -1], responses, c.temperature)  # (B, R)
+        values = values[:, query_len - 1: -1]
+        ref_logits = self.reference_logits(input_ids, attention_mask)
+        ref_logprobs = logprobs_of(ref_logits[:, query_len - 1: -1], responses, c.temperature)
+        entropy = masked_mean(entropy_from_logits(logits[:, query_len - 1: -1] / c.temperature), response_mask)
+        # 4. score the decoded responses; penalise no EOS
+        decoded = [t.strip() for t in tokenizer.batch_decode(responses, skip_special_tokens=True)]
+        scores = self.reward.score(prompts, decoded).to(device).float()
+        scores = scores - c.missing_eos_penalty * (~has_eos).float()
+        # 5. per-token KL penalty, plus the score on the last real token
+        kl = kl_per_token(logprobs, ref_logprobs, c.kl_estimator) * response_mask
+        rewards = -self.kl_ctl.value * kl
+        last = (response_mask.sum(1) - 1).long()
+        rewards[torch.arange(len(prompts)), last] += scores
+        # 6. whiten rewards (optional), GAE, whiten advantages
+        if c.whiten_rewards:
+            rewards = masked_whiten(rewards, response_mask, shift_mean=False)
+        advantages, returns = compute_gae(rewards, values, response_mask, c.gamma, c.lam)
+        advantages = masked_whiten(advantages, response_mask)
+        model.train()
+        return dict(input_ids=input_ids, attention_mask=attention_mask, responses=responses, mask=response_mask,
+                    logprobs=logprobs, ref_logprobs=ref_logprobs, values=values, advantages=advantages,
+                    returns=returns, scores=scores, kl=kl, has_eos=has_eos, entropy=entropy, decoded=decoded,
+                    query_len=query_len, k1=(logprobs - ref_logprobs) * response_mask)
+
+    def reference_logits(self, input_ids, attention_mask) -> torch.Tensor:
+        position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        if self.reference is not None:
+            return self.reference(**kwargs).logits
+        if self.reference_adapter is not None:  # routed per sample; the model is in eval mode here
+            return self.unwrapped.model(**kwargs, adapter_names=[self.reference_adapter] * len(input_ids)).logits
+        with self.unwrapped.model.disable_adapter():
+            return self.unwrapped.model(**kwargs).logits
+
+    # -- update ----------------------------------------------------------------------------------
+
+    def update(self, batch: dict) -> dict:
+        c = self.config
+        stats = {k: [] for k in ("pg_loss", "vf_loss", "approxkl", "clipfrac", "vf_clipfrac", "ratio", "ptx_loss")}
+        q = batch["query_len"]
+        for _ in range(c.ppo_epochs):
+            order = torch.randperm(c.batch_size, generator=torch.Generator().manual_seed(self._rng.randrange(2**31)))
+            for start in range(0, c.batch_size, c.mini_batch_size):
+                idx = order[start: start + c.mini_batch_size]
+                mb = {k: batch[k][idx] for k in ("input_ids", "attention_mask", "responses", "mask", "logprobs",
+                                                  "values", "advantages", "returns")}
+                with self.accelerator.accumulate(self.module):
+                    logits, vpred = self.module(mb["input_ids"], mb["attention_mask"])
+                    new_logprobs = logprobs_of(logits[:, q - 1: -1], mb["responses"], c.temperature)
+                    vpred = vpred[:, q - 1: -1]
+                    mask = mb["mask"]
+                    # clipped value loss
+                    vclipped = mb["values"] + (vpred - mb["values"]).clamp(-c.cliprange_value, c.cliprange_value)
+                    vf_losses = torch.max((vpred - mb["returns"]) ** 2, (vclipped - mb["returns"]) ** 2)
+                    vf_loss = 0.5 * masked_mean(vf_losses, mask)
+                    # clipped policy loss
+                    log_ratio = (new_logprobs - mb["logprobs"]) * mask
+                    ratio = torch.exp(log_ratio)
+                    pg_losses = torch.max(-mb["advantages"] * ratio,
+                                          -mb["advantages"] * ratio.clamp(1 - c.cliprange, 1 + c.cliprange))
+                    pg_loss = masked_mean(pg_losses, mask)
+                    loss = pg_loss + c.vf_coef * vf_loss
+                    if c.ptx_coef > 0:
+                        ptx_loss = self.ptx_loss()
+                        loss = loss + c.ptx_coef * ptx_loss
+                        stats["ptx_loss"].append(ptx_loss.item())
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"PPO loss became {loss.item()} at step {self.step + 1}; nothing was applied, and the "
+                            f"last checkpoint in {self.output_dir / 'checkpoint'} is intact. Lower learning_rate, "
+                            "raise kl_coef, or check the reward model's scores for inf/nan")
+                    self.accelerator.backward(loss)
+                    if self.accelerator.sync_gradients:
+                        self.accelerator.clip_grad_norm_(self.module.parameters(), c.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                with torch.no_grad():
+                    stats["pg_loss"].append(pg_loss.item())
+                    stats["vf_loss"].append(vf_loss.item())
+                    stats["approxkl"].append((0.5 * masked_mean(log_ratio ** 2, mask)).item())
+                    stats["clipfrac"].append(masked_mean(((ratio - 1).abs() > c.cliprange).float(), mask).item())
+                    stats["vf_clipfrac"].append(masked_mean(((vpred - mb["values"]).abs() > c.cliprange_value).float(),
+                                                            mask).item())
+                    stats["ratio"].append(masked_mean(ratio, mask).item())
+        return {k: sum(v) / len(v) for k, v in stats.items() if v}
+
+    def ptx_loss(self) -> torch.Tensor:
+        """Negative log-likelihood of a few ptx texts (InstructGPT's pretraining mix)."""
+        tokenizer = self.policy.tokenizer
+        texts = self._rng.sample(self.ptx_texts, min(self.config.mini_batch_size, len(self.ptx_texts)))
+        batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=128,
+                          add_special_tokens=False).to(self.accelerator.device)
+        logits, _ = self.module(batch["input_ids"], batch["attention_mask"])
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def train(self) -> PPOResult:
+        c = self.config
+        history: list[dict] = []
+        interrupted = False
+        progress = tqdm(total=c.steps, initial=self.step, desc="PPO", disable=not self.accelerator.is_main_process)
+        try:
+            while self.step < c.steps:
+                prompts = [self._rng.choice(self.prompts) for _ in range(c.batch_size)]
+                batch = self.rollout(prompts)
+                losses = self.update(batch)
+                self.step += 1
+                metrics = self.metrics(batch, losses, prompts)
+                self.kl_ctl.update(metrics["objective/kl"], c.batch_size * self.accelerator.num_processes)
+                history.append(metrics)
+                self.live.log(self.step, metrics)
+                if self.step % c.sample_every == 0 or self.step == 1:
+                    self.live.samples(self.step, pd.DataFrame({"prompt": prompts, "response": batch["decoded"],
+                                                               "reward": batch["scores"].tolist()}).head(8))
+                if self.step % c.save_every == 0:
+                    self.save_checkpoint()
+                progress.update(1)
+        except KeyboardInterrupt:
+            interrupted = True  # a notebook interrupt: keep what was learned, stop cleanly
+        progress.close()
+        self.save_checkpoint()
+        self.live.close()
+        return PPOResult(self.step, history, self.output_dir, interrupted)
+
+    def metrics(self, batch: dict, losses: dict, prompts: list[str]) -> dict:
+        mask, returns, values = batch["mask"], batch["returns"], batch["values"]
+        explained = 1 - masked_var(returns - values, mask) / masked_var(returns, mask).clamp(min=1e-8)
+        local = {
+            "objective/kl": batch["k1"].sum(1).mean(),
+            "objective/kl_k3": kl_per_token(batch["logprobs"], batch["ref_logprobs"], "k3").mul(mask).sum(1).mean(),
+            "objective/scores": batch["scores"].mean(),
+            "objective/rlhf_reward": (batch["scores"] - self.kl_ctl.value * batch["kl"].sum(1)).mean(),
+            "objective/entropy": batch["entropy"],
+            "val/response_length": mask.sum(1).mean(),
+            "val/num_eos_tokens": batch["has_eos"].float().sum(),
+            "val/explained_variance": explained,
+        }
+        if self.gold is not None:
+            local["objective/gold_scores"] = torch.tensor(
+                [self.gold.score(p, r) for p, r in zip(prompts, batch["decoded"])]).float().mean()
+        names = list(local)
+        averaged = self.accelerator.reduce(torch.stack([local[n].float().to(self.accelerator.device) for n in names]),
+                                           reduction="mean")
+        out = {n: v.item() for n, v in zip(names, averaged)}
+        out.update({
+            "objective/kl_coef": self.kl_ctl.value,
+            "policy/approxkl_avg": losses["approxkl"], "policy/clipfrac_avg": losses["clipfrac"],
+            "loss/policy_avg": losses["pg_loss"], "loss/value_avg": losses["vf_loss"],
+            "val/clipfrac_avg": losses["vf_clipfrac"], "val/ratio": losses["ratio"],
+        })
+        if "ptx_loss" in losses:
+            out["loss/ptx_avg"] = losses["ptx_loss"]
+        return out
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """peft adapter (or full model) + value head (safetensors) + optimizer + PPO state."""
+        path = self.output_dir / "checkpoint"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            path.mkdir(parents=True, exist_ok=True)
+            module = self.unwrapped
+            if self.policy.is_lora:
+                module.model.save_pretrained(path, selected_adapters=["default"])
+            else:
+                module.model.save_pretrained(path, safe_serialization=True)
+            save_file({k: v.contiguous() for k, v in module.value_head.state_dict().items()}, path / "value_head.safetensors")
+            torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
+            state = {"step": self.step, "kl_coef": self.kl_ctl.value, "config": asdict(self.config)}
+            (path / "ppo_state.json").write_text(json.dumps(state, indent=2) + "\n")
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def resume(self, checkpoint: str | Path) -> None:
+        """Continue from a checkpoint: weights, value head, optimizer, kl_coef and the step count."""
+        from peft import set_peft_model_state_dict
+
+        checkpoint = Path(checkpoint)
+        state = json.loads((checkpoint / "ppo_state.json").read_text())
+        module = self.unwrapped
+        if self.policy.is_lora:
+            set_peft_model_state_dict(module.model, load_file(checkpoint / "adapter_model.safetensors"),
+                                      adapter_name="default")
+        else:
+            weights = {}
+            for shard in checkpoint.glob("model*.safetensors"):
+                weights.update(load_file(shard))
+            module.model.load_state_dict(weights, strict=False)
+        module.value_head.load_state_dict(load_file(checkpoint / "value_head.safetensors"))
+        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        self.step, self.kl_ctl.value = state["step"], state["kl_coef"]
+        self._rng = random.Random(f"{self.config.seed}:{self.accelerator.process_index}:{self.step}")
+
+
+def train_ppo(policy: Policy, prompts: list[str], reward, config: PPOConfig | None = None, *,
+              gold=None, ptx_texts=None, live=None, reference_adapter=None,
+              resume_from: str | Path | None = None) -> PPOResult:
+    """Build a PPOTrainer, resume it if asked, and train. See `PPOTrainer`."""
+    trainer = PPOTrainer(policy, prompts, reward, config, gold=gold, ptx_texts=ptx_texts, live=live,
+                         reference_adapter=reference_adapter)
+    if resume_from is not None:
+        trainer.resume(resume_from)
+    return trainer.train()
+
