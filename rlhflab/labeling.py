@@ -250,11 +250,8 @@ class _Labeler(anywidget.AnyWidget):
         progress = self.store.progress(self.annotator)
         self.progress = {"labelled": progress["labelled"], "remaining": progress["remaining"],
                          "by_annotator": progress["by_annotator"]}
-        items = self.store.items()
-        recent = [e for e in self.store.current().values() if e["annotator"] == self.annotator]
-        recent = sorted(recent, key=lambda e: e["id"])[-self.config.history:][::-1]
-        self.history = [{"event_id": e["event_id"], "action": e["action"],
-                         "prompt": items[e["item_id"]].prompt[:120], "summary": _summary(e)} for e in recent]
+        self.history = [{"event_id": e["event_id"], "action": e["action"], "prompt": e["prompt"][:120],
+                         "summary": _summary(e)} for e in self.store.recent(self.annotator, self.config.history)]
 
     def _on_new_items(self):
         if not self.item:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 import uuid
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -277,13 +277,20 @@ class LabelStore:
 
     def current(self, events: list[dict] | None = None) -> dict[tuple[str, str], dict]:
         """(item_id, annotator) -> the event in force: the newest label/skip/flag not undone."""
-        events = self.events() if events is None else events
-        undone = {e["target"] for e in events if e["action"] == "undo"}
-        state: dict[tuple[str, str], dict] = {}
-        for e in events:
-            if e["action"] != "undo" and e["event_id"] not in undone:
-                state[(e["item_id"], e["annotator"])] = e
-        return state
+        return _fold(self.events() if events is None else events)
+
+    def _state(self, conn: Connection, annotator: str | None = None) -> dict[tuple[str, str], dict]:
+        """`current` from the few columns the fold needs (no JSON to parse): what assignment reads."""
+        c = events_table.c
+        query = select(c.id, c.event_id, c.item_id, c.annotator, c.action, c.target).where(c.project == self.project)
+        if annotator is not None:
+            query = query.where(c.annotator == annotator)
+        return _fold([dict(r) for r in conn.execute(query.order_by(c.id)).mappings()])
+
+    def _queue(self, conn: Connection) -> list[tuple[str, object]]:
+        """(item_id, gold) of every item, in queue order."""
+        return conn.execute(select(items_table.c.item_id, items_table.c.gold)
+                            .where(items_table.c.project == self.project).order_by(items_table.c.id)).all()
 
     def labels(self) -> list[dict]:
         """The labels in force, one per (item, annotator), oldest first; skips and undone labels left out."""
@@ -295,10 +302,7 @@ class LabelStore:
         """The next item for `annotator`, leased to them for `config.lease_seconds`; None when done."""
         now = time.time()
         with self._write() as conn:
-            events = self._events(conn)
-            state = self.current(events)
-            items = conn.execute(select(items_table.c.item_id, items_table.c.gold)
-                                 .where(items_table.c.project == self.project).order_by(items_table.c.id)).all()
+            state, items = self._state(conn), self._queue(conn)
             leases = conn.execute(select(leases_table.c.item_id, leases_table.c.annotator)
                                   .where(leases_table.c.project == self.project,
                                          leases_table.c.expires_at > now)).all()
@@ -314,23 +318,27 @@ class LabelStore:
     def progress(self, annotator: str | None = None) -> dict:
         """Items done per annotator, items nobody has touched yet, and how many are left for `annotator`
         (ignoring others' leases)."""
-        state = self.current()
-        items = self.items()
-        done = defaultdict(int)
-        for (_, who), e in state.items():
-            done[who] += 1
+        with self._read() as conn:
+            state, items = self._state(conn), self._queue(conn)
+        done = Counter(who for _, who in state)
         touched = {item_id for item_id, _ in state}
         out = {"items": len(items), "untouched": len(items) - len(touched), "by_annotator": dict(done)}
         if annotator is not None:
-            coverage = defaultdict(set)
-            for (item_id, who), e in state.items():
-                if e["action"] == "label":
-                    coverage[item_id].add(who)
+            coverage = Counter(item_id for (item_id, _), e in state.items() if e["action"] == "label")
             out["labelled"] = done.get(annotator, 0)
-            out["remaining"] = sum(
-                1 for item_id, item in items.items() if (item_id, annotator) not in state
-                and (item.gold is not None or len(coverage[item_id]) < self.config.overlap))
+            out["remaining"] = sum(1 for item_id, gold in items if (item_id, annotator) not in state
+                                   and (gold is not None or coverage[item_id] < self.config.overlap))
         return out
+
+    def recent(self, annotator: str, n: int = 10) -> list[dict]:
+        """The annotator's `n` latest events in force, newest first, each with its item's prompt."""
+        with self._read() as conn:
+            mine = sorted(self._state(conn, annotator).values(), key=lambda e: e["id"], reverse=True)[:n]
+            rows = conn.execute(select(events_table).where(events_table.c.event_id.in_([e["event_id"] for e in mine])))
+            full = {r["event_id"]: dict(r) for r in rows.mappings()}
+            prompts = dict(conn.execute(select(items_table.c.item_id, items_table.c.prompt).where(
+                items_table.c.project == self.project, items_table.c.item_id.in_([e["item_id"] for e in mine]))).all())
+        return [{**full[e["event_id"]], "prompt": prompts[e["item_id"]]} for e in mine]
 
     # -- calibration --------------------------------------------------------------------------------
 
@@ -344,6 +352,16 @@ class LabelStore:
                 given = label["ranking"] if label["ranking"] is not None else label["choice"]
                 scores[label["annotator"]].append(given == item.gold)
         return {who: {"gold_items": len(hits), "accuracy": sum(hits) / len(hits)} for who, hits in sorted(scores.items())}
+
+
+def _fold(events: list[dict]) -> dict[tuple[str, str], dict]:
+    """Replay the log: an undo cancels its target; the newest surviving event per (item, annotator) counts."""
+    undone = {e["target"] for e in events if e["action"] == "undo"}
+    state: dict[tuple[str, str], dict] = {}
+    for e in events:
+        if e["action"] != "undo" and e["event_id"] not in undone:
+            state[(e["item_id"], e["annotator"])] = e
+    return state
 
 
 class _WriteTransaction:

@@ -1,0 +1,81 @@
+"""Key press to next item on screen, in a real browser: p50 / p95 in milliseconds (goal: p95 < 50 ms).
+
+    .venv/bin/python benchmarks/label_latency.py [--labels 200] [--out reports/label_latency.json]
+
+JupyterLab runs on localhost, headless Chromium opens a notebook with a PairwiseLabeler on a SQLite
+store, and a person's key presses ('a' / 'b', alternating) label items. Inside the page a capture-phase
+keydown listener notes the time of each press, and a MutationObserver notes when the widget's root
+shows the next item id: the label has been committed to SQLite (fsync) and the next item drawn. The
+"painted" figure adds the wait for the next animation frame.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
+from lab_session import CHROMIUM, CHROMIUM_ARGS, LABELER, JupyterLab  # noqa: E402
+
+from rlhflab.labeling import world_items  # noqa: E402
+from rlhflab.store import LabelStore  # noqa: E402
+from rlhflab.tiny import TinyWorld  # noqa: E402
+
+PROBE = """() => {
+  window.__presses = []; window.__shown = []; window.__painted = [];
+  document.addEventListener('keydown', () => window.__presses.push(performance.now()), true);
+  const root = document.querySelector('.rlhflab-labeler');
+  new MutationObserver(() => {
+    window.__shown.push(performance.now());
+    requestAnimationFrame(() => window.__painted.push(performance.now()));
+  }).observe(root, {attributes: true, attributeFilter: ['data-item-id']});
+}"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--labels", type=int, default=200, help="key presses to time")
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures here as JSON")
+    args = parser.parse_args()
+
+    from playwright.sync_api import sync_playwright
+
+    workdir = Path(tempfile.mkdtemp(prefix="rlhflab-latency-"))
+    store_path = workdir / "labels.db"
+    LabelStore(store_path).add_items(world_items(TinyWorld(), args.labels + 1))
+    cells = ["from rlhflab.store import LabelStore\nfrom rlhflab.labeling import PairwiseLabeler",
+             f"PairwiseLabeler(LabelStore({str(store_path)!r}), 'bench')"]
+    with JupyterLab(workdir) as lab, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = lab.open_notebook("latency.ipynb", cells, browser)
+        page.wait_for_selector(LABELER)
+        page.evaluate(PROBE)
+        page.locator(".rlhflab-labeler .rl-prompt").click()
+        for i in range(args.labels):
+            page.keyboard.press("ab"[i % 2])
+            page.wait_for_function(f"() => window.__painted.length > {i}")
+        presses, shown, painted = page.evaluate("() => [window.__presses, window.__shown, window.__painted]")
+        browser.close()
+    stored = len(LabelStore(store_path).labels())
+    to_shown = [s - p for p, s in zip(presses, shown)]
+    to_painted = [s - p for p, s in zip(presses, painted)]
+    figures = {"labels": args.labels, "stored": stored,
+               "shown_p50_ms": round(percentile(to_shown, 50), 1), "shown_p95_ms": round(percentile(to_shown, 95), 1),
+               "painted_p50_ms": round(percentile(to_painted, 50), 1),
+               "painted_p95_ms": round(percentile(to_painted, 95), 1)}
+    print(json.dumps(figures, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    if stored != args.labels:
+        sys.exit(f"only {stored} of {args.labels} labels reached the store")
+
+
+if __name__ == "__main__":
+    main()
