@@ -136,6 +136,8 @@ class GenerationQueue:
         return self._thread.is_alive()
 
     def start(self) -> GenerationQueue:
+        """Generate the first batch here, so labeling can begin at once, and the rest in the background."""
+        self._store_batch(0)
         self._thread.start()
         return self
 
@@ -150,19 +152,23 @@ class GenerationQueue:
 
     def _run(self):
         try:
-            for start in range(0, len(self.prompts), self.config.batch_size):
+            for start in range(self.config.batch_size, len(self.prompts), self.config.batch_size):
                 while self.store.progress()["untouched"] >= self.config.ahead:  # enough is waiting
                     if self._stop.wait(0.2):
                         return
                 if self._stop.is_set():
                     return
-                batch = self.prompts[start:start + self.config.batch_size]
-                self.store.add_items(self.generate(batch, seed=self.config.seed + start))
-                self.generated += len(batch)
-                for listener in self.listeners:
-                    listener()
+                self._store_batch(start)
         except BaseException as error:  # kept for join() and the widget's status line
             self.error = error
+
+    def _store_batch(self, start: int):
+        batch = self.prompts[start:start + self.config.batch_size]
+        if batch:
+            self.store.add_items(self.generate(batch, seed=self.config.seed + start))
+            self.generated += len(batch)
+            for listener in self.listeners:
+                listener()
 
     def generate(self, prompts: list[str], seed: int = 0) -> list[Item]:
         """K responses for each prompt, response i from policy i % len(policies)."""

@@ -141,7 +141,8 @@ def test_generation_queue_runs_ahead_in_the_background(tmp_path, world, tiny_pol
                             max_new_tokens=16), temperatures=[0.7, 1.3])
     labeler = PairwiseLabeler(store, "ada", queue=queue)
     assert labeler.item == {}
-    queue.start()
+    queue.start()  # the first batch is ready when start() returns, the rest comes in the background
+    assert labeler.item and queue.generated == 4
     labeled = 0
     while labeled < 12:
         if labeler.item:

@@ -7,8 +7,23 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
+SHARED = Path(__file__).parent.parent.parent / "shared"
 SMALL = {  # overrides of each notebook's parameters cell
     "01_sft.ipynb": "N_DEMONSTRATIONS = 64\nN_HELDOUT = 8\nEPOCHS = 1.0",
+    "02_label.ipynb": f"N_ITEMS = 24\nN_GOLD = 4\nN_GENERATED = 8\n"
+                      f"HH_RLHF = {str(SHARED / 'data/hh-rlhf/harmless-base-test.jsonl.gz')!r}",
+    "06_team_labeling.ipynb": "N_ITEMS = 20\nN_GOLD = 4",
+}
+EXPECTED_TEXT = {  # printed by each notebook when it worked
+    "01_sft.ipynb": ["mean gold score: base"],
+    "02_label.ipynb": ["raw agreement", "position bias: left won", "exported",
+                       "HH-RLHF comparisons ready" if SHARED.exists() else "skipping the import"],
+    "06_team_labeling.ipynb": ["team progress:", "accuracy on calibration items:", "Fleiss' kappa"],
+}
+EXPECTED_FILES = {  # written by each notebook, relative to where it runs
+    "01_sft.ipynb": ["runs/01_sft/adapter_model.safetensors"],
+    "02_label.ipynb": ["labels/02_label.db", "labels/02_label.jsonl"],
+    "06_team_labeling.ipynb": ["team_labels.db"],
 }
 
 
@@ -21,7 +36,7 @@ def run_notebook(name: str, workdir: Path) -> nbformat.NotebookNode:
 
 
 def test_every_notebook_has_small_settings():
-    assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == set(SMALL)
+    assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == set(SMALL) == set(EXPECTED_TEXT) == set(EXPECTED_FILES)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
@@ -30,8 +45,10 @@ def test_notebook_runs(name, tmp_path):
     errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     text = "\n".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
-    assert "mean gold score: base" in text
+    for expected in EXPECTED_TEXT[name]:
+        assert expected in text
     widgets = [o for c in notebook.cells for o in c.get("outputs", [])
                if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-    assert widgets, "the live plot did not render as a widget inside the kernel"
-    assert (tmp_path / "runs/01_sft/adapter_model.safetensors").exists()
+    assert widgets, "the notebook's widgets (live plot, labelers) did not render inside the kernel"
+    for path in EXPECTED_FILES[name]:
+        assert (tmp_path / path).exists()
