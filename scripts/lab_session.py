@@ -37,8 +37,9 @@ def free_port() -> int:
 class JupyterLab:
     """`jupyter lab` on 127.0.0.1 serving `workdir`; stopped (and its kernels with it) on exit."""
 
-    def __init__(self, workdir: Path, startup_timeout: float = 90.0):
+    def __init__(self, workdir: Path, startup_timeout: float = 90.0, config: Path | None = None):
         self.workdir, self.startup_timeout = Path(workdir), startup_timeout
+        self.config = [f"--config={config}"] if config else []  # an extra jupyter config file
         self.port, self.token = free_port(), secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -49,7 +50,7 @@ class JupyterLab:
             [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={self.port}",
              "--ip=127.0.0.1", f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.workdir}",
              "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
-             f"--LabApp.workspaces_dir={self.workdir / 'lab-workspaces'}"],
+             f"--LabApp.workspaces_dir={self.workdir / 'lab-workspaces'}", *self.config],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
