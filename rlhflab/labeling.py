@@ -27,7 +27,7 @@ import anywidget
 import traitlets
 from markdown_it import MarkdownIt
 
-from .records import Item, as_rows, read_jsonl
+from .records import Item, as_rows, dedup, read_jsonl
 from .store import LabelStore
 
 # InstructGPT's labelers flagged each response for, among others, harm and made-up facts (Ouyang et al.
@@ -107,7 +107,8 @@ class GenerationQueue:
 
     Args:
         store: where the items go; labelers pick them up from there with `store.next_item`.
-        prompts: the prompts to answer (duplicates are dropped).
+        prompts: the prompts to answer; repeats (exact, or after case and whitespace folding) are
+            dropped, and `dedup_report` says which.
         policies: one or two `Policy` objects (e.g. SFT vs PPO, or one policy twice at two temperatures
             via `temperatures`).
         config: batch size, how far ahead, sampling.
@@ -124,7 +125,8 @@ class GenerationQueue:
             raise ValueError(f"give one or two policies to compare, not {len(policies)}")
         self.store, self.policies, self.config = store, list(policies), config or GenerationConfig()
         self.temperatures = temperatures or [self.config.temperature] * len(self.policies)
-        self.prompts = list(dict.fromkeys(prompts))
+        kept, self.dedup_report = dedup([{"prompt": p} for p in prompts], keys=("prompt",))  # exact and case/space
+        self.prompts = [row["prompt"] for row in kept]
         self.generated = 0  # items stored so far
         self.error: BaseException | None = None  # what stopped the thread, if anything did
         self.listeners: list = []  # called with no arguments after every stored batch

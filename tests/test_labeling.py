@@ -136,7 +136,7 @@ def tiny_policy():
 
 def test_generation_queue_runs_ahead_in_the_background(tmp_path, world, tiny_policy):
     store = LabelStore(tmp_path / "l.db")
-    prompts = [q.text for q in world.questions("train", 12, seed=2)] + [world.questions("train", 1, seed=2)[0].text]
+    prompts = [q.text for q in world.questions("train", 12, seed=2)] + [world.questions("train", 1, seed=2)[0].text.upper()]
     queue = GenerationQueue(store, prompts, [tiny_policy, tiny_policy], GenerationConfig(batch_size=4, ahead=4,
                             max_new_tokens=16), temperatures=[0.7, 1.3])
     labeler = PairwiseLabeler(store, "ada", queue=queue)
@@ -151,7 +151,7 @@ def test_generation_queue_runs_ahead_in_the_background(tmp_path, world, tiny_pol
         else:
             queue._thread.join(0.05)
     queue.join(timeout=60)
-    assert queue.generated == 12  # the repeated prompt was dropped
+    assert queue.generated == 12 and queue.dedup_report.normalized == [12]  # the shouted repeat was dropped
     assert set(next(iter(store.items().values())).sources) == {"tiny@T0.7", "tiny@T1.3"}
 
 

@@ -10,7 +10,7 @@ NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 SHARED = Path(__file__).parent.parent.parent / "shared"
 SMALL = {  # overrides of each notebook's parameters cell
     "01_sft.ipynb": "N_DEMONSTRATIONS = 64\nN_HELDOUT = 8\nEPOCHS = 1.0",
-    "02_label.ipynb": f"N_ITEMS = 24\nN_GOLD = 4\nN_GENERATED = 8\n"
+    "02_label.ipynb": f"N_ITEMS = 24\nN_GOLD = 4\nN_GENERATED = 4\nMAX_NEW_TOKENS = 24\n"
                       f"HH_RLHF = {str(SHARED / 'data/hh-rlhf/harmless-base-test.jsonl.gz')!r}",
     "06_team_labeling.ipynb": "N_ITEMS = 20\nN_GOLD = 4",
 }
