@@ -123,9 +123,11 @@ def engine_for(url_or_path: str | Path, config: StoreConfig) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection):
-        # Take the write lock up front: a deferred transaction that reads and then writes can fail
-        # with SQLITE_BUSY when another process committed in between, and that is not retried.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front: a deferred transaction that reads and then writes can
+        # fail with SQLITE_BUSY when another process committed in between, and that is not retried.
+        # Readers begin deferred and read a snapshot without waiting for anyone.
+        read_only = connection.get_execution_options().get("read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -152,7 +154,6 @@ class LabelStore:
     def __init__(self, url: str | Path = "labels.db", project: str = "default", config: StoreConfig | None = None):
         self.config = config or StoreConfig()
         self.project = project
-        self.url = str(url)
         self.engine = engine_for(url, self.config)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         with self._write() as conn:
@@ -172,7 +173,7 @@ class LabelStore:
         return _WriteTransaction(self, serialise)
 
     def _read(self):
-        return self.engine.connect()
+        return self.engine.connect().execution_options(read_only=True)
 
     # -- items ------------------------------------------------------------------------------------
 
