@@ -28,7 +28,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
 from .live import LivePlot
-from .models import attach_adapter, default_device, load_pretrained
+from .models import attach_adapter, compute_dtype, default_device, load_pretrained
 from .records import as_rows
 
 STRENGTH_MARGINS = {"slightly": 1 / 3, "clearly": 2 / 3, "much": 1.0}
@@ -221,6 +221,12 @@ def train_reward_model(reward_model: RewardModel, preferences, config: RewardCon
         train_dataset=tokenized(train_rows, tokenizer, config.max_length, config.use_margin),
         eval_dataset=tokenized(eval_rows, tokenizer, config.max_length, config.use_margin) if eval_rows else None,
     )
+    if getattr(reward_model.model, "is_quantized", False):
+        # TRL casts a quantized model's trainable weights to bf16 (QLoRA's choice); on the CPU the
+        # score head would then meet fp32 hidden states. Keep them in the device's compute dtype.
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(compute_dtype(reward_model.device.type))
     outcome = trainer.train()
     metrics = {"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"]}
     if eval_rows:

@@ -45,3 +45,17 @@ def random_models(tmp_path_factory):
     template = paths["gpt2"] / "chat_template.jinja"
     template.unlink(missing_ok=True)
     return paths
+
+
+@pytest.fixture(scope="session")
+def recipe(world, gold, tmp_path_factory):
+    """The quick tiny-world recipe's SFT adapter and reward model, shared by the reward and PPO tests.
+
+    Returns (config, sft_dir, reward_dir, reward evaluation).
+    """
+    from rlhflab.tiny.recipe import RecipeConfig, reward_stage, sft_stage
+
+    config = RecipeConfig.quick(str(tmp_path_factory.mktemp("recipe")))
+    sft_dir = sft_stage(world, config)
+    reward_dir, evaluation = reward_stage(world, gold, sft_dir, config)
+    return config, sft_dir, reward_dir, evaluation

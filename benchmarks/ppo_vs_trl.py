@@ -1,0 +1,203 @@
+"""Our PPO side by side with TRL's last PPOTrainer (trl==1.9.2, trl.experimental.ppo), on the CPU.
+
+    .venv/bin/python benchmarks/ppo_vs_trl.py [--steps 4] [--memory-steps 2]
+
+It installs TRL 1.9.2 into its own virtualenv (benchmarks/.venv-trl192, once), builds random
+models in a temp dir, and runs every measurement in a fresh process:
+
+- speed: Llama-style, 4 layers, 256 wide; batch 16, 32-token responses, 4 PPO epochs, one
+  minibatch of 16, full-parameter training; samples (responses) per second over `--steps` PPO
+  steps for TRL and for us, and the ratio. Our LoRA and 4-bit + LoRA modes are reported too.
+- memory: GPT-2-small scale (12 layers, 768 wide), `--memory-steps` steps; peak RSS above the
+  baseline measured after imports, for TRL and for our full, LoRA and 4-bit + LoRA shared-base modes.
+
+Both sides generate with temperature 1, no top-k / top-p, and stop at EOS; random weights rarely
+emit EOS, so both always sample the full 32 tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TRL_VENV = HERE / ".venv-trl192"
+SPEED = dict(layers=4, width=256, heads=4)
+MEMORY = dict(layers=12, width=768, heads=12)
+BATCH, RESPONSE_LENGTH, EPOCHS = 16, 32, 4
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up (parent process)
+# ---------------------------------------------------------------------------------------------
+
+def ensure_trl_venv() -> Path:
+    python = TRL_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "trl==1.9.2"], check=True)
+    return python
+
+
+def build_models(root: Path, layers: int, width: int, heads: int) -> Path:
+    """A random Llama causal LM and a random reward model of the same shape, with the tiny tokenizer."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    from rlhflab.models import MODEL_DIR, load_tokenizer
+    from rlhflab.reward import NORMALIZATION_FILE
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(str(MODEL_DIR))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, num_labels=1)
+    for name, cls in (("policy", LlamaForCausalLM), ("reward", LlamaForSequenceClassification)):
+        cls(config).save_pretrained(root / name, safe_serialization=True)
+        tokenizer.save_pretrained(root / name)
+    # A reward adapter on the policy's base, for our shared-base mode.
+    adapter = get_peft_model(LlamaForSequenceClassification.from_pretrained(root / "policy", num_labels=1),
+                             LoraConfig(task_type="SEQ_CLS", target_modules="all-linear", modules_to_save=["score"]))
+    adapter.save_pretrained(root / "reward_adapter")
+    (root / "reward_adapter" / NORMALIZATION_FILE).write_text(json.dumps({"mean": 0.0, "std": 1.0}))
+    return root
+
+
+def run_worker(python: Path, args: list[str]) -> dict:
+    out = subprocess.run([str(python), str(Path(__file__).resolve()), "worker", *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers (one fresh process per measurement)
+# ---------------------------------------------------------------------------------------------
+
+def prompts(n: int) -> list[str]:
+    from rlhflab.tiny.world import TinyWorld  # only the prompt text; works in both virtualenvs via sys.path
+
+    return [q.text for q in TinyWorld().questions("train", n, seed=0)]
+
+
+def ours(model_dir: Path, mode: str, steps: int) -> dict:
+    import torch
+
+    baseline = peak_rss_mb()
+    from rlhflab import load_policy
+    from rlhflab.ppo import PPOConfig, PPOTrainer, SharedReward
+    from rlhflab.reward import load_reward_model
+
+    baseline = max(baseline, peak_rss_mb())
+    lora = mode != "full"
+    policy = load_policy(str(model_dir / "policy"), lora=lora, quantization="4bit" if mode == "4bit+lora" else None,
+                         device="cpu")
+    reward = (SharedReward(policy, model_dir / "reward_adapter") if lora
+              else load_reward_model(str(model_dir / "reward"), device="cpu"))
+    config = PPOConfig(output_dir=tempfile.mkdtemp(), steps=steps, batch_size=BATCH, mini_batch_size=BATCH,
+                       ppo_epochs=EPOCHS, response_length=RESPONSE_LENGTH, learning_rate=3e-6 if not lora else 1e-4,
+                       save_every=10**9, sample_every=10**9)
+    trainer = PPOTrainer(policy, prompts(256), reward, config)
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    return {"samples_per_s": BATCH * steps / seconds, "seconds": seconds, "peak_rss_mb": peak_rss_mb() - baseline}
+
+
+def trl(model_dir: Path, steps: int) -> dict:
+    baseline = peak_rss_mb()
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    baseline = max(baseline, peak_rss_mb())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir / "policy", padding_side="left")
+    policy = AutoModelForCausalLM.from_pretrained(model_dir / "policy")
+    ref = AutoModelForCausalLM.from_pretrained(model_dir / "policy")
+    reward = AutoModelForSequenceClassification.from_pretrained(model_dir / "reward", num_labels=1)
+    value = AutoModelForSequenceClassification.from_pretrained(model_dir / "reward", num_labels=1)
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             for p in prompts(256)]
+    dataset = Dataset.from_dict({"input_ids": [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]})
+    args = PPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, num_mini_batches=1,
+                     gradient_accumulation_steps=1, num_ppo_epochs=EPOCHS, response_length=RESPONSE_LENGTH,
+                     total_episodes=BATCH * steps, learning_rate=3e-6, temperature=1.0, stop_token="eos",
+                     missing_eos_penalty=1.0, kl_coef=0.05, report_to="none", save_strategy="no",
+                     num_sample_generations=0, local_rollout_forward_batch_size=BATCH, bf16=False, use_cpu=True,
+                     logging_steps=10**9)
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
+                         value_model=value, train_dataset=dataset)
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    return {"samples_per_s": BATCH * steps / seconds, "seconds": seconds, "peak_rss_mb": peak_rss_mb() - baseline}
+
+
+def worker(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("impl", choices=["ours", "trl"])
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--mode", default="full", choices=["full", "lora", "4bit+lora"])
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(HERE.parent))  # rlhflab's world for the prompts, in the TRL venv too
+    result = ours(args.model_dir, args.mode, args.steps) if args.impl == "ours" else trl(args.model_dir, args.steps)
+    print(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        return worker(sys.argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4, help="PPO steps timed per run")
+    parser.add_argument("--memory-steps", type=int, default=2, help="PPO steps of the memory runs")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "ppo_vs_trl.json")
+    args = parser.parse_args()
+    trl_python = ensure_trl_venv()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        speed_dir = build_models(Path(tmp) / "speed", **SPEED)
+        theirs = run_worker(trl_python, ["trl", str(speed_dir), "--steps", str(args.steps)])
+        rows.append({"measure": "speed", "impl": "TRL 1.9.2", "mode": "full", **theirs})
+        for mode in ("full", "lora", "4bit+lora"):
+            mine = run_worker(Path(sys.executable), ["ours", str(speed_dir), "--mode", mode, "--steps", str(args.steps)])
+            rows.append({"measure": "speed", "impl": "rlhflab", "mode": mode, **mine,
+                         "ratio_vs_trl": mine["samples_per_s"] / theirs["samples_per_s"]})
+        memory_dir = build_models(Path(tmp) / "memory", **MEMORY)
+        theirs = run_worker(trl_python, ["trl", str(memory_dir), "--steps", str(args.memory_steps)])
+        rows.append({"measure": "memory", "impl": "TRL 1.9.2", "mode": "full", **theirs})
+        for mode in ("full", "lora", "4bit+lora"):
+            mine = run_worker(Path(sys.executable), ["ours", str(memory_dir), "--mode", mode,
+                                                     "--steps", str(args.memory_steps)])
+            rows.append({"measure": "memory", "impl": "rlhflab", "mode": mode, **mine,
+                         "ratio_vs_trl": mine["peak_rss_mb"] / theirs["peak_rss_mb"]})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"{'measure':8} {'impl':10} {'mode':10} {'samples/s':>10} {'peak RSS MB':>12} {'ratio vs TRL':>13}")
+    for r in rows:
+        ratio = f"{r['ratio_vs_trl']:.2f}" if "ratio_vs_trl" in r else "1.00"
+        print(f"{r['measure']:8} {r['impl']:10} {r['mode']:10} {r['samples_per_s']:10.2f} {r['peak_rss_mb']:12.0f} {ratio:>13}")
+
+
+if __name__ == "__main__":
+    main()

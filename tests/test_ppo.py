@@ -1,0 +1,127 @@
+"""PPO on the tiny world: KL starts at 0, only the right parameters learn, checkpoints resume,
+NaNs stop cleanly, and a short run beats SFT on both the reward model and the gold annotator."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhflab import load_policy
+from rlhflab.ppo import GoldReward, PPOConfig, PPOTrainer, SharedReward, train_ppo
+from rlhflab.tiny.recipe import RecipeConfig, compare_with_sft, heldout_prompts, ppo_trainer
+
+
+def small(tmp_path, **overrides):
+    return PPOConfig(**{**dict(output_dir=str(tmp_path), steps=2, batch_size=4, mini_batch_size=2, ppo_epochs=1,
+                               response_length=16, save_every=1), **overrides})
+
+
+def prompts(world, n=32):
+    return [q.text for q in world.questions("train", n, seed=4)]
+
+
+def test_kl_is_zero_before_the_first_update(world, gold, recipe, tmp_path):
+    _, sft_dir, reward_dir, _ = recipe
+    policy = load_policy("tiny", lora=True, adapter=str(sft_dir))
+    trainer = PPOTrainer(policy, prompts(world), SharedReward(policy, reward_dir), small(tmp_path),
+                         reference_adapter=sft_dir)
+    batch = trainer.rollout(prompts(world, 8))
+    assert batch["mask"].sum() > 8
+    assert batch["k1"].abs().max().item() < 1e-4
+
+
+def test_only_policy_adapter_and_value_head_learn(world, recipe, tmp_path):
+    _, sft_dir, reward_dir, _ = recipe
+    policy = load_policy("tiny", lora=True, adapter=str(sft_dir))
+    reward = SharedReward(policy, reward_dir)
+    trainer = PPOTrainer(policy, prompts(world), reward, small(tmp_path, steps=1), reference_adapter=sft_dir)
+    before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters()}
+    trainable = {n for n, p in trainer.unwrapped.named_parameters() if p.requires_grad}
+    assert trainable and all(".default." in n or n.startswith("value_head") for n in trainable)
+    trainer.train()
+    changed = {n for n, p in trainer.unwrapped.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert any(n.startswith("value_head") for n in changed) and any(".default." in n for n in changed)
+    assert changed <= trainable  # base, reference and reward adapters stay as they were
+
+
+def test_checkpoint_resumes_to_the_same_step(world, gold, tmp_path):
+    policy = load_policy("tiny", lora=True)
+    first = train_ppo(policy, prompts(world), GoldReward(gold), small(tmp_path, steps=2))
+    checkpoint = first.output_dir / "checkpoint"
+    assert first.step == 2 and (checkpoint / "adapter_model.safetensors").exists()
+    assert (checkpoint / "value_head.safetensors").exists()
+    again = load_policy("tiny", lora=True)
+    trainer = PPOTrainer(again, prompts(world), GoldReward(gold), small(tmp_path / "resumed", steps=3))
+    trainer.resume(checkpoint)
+    assert trainer.step == 2
+    saved = dict(policy.model.named_parameters())
+    for name, param in again.model.named_parameters():
+        if "lora_" in name:
+            assert torch.equal(param, saved[name]), name
+    result = trainer.train()
+    assert result.step == 3 and len(result.history) == 1
+
+
+def test_interrupt_stops_cleanly_with_a_checkpoint(world, gold, tmp_path):
+    class InterruptingReward(GoldReward):
+        calls = 0
+
+        def score(self, prompts, responses):
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt  # what a notebook's stop button raises
+            return super().score(prompts, responses)
+
+    result = train_ppo(load_policy("tiny", lora=True), prompts(world), InterruptingReward(gold),
+                       small(tmp_path, steps=5, save_every=100))
+    assert result.interrupted and result.step == 1
+    assert '"step": 1' in (tmp_path / "checkpoint" / "ppo_state.json").read_text()
+
+
+def test_nan_reward_stops_before_touching_the_adapter(world, gold, tmp_path):
+    class NanReward:
+        def score(self, prompts, responses):
+            return torch.full((len(prompts),), float("nan"))
+
+    policy = load_policy("tiny", lora=True)
+    before = {n: p.detach().clone() for n, p in policy.model.named_parameters() if "lora_" in n}
+    with pytest.raises(FloatingPointError, match="nothing was applied"):
+        train_ppo(policy, prompts(world), NanReward(), small(tmp_path))
+    after = dict(policy.model.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in before.items())
+
+
+def test_ptx_term_is_logged(world, gold, tmp_path):
+    texts = [d["prompt"] + " " + d["response"] for d in world.demonstrations("train", 8)]
+    result = train_ppo(load_policy("tiny", lora=True), prompts(world), GoldReward(gold),
+                       small(tmp_path, steps=1, ptx_coef=0.5), ptx_texts=texts)
+    assert result.history[0]["loss/ptx_avg"] > 0
+
+
+@pytest.mark.parametrize("mode", ["lora-shared", "4bit-shared", "lora-separate"])
+def test_short_ppo_beats_sft_on_reward_and_gold(world, gold, recipe, tmp_path, mode):
+    config, sft_dir, reward_dir, _ = recipe
+    config = RecipeConfig.quick(str(tmp_path), quantization="4bit" if mode == "4bit-shared" else None)
+    trainer = ppo_trainer(world, gold, sft_dir, reward_dir, config, separate_reward=mode == "lora-separate")
+    result = trainer.train()
+    names = set(result.history[-1])
+    assert {"objective/kl", "objective/kl_coef", "objective/scores", "objective/gold_scores", "objective/entropy",
+            "val/response_length", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/value_avg",
+            "val/explained_variance"} <= names
+    outcome = compare_with_sft(trainer, gold, sft_dir, heldout_prompts(world, config), config)
+    assert outcome["ppo/reward_mean"] > outcome["sft/reward_mean"], outcome
+    assert outcome["ppo/gold_mean"] > outcome["sft/gold_mean"], outcome
+    assert (Path(tmp_path) / "ppo" / "checkpoint" / "adapter_model.safetensors").exists()
+
+
+def test_two_processes_with_accelerate(tmp_path):
+    script = Path(__file__).parent / "ppo_two_processes.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+                          str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "process 0 of 2: step 2" in out.stdout and "process 1 of 2: step 2" in out.stdout
+    assert (tmp_path / "checkpoint" / "ppo_state.json").exists()

@@ -1,0 +1,87 @@
+"""Reward model: margins from strength, a trained and saved score head, accuracy above chance."""
+
+import pandas as pd
+import pytest
+import torch
+
+from rlhflab.ppo import SharedReward
+from rlhflab import load_policy
+from rlhflab.reward import (STRENGTH_MARGINS, RewardConfig, evaluate_reward_model, load_reward_model,
+                            preference_rows, reward_plot, train_reward_model)
+
+
+@pytest.fixture(scope="module")
+def heldout(world, gold):
+    return gold.preferences(*world.candidate_pairs("heldout", 150, seed=2))
+
+
+def test_beats_chance_on_heldout_pairs_and_agrees_with_gold(recipe, heldout):
+    _, _, reward_dir, evaluation = recipe
+    assert evaluation["metrics"]["reward/gold_agreement"] > 0.7  # chance is 0.5
+    assert evaluation["metrics"]["reward/gold_agreement_sft_samples"] > 0.7
+    result = evaluate_reward_model(load_reward_model(str(reward_dir)), heldout)
+    assert len(heldout) >= 80 and result["metrics"]["eval/accuracy"] > 0.7
+    table = result["calibration"]
+    assert table["pairs"].sum() == len(heldout)
+    assert table["mean predicted"].between(0, 1).all()
+    # pairs predicted to go one way mostly do: the lowest bin's first-side wins are rarer than the highest's
+    assert table["observed first wins"].iloc[0] < table["observed first wins"].iloc[-1]
+    assert len(reward_plot(result).data) == 2
+
+
+def test_score_head_is_trained_and_saved_with_the_adapter(recipe, heldout):
+    _, _, reward_dir, _ = recipe
+    reward_model = load_reward_model(str(reward_dir))
+    score = reward_model.model.base_model.model.score  # peft's ModulesToSaveWrapper
+    assert not torch.equal(score.modules_to_save["default"].weight, score.original_module.weight)
+    base = load_reward_model("tiny")
+    base_weights = dict(base.model.named_parameters())
+    for name, param in reward_model.model.base_model.model.named_parameters():
+        if "lora_" not in name and "score" not in name:  # the base stays frozen
+            assert torch.equal(param, base_weights[name.replace(".base_layer", "")]), name
+    prompts, responses = [r["prompt"] for r in heldout[:8]], [r["chosen"] for r in heldout[:8]]
+    assert not torch.allclose(base.score(prompts, responses), reward_model.score(prompts, responses), atol=1e-3)
+
+
+def test_normalised_on_sft_samples_and_shared_adapter_scores_the_same(recipe, heldout):
+    config, sft_dir, reward_dir, _ = recipe
+    reward_model = load_reward_model(str(reward_dir))
+    assert reward_model.std != 1.0 and reward_model.mean != 0.0
+    prompts, responses = [r["prompt"] for r in heldout[:16]], [r["chosen"] for r in heldout[:16]]
+    raw = reward_model.score(prompts, responses, normalized=False)
+    assert torch.allclose(reward_model.score(prompts, responses), (raw - reward_model.mean) / reward_model.std)
+    shared = SharedReward(load_policy("tiny", lora=True, adapter=str(sft_dir)), reward_dir)
+    assert torch.allclose(shared.score(prompts, responses), reward_model.score(prompts, responses), atol=1e-3)
+
+
+def test_normalize_on_gives_mean_0_std_1(recipe, heldout, tmp_path):
+    reward_model = load_reward_model(str(recipe[2]))
+    prompts, responses = [r["prompt"] for r in heldout], [r["chosen"] for r in heldout]
+    reward_model.normalize_on(prompts, responses)
+    scores = reward_model.score(prompts, responses)
+    assert abs(scores.mean().item()) < 1e-4 and abs(scores.std().item() - 1) < 1e-4
+    reward_model.save(tmp_path)
+    assert torch.allclose(load_reward_model(str(tmp_path)).score(prompts, responses), scores, atol=1e-5)
+
+
+def test_strength_becomes_a_margin_and_bad_rows_are_named():
+    rows = preference_rows(pd.DataFrame([
+        {"prompt": "p", "chosen": "a", "rejected": "b", "strength": "much"},
+        {"prompt": "p", "chosen": "a", "rejected": "b", "strength": None},
+    ]))
+    assert [r["margin"] for r in rows] == [STRENGTH_MARGINS["much"], 0.0]
+    assert preference_rows([{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 0.25}])[0]["margin"] == 0.25
+    with pytest.raises(ValueError, match="strength 'huge' is not one of"):
+        preference_rows([{"prompt": "p", "chosen": "a", "rejected": "b", "strength": "huge"}])
+    with pytest.raises(ValueError, match="column 'rejected' is missing"):
+        preference_rows([{"prompt": "p", "chosen": "a", "worse": "b"}])
+
+
+def test_4bit_reward_model_trains_with_lora(heldout, tmp_path):
+    reward_model = load_reward_model("tiny", lora=True, quantization="4bit")
+    metrics = train_reward_model(reward_model, heldout[:32], RewardConfig(output_dir=str(tmp_path), max_steps=2,
+                                                                        batch_size=8))
+    assert metrics["train/loss"] > 0 and (tmp_path / "adapter_model.safetensors").exists()
+    with pytest.raises(ValueError, match="lora=True"):
+        train_reward_model(load_reward_model("tiny", quantization="4bit"), heldout[:8],
+                           RewardConfig(output_dir=str(tmp_path)))
