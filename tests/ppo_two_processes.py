@@ -1,4 +1,4 @@
-"""Two PPO steps under `accelerate launch --num_processes 2 --cpu` (run by test_ppo.py)."""
+"""Two PPO steps under `accelerate launch --multi_gpu --num_processes 2` on the CPU (run by test_ppo.py)."""
 
 import sys
 

@@ -118,9 +118,11 @@ def test_short_ppo_beats_sft_on_reward_and_gold(world, gold, recipe, tmp_path, m
 
 
 def test_two_processes_with_accelerate(tmp_path):
+    """Two CPU processes under DDP (gloo). accelerate 1.15's `--cpu` flag starts a single process;
+    `--multi_gpu` goes through torchrun, and on a machine without GPUs the workers run on the CPU."""
     script = Path(__file__).parent / "ppo_two_processes.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                           str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "process 0 of 2: step 2" in out.stdout and "process 1 of 2: step 2" in out.stdout
