@@ -29,7 +29,9 @@ from pathlib import Path
 
 DEMONSTRATION_COLUMNS = ("prompt", "response")
 COMPARISON_COLUMNS = ("prompt", "chosen", "rejected")
-MARGINS = {"slightly": 1.0, "clearly": 2.0, "much": 3.0, None: 1.0}  # Llama 2's margin by preference strength
+# Reward-model margin by preference strength: Llama 2's "small" margins (Touvron et al. 2023,
+# Table 27); no strength means plain Bradley-Terry (margin 0).
+MARGINS = {"slightly": 1 / 3, "clearly": 2 / 3, "much": 1.0, None: 0.0}
 MAX_CHARS = 100_000  # longest text an import accepts by default (a page of text is ~3,000 characters)
 HH_ASSISTANT = "\n\nAssistant:"
 
@@ -145,14 +147,14 @@ def _letter(index: int) -> str:
 
 def _decided_pairs(label: dict, k: int):
     """(winner index, loser index, kind, margin) for each pair a label speaks about."""
-    if label["ranking"] is not None:  # rank 1 is best; equal ranks are ties; margin = rank distance
+    if label["ranking"] is not None:  # rank 1 is best; equal ranks are ties; margin grows with rank distance
         ranks = label["ranking"]
         for i, j in combinations(range(k), 2):
             if ranks[i] == ranks[j]:
                 yield i, j, "tie", 0.0
             else:
                 winner, loser = (i, j) if ranks[i] < ranks[j] else (j, i)
-                yield winner, loser, "preferred", float(abs(ranks[i] - ranks[j]))
+                yield winner, loser, "preferred", min(abs(ranks[i] - ranks[j]), 3) / 3
         return
     choice = label["choice"]
     if choice in ("a", "b"):

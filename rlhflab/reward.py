@@ -5,8 +5,8 @@ RewardTrainer on prompt / chosen / rejected rows:
 
     loss = -log sigmoid(r(chosen) - r(rejected) - margin)        (Touvron et al. 2023, eq. 2)
 
-- Preference strength becomes the margin, with Llama 2's "small" margins (ibid., Table 27):
-  slightly 1/3, clearly 2/3, much 1. A numeric 'margin' column is used as is.
+- Preference strength becomes the margin (`rlhflab.records.MARGINS`, Llama 2's "small" margins:
+  slightly 1/3, clearly 2/3, much 1). A numeric 'margin' column, as the label store exports, is used as is.
 - Ties and "both bad" carry no direction, so they are not rows here (the label store keeps them;
   its TRL export leaves them out). Rankings arrive already expanded into all their pairs.
 - The score head trains and saves with the adapter (`modules_to_save=["score"]`): without it, a
@@ -29,9 +29,8 @@ from transformers import AutoModelForSequenceClassification
 
 from .live import LivePlot
 from .models import attach_adapter, compute_dtype, default_device, load_pretrained
-from .records import as_rows
+from .records import MARGINS, as_rows
 
-STRENGTH_MARGINS = {"slightly": 1 / 3, "clearly": 2 / 3, "much": 1.0}
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 NORMALIZATION_FILE = "reward_normalization.json"
 
@@ -81,11 +80,11 @@ def preference_rows(data, columns: dict | None = None) -> list[dict]:
     for index, row in enumerate(rows):
         if margins is not None and margins[index] is not None and not pd.isna(margins[index]):
             row["margin"] = float(margins[index])
-        elif strengths is not None and strengths[index] in STRENGTH_MARGINS:
-            row["margin"] = STRENGTH_MARGINS[strengths[index]]
+        elif strengths is not None and strengths[index] in MARGINS:
+            row["margin"] = MARGINS[strengths[index]]
         elif strengths is not None and strengths[index] is not None and not pd.isna(strengths[index]):
             raise ValueError(f"preferences row {index}: strength {strengths[index]!r} is not one of "
-                             f"{list(STRENGTH_MARGINS)}; fix it or drop the 'strength' column")
+                             f"{[k for k in MARGINS if k]}; fix it or drop the 'strength' column")
         else:
             row["margin"] = 0.0
     return rows

@@ -108,8 +108,8 @@ def test_export_keeps_margins_flags_annotators_and_expands_rankings(tmp_path, st
     store.record(ranking.item_id, "bob", ranking=[1, 3, 1])
     rows = comparisons(store)
     assert [(r["chosen"], r["rejected"], r["label"], r["margin"]) for r in rows] == [
-        ("Go away.", "The fox is red.", "preferred", 3.0),
-        ("forest", "desert", "preferred", 2.0), ("forest", "cave", "tie", 0.0), ("cave", "desert", "preferred", 2.0)]
+        ("Go away.", "The fox is red.", "preferred", 1.0),
+        ("forest", "desert", "preferred", 2 / 3), ("forest", "cave", "tie", 0.0), ("cave", "desert", "preferred", 2 / 3)]
     assert rows[0]["flags"] == ["rejected:harmful"] and rows[0]["shown_left"] is True
     assert rows[0]["annotator"] == "ada" and rows[0]["chosen_source"] == "ppo"
     dataset = to_trl_dataset(store)

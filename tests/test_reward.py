@@ -6,7 +6,8 @@ import torch
 
 from rlhflab.ppo import SharedReward
 from rlhflab import load_policy
-from rlhflab.reward import (STRENGTH_MARGINS, RewardConfig, evaluate_reward_model, load_reward_model,
+from rlhflab.records import MARGINS
+from rlhflab.reward import (RewardConfig, evaluate_reward_model, load_reward_model,
                             preference_rows, reward_plot, train_reward_model)
 
 
@@ -69,7 +70,7 @@ def test_strength_becomes_a_margin_and_bad_rows_are_named():
         {"prompt": "p", "chosen": "a", "rejected": "b", "strength": "much"},
         {"prompt": "p", "chosen": "a", "rejected": "b", "strength": None},
     ]))
-    assert [r["margin"] for r in rows] == [STRENGTH_MARGINS["much"], 0.0]
+    assert [r["margin"] for r in rows] == [MARGINS["much"], 0.0]
     assert preference_rows([{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 0.25}])[0]["margin"] == 0.25
     with pytest.raises(ValueError, match="strength 'huge' is not one of"):
         preference_rows([{"prompt": "p", "chosen": "a", "rejected": "b", "strength": "huge"}])
