@@ -58,6 +58,7 @@ def build_models(root: Path, layers: int, width: int, heads: int) -> Path:
 
     from rlhflab.models import MODEL_DIR, load_tokenizer
     from rlhflab.reward import NORMALIZATION_FILE
+    from rlhflab.tiny import TinyWorld
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(str(MODEL_DIR))
@@ -72,6 +73,8 @@ def build_models(root: Path, layers: int, width: int, heads: int) -> Path:
     adapter = get_peft_model(LlamaForSequenceClassification.from_pretrained(root / "policy", num_labels=1),
                              LoraConfig(task_type="SEQ_CLS", target_modules="all-linear", modules_to_save=["score"]))
     adapter.save_pretrained(root / "reward_adapter")
+    world = TinyWorld()  # the TRL virtualenv has no rlhflab, so its prompts travel as a file
+    (root / "prompts.json").write_text(json.dumps([q.text for q in world.questions("train", 256, seed=0)]))
     (root / "reward_adapter" / NORMALIZATION_FILE).write_text(json.dumps({"mean": 0.0, "std": 1.0}))
     return root
 
@@ -87,10 +90,8 @@ def run_worker(python: Path, args: list[str]) -> dict:
 # Workers (one fresh process per measurement)
 # ---------------------------------------------------------------------------------------------
 
-def prompts(n: int) -> list[str]:
-    from rlhflab.tiny.world import TinyWorld  # only the prompt text; works in both virtualenvs via sys.path
-
-    return [q.text for q in TinyWorld().questions("train", n, seed=0)]
+def prompts(model_dir: Path) -> list[str]:
+    return json.loads((model_dir / "prompts.json").read_text())
 
 
 def ours(model_dir: Path, mode: str, steps: int) -> dict:
@@ -110,7 +111,7 @@ def ours(model_dir: Path, mode: str, steps: int) -> dict:
     config = PPOConfig(output_dir=tempfile.mkdtemp(), steps=steps, batch_size=BATCH, mini_batch_size=BATCH,
                        ppo_epochs=EPOCHS, response_length=RESPONSE_LENGTH, learning_rate=3e-6 if not lora else 1e-4,
                        save_every=10**9, sample_every=10**9)
-    trainer = PPOTrainer(policy, prompts(256), reward, config)
+    trainer = PPOTrainer(policy, prompts(model_dir), reward, config)
     torch.manual_seed(0)
     started = time.perf_counter()
     trainer.train()
@@ -132,7 +133,7 @@ def trl(model_dir: Path, steps: int) -> dict:
     reward = AutoModelForSequenceClassification.from_pretrained(model_dir / "reward", num_labels=1)
     value = AutoModelForSequenceClassification.from_pretrained(model_dir / "reward", num_labels=1)
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in prompts(256)]
+             for p in prompts(model_dir)]
     dataset = Dataset.from_dict({"input_ids": [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]})
     args = PPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, num_mini_batches=1,
                      gradient_accumulation_steps=1, num_ppo_epochs=EPOCHS, response_length=RESPONSE_LENGTH,
@@ -156,7 +157,6 @@ def worker(argv: list[str]) -> None:
     parser.add_argument("--mode", default="full", choices=["full", "lora", "4bit+lora"])
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(HERE.parent))  # rlhflab's world for the prompts, in the TRL venv too
     result = ours(args.model_dir, args.mode, args.steps) if args.impl == "ours" else trl(args.model_dir, args.steps)
     print(json.dumps(result))
 

@@ -13,17 +13,23 @@ SMALL = {  # overrides of each notebook's parameters cell
     "02_label.ipynb": f"N_ITEMS = 24\nN_GOLD = 4\nN_GENERATED = 4\nMAX_NEW_TOKENS = 24\n"
                       f"HH_RLHF = {str(SHARED / 'data/hh-rlhf/harmless-base-test.jsonl.gz')!r}",
     "06_team_labeling.ipynb": "N_ITEMS = 20\nN_GOLD = 4",
+    "03_reward.ipynb": "N_DEMONSTRATIONS = 32\nN_WORLD_PAIRS = 40\nN_POLICY_PAIRS = 40\nEPOCHS = 1.0\nN_HELDOUT = 16",
+    "04_ppo.ipynb": "N_DEMONSTRATIONS = 32\nN_PAIRS = 40\nPPO_STEPS = 3\nOVEROPTIMIZE_STEPS = 3\nN_HELDOUT = 16",
 }
 EXPECTED_TEXT = {  # printed by each notebook when it worked
     "01_sft.ipynb": ["mean gold score: base"],
     "02_label.ipynb": ["raw agreement", "position bias: left won", "exported",
                        "HH-RLHF comparisons ready" if SHARED.exists() else "skipping the import"],
     "06_team_labeling.ipynb": ["team progress:", "accuracy on calibration items:", "Fleiss' kappa"],
+    "03_reward.ipynb": ["decided comparisons", "agreement with the gold annotator on held-out pairs"],
+    "04_ppo.ipynb": ["reward model agrees with gold", "gold win-rate against SFT", "gold peaked around step"],
 }
 EXPECTED_FILES = {  # written by each notebook, relative to where it runs
     "01_sft.ipynb": ["runs/01_sft/adapter_model.safetensors"],
     "02_label.ipynb": ["labels/02_label.db", "labels/02_label.jsonl"],
     "06_team_labeling.ipynb": ["team_labels.db"],
+    "03_reward.ipynb": ["runs/03_reward/reward/adapter_model.safetensors", "runs/03_reward/labels.db"],
+    "04_ppo.ipynb": ["runs/04_ppo/ppo/checkpoint/adapter_model.safetensors", "runs/04_ppo/ppo/metrics.html"],
 }
 
 
