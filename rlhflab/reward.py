@@ -265,15 +265,6 @@ def evaluate_reward_model(reward_model: RewardModel, preferences, bins: int = 5)
             "calibration": pd.DataFrame(table), "chosen": chosen, "rejected": rejected}
 
 
-def gold_agreement(reward_model: RewardModel, gold, prompts: list[str], responses_a: list[str],
-                   responses_b: list[str]) -> float:
-    """Share of the gold annotator's decided pairs that the reward model orders the same way."""
-    rows = gold.preferences(prompts, responses_a, responses_b)  # noiseless gold only
-    if not rows:
-        raise ValueError("the gold annotator found no decided pair among these; pass more pairs")
-    return evaluate_reward_model(reward_model, rows)["metrics"]["eval/accuracy"]
-
-
 def reward_plot(evaluation: dict):
     """Histogram of raw rewards of chosen and rejected responses (a plotly figure)."""
     import plotly.graph_objects as go
