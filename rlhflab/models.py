@@ -58,8 +58,7 @@ class Policy:
 
     def chat_prompt(self, prompt: str) -> str:
         """The text the model sees for a one-turn user prompt, up to where the reply starts."""
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                  add_generation_prompt=True)
+        return chat_prompt(self.tokenizer, prompt)
 
     @torch.no_grad()
     def generate(self, prompts: list[str] | str, max_new_tokens: int = 48, temperature: float = 1.0,
@@ -84,6 +83,12 @@ class Policy:
             replies += [r.strip() for r in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         self.model.train(was_training)
         return replies
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+    """A one-turn user prompt in the tokenizer's chat template, up to where the reply starts."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def default_device() -> str:

@@ -159,6 +159,11 @@ def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int) -> tup
     return torch.where(mask, responses, pad_id), mask.float(), has_eos
 
 
+def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token, whatever the left padding."""
+    return (attention_mask.cumsum(1) - 1).clamp(min=0)
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     logp = F.log_softmax(logits, dim=-1)
     return -(logp.exp() * logp).sum(-1)
@@ -181,8 +186,8 @@ class PolicyWithValue(torch.nn.Module):
         self.value_head.to(next(model.parameters()).device)
 
     def forward(self, input_ids, attention_mask):
-        position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # left padding, right positions
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=left_padded_positions(attention_mask),
                          output_hidden_states=True, use_cache=False)
         hidden = out.hidden_states[-1]  # (B, T, H)
         return out.logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)  # (B, T, V), (B, T)
@@ -216,8 +221,7 @@ class SharedReward:
         batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding_side="left").to(self.policy.device)
         was_training = model.training
         model.eval()  # peft routes per-sample adapters in eval mode only
-        position_ids = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)
-        out = model(**batch, position_ids=position_ids, output_hidden_states=True,
+        out = model(**batch, position_ids=left_padded_positions(batch["attention_mask"]), output_hidden_states=True,
                     adapter_names=[self.adapter_name] * len(ids))
         model.train(was_training)
         last = out.hidden_states[-1][:, -1]  # (B, H), the EOS of every left-padded row
@@ -356,8 +360,8 @@ class PPOTrainer:
                     query_len=query_len, k1=(logprobs - ref_logprobs) * response_mask)
 
     def reference_logits(self, input_ids, attention_mask) -> torch.Tensor:
-        position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
-        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=left_padded_positions(attention_mask), use_cache=False)
         if self.reference is not None:
             return self.reference(**kwargs).logits
         if self.reference_adapter is not None:  # routed per sample; the model is in eval mode here

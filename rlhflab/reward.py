@@ -28,7 +28,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
 from .live import LivePlot
-from .models import attach_adapter, compute_dtype, default_device, load_pretrained
+from .models import attach_adapter, chat_prompt, compute_dtype, default_device, load_pretrained
 from .records import MARGINS, as_rows
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
@@ -56,8 +56,7 @@ class RewardConfig:
 
 def transcript_ids(tokenizer, prompt: str, response: str) -> list[int]:
     """Token ids of a one-turn chat ending in EOS; the score is read at that last token."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+    text = chat_prompt(tokenizer, prompt)
     return tokenizer(text + response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
