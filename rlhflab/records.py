@@ -37,7 +37,7 @@ HH_ASSISTANT = "\n\nAssistant:"
 
 
 def as_rows(data, required: Iterable[str], columns: Mapping[str, str] | None = None,
-            what: str = "data", allow_empty: Iterable[str] = ()) -> list[dict]:
+            what: str = "data", allow_empty: Iterable[str] = (), optional: Iterable[str] = ()) -> list[dict]:
     """Rows of `data` as dicts holding at least `required` keys, each a non-empty string.
 
     Args:
@@ -46,6 +46,7 @@ def as_rows(data, required: Iterable[str], columns: Mapping[str, str] | None = N
         columns: maps a required name to the name it has in `data`, e.g. {'response': 'completion'}.
         what: how the error messages call this data.
         allow_empty: required columns that may hold empty text (an empty reply is real data in HH-RLHF).
+        optional: columns copied as they are when present (None when absent), e.g. 'margin'.
     """
     columns = dict(columns or {})
     required, allow_empty = list(required), set(allow_empty)
@@ -75,7 +76,7 @@ def as_rows(data, required: Iterable[str], columns: Mapping[str, str] | None = N
                                  f"({str(value)[:40]!r}); convert or drop that row")
             if not value.strip() and name not in allow_empty:
                 raise ValueError(f"{what} row {index}: {name!r} is empty; drop that row or fill it in")
-        out.append(record)
+        out.append({**record, **{name: row.get(name) for name in optional}})
     return out
 
 

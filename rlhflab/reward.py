@@ -60,29 +60,17 @@ def transcript_ids(tokenizer, prompt: str, response: str) -> list[int]:
     return tokenizer(text + response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
-def optional_column(data, name: str) -> list | None:
-    """The values of column `name` when `data` has it (DataFrame, Dataset or list of dicts)."""
-    if hasattr(data, "columns") and name in data.columns:
-        return list(data[name])
-    if hasattr(data, "column_names") and name in data.column_names:
-        return list(data[name])
-    if isinstance(data, (list, tuple)) and data and all(isinstance(r, dict) and name in r for r in data):
-        return [r[name] for r in data]
-    return None
-
-
 def preference_rows(data, columns: dict | None = None) -> list[dict]:
     """prompt / chosen / rejected rows with a float margin (0 when no strength was given)."""
-    rows = as_rows(data, PREFERENCE_COLUMNS, columns, what="preferences")
-    margins = optional_column(data, "margin")
-    strengths = optional_column(data, "strength")
+    rows = as_rows(data, PREFERENCE_COLUMNS, columns, what="preferences", optional=("margin", "strength"))
     for index, row in enumerate(rows):
-        if margins is not None and margins[index] is not None and not pd.isna(margins[index]):
-            row["margin"] = float(margins[index])
-        elif strengths is not None and strengths[index] in MARGINS:
-            row["margin"] = MARGINS[strengths[index]]
-        elif strengths is not None and strengths[index] is not None and not pd.isna(strengths[index]):
-            raise ValueError(f"preferences row {index}: strength {strengths[index]!r} is not one of "
+        margin, strength = row.pop("margin"), row.pop("strength")
+        if margin is not None and not pd.isna(margin):
+            row["margin"] = float(margin)
+        elif strength in MARGINS:
+            row["margin"] = MARGINS[strength]
+        elif strength is not None and not pd.isna(strength):
+            raise ValueError(f"preferences row {index}: strength {strength!r} is not one of "
                              f"{[k for k in MARGINS if k]}; fix it or drop the 'strength' column")
         else:
             row["margin"] = 0.0
