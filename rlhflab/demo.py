@@ -1,10 +1,11 @@
-"""`make demo`: the lab's main job on the embedded tiny world, headless, with a report.
+"""`make demo`: the whole lab on the embedded tiny world, headless, in one command.
 
     python -m rlhflab.demo [--quick] [--out reports]
 
-Today it runs the stages that exist: meet the tiny base model, fine-tune it on demonstrations
-(SFT with LoRA), and score both against the gold annotator on held-out prompts. It writes
-`reports/sft.html` (curves, numbers, before/after samples) and `reports/sft.json`.
+Executes `notebooks/00_quickstart.ipynb` (SFT, then rounds of gold labeling, reward model and PPO)
+with nbclient and writes `reports/quickstart.ipynb` (the executed notebook) and
+`reports/quickstart.html` (the curves, the before/after samples, the per-round table and the
+leaderboard), which the notebook's last cell builds with `write_report`.
 """
 
 from __future__ import annotations
@@ -13,95 +14,70 @@ import argparse
 import html
 import json
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from .live import LivePlot
-from .models import Policy, load_policy
-from .sft import SFTConfig, train_sft
-from .tiny import GoldAnnotator, TinyWorld
+QUICKSTART = Path(__file__).resolve().parent.parent / "notebooks" / "00_quickstart.ipynb"
+QUICK_SETTINGS = "ROUNDS = 2\nN_DEMONSTRATIONS = 64\nLABELS_PER_ROUND = 96\nPPO_STEPS = 4\nN_HELDOUT = 24"
 
 
-@dataclass
-class DemoConfig:
-    """Sizes of the demo run; `quick()` is what the tests use."""
+def write_report(loop, path: str | Path, leaderboard: pd.DataFrame | None = None) -> Path:
+    """A self-contained HTML page of an `RLHFLoop`'s run; model text is escaped (pandas escape=True)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    last = loop.results[-1]
+    numbers = loop.table().round(4)
+    sections = [
+        "<!doctype html><meta charset='utf-8'><title>rlhflab quickstart</title>",
+        f"<h1>rlhflab quickstart: {len(loop.results)} rounds of RLHF ({html.escape(loop.config.method.upper())}) "
+        "on the tiny world</h1>",
+        "<h2>Per round (held-out prompts, gold annotator)</h2>", numbers.to_html(index=False, escape=True),
+    ]
+    if leaderboard is not None:
+        sections += ["<h2>Leaderboard (Elo / Bradley-Terry over the labeled pairs)</h2>",
+                     leaderboard.to_html(index=False, escape=True)]
+    sections += [f"<h2>Before / after samples (SFT vs round {last.round})</h2>",
+                 last.samples.head(12).round(2).to_html(index=False, escape=True), "<h2>Curves</h2>"]
+    figures = [live.figure() for live in (loop.rounds_live, loop.live) if live.history]
+    for index, figure in enumerate(figures):  # plotly.js inlined once, so the page works offline
+        sections.append(figure.to_html(full_html=False, include_plotlyjs=index == 0))
+    path.write_text("\n".join(sections))
+    return path
 
-    out_dir: str = "reports"  # report, metrics and adapter go here
-    n_demonstrations: int = 2000  # SFT training demonstrations
-    n_heldout: int = 128  # held-out prompts for loss and gold scores
-    epochs: float = 1.0  # SFT passes
-    samples_per_prompt: int = 1  # sampled responses per held-out prompt for the gold score
-    seed: int = 0  # seeds the world draws, sampling and training
 
-    @classmethod
-    def quick(cls, out_dir: str) -> "DemoConfig":
-        return cls(out_dir=out_dir, n_demonstrations=256, n_heldout=48)
+def run_quickstart(out_dir: str | Path, quick: bool = False, timeout_s: int = 1800) -> dict:
+    """Execute the quickstart notebook with its report going to `out_dir`; returns a summary."""
+    import nbformat
+    from nbclient import NotebookClient
 
-
-def gold_scores(policy: Policy, gold: GoldAnnotator, prompts: list[str], seed: int = 0) -> tuple[list[str], list[float]]:
-    """Sample one reply per prompt and score each with the gold annotator."""
-    replies = policy.generate(prompts, seed=seed)
-    return replies, [gold.score(p, r) for p, r in zip(prompts, replies)]
-
-
-def run_sft_demo(config: DemoConfig) -> dict:
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notebook = nbformat.read(QUICKSTART, as_version=4)
+    index = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", []))
+    settings = f"REPORT = {str(out_dir / 'quickstart.html')!r}\nOUT = {str(out_dir / 'runs')!r}\n"
+    notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(settings + (QUICK_SETTINGS if quick else "")))
     started = time.time()
-    out = Path(config.out_dir)
-    world = TinyWorld(seed=0)
-    gold = GoldAnnotator(world)
-    heldout = world.demonstrations("heldout", config.n_heldout, seed=config.seed + 1)
-    prompts = [d["prompt"] for d in heldout] * config.samples_per_prompt
-
-    policy = load_policy("tiny", lora=True)
-    before, before_scores = gold_scores(policy, gold, prompts, seed=config.seed)
-    live = LivePlot(out / "sft", title="SFT on the tiny world")
-    result = train_sft(policy, world.demonstrations("train", config.n_demonstrations, seed=config.seed),
-                       SFTConfig(output_dir=str(out / "sft"), epochs=config.epochs, seed=config.seed),
-                       eval_demonstrations=heldout, live=live)
-    after, after_scores = gold_scores(policy, gold, prompts, seed=config.seed)
-
-    summary = {
-        "config": asdict(config),
-        "eval/loss_before": round(result.metrics["eval/loss_before"], 4),
-        "eval/loss_after": round(result.metrics["eval/loss_after"], 4),
-        "gold/mean_score_before": round(sum(before_scores) / len(prompts), 4),
-        "gold/mean_score_after": round(sum(after_scores) / len(prompts), 4),
-        "gold/win_rate_sft_vs_base": round(gold.win_rate(prompts, after, before), 4),
-        "seconds": round(time.time() - started, 1),
-    }
-    samples = pd.DataFrame({"prompt": prompts, "base": before, "base gold": before_scores,
-                            "SFT": after, "SFT gold": after_scores}).head(12)
-    write_report(out, summary, samples, live)
-    return summary
-
-
-def write_report(out: Path, summary: dict, samples: pd.DataFrame, live: LivePlot) -> None:
-    """A self-contained HTML page; model text is escaped by pandas (escape=True)."""
-    numbers = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in summary.items() if k != "config")
-    page = (
-        "<!doctype html><meta charset='utf-8'><title>rlhflab demo</title>"
-        "<h1>rlhflab demo: SFT on the tiny world</h1>"
-        f"<h2>Numbers</h2><table>{numbers}</table>"
-        "<h2>Before / after samples (held-out prompts)</h2>"
-        + samples.to_html(index=False, escape=True)
-        + "<h2>Training curves</h2>"
-        + live.figure().to_html(full_html=False, include_plotlyjs=True)
-    )
-    (out / "sft.html").write_text(page)
-    (out / "sft.json").write_text(json.dumps(summary, indent=2) + "\n")
+    client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
+                            resources={"metadata": {"path": str(QUICKSTART.parent)}})
+    try:
+        client.execute()
+    finally:
+        nbformat.write(notebook, out_dir / "quickstart.ipynb")
+    rounds = [json.loads(line) for line in (out_dir / "runs" / "rounds.jsonl").read_text().splitlines()]
+    return {"seconds": round(time.time() - started, 1), "report": str(out_dir / "quickstart.html"),
+            "notebook": str(out_dir / "quickstart.ipynb"),
+            "rounds": [{k: v for k, v in r.items() if k != "config"} for r in rounds]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="reports", help="report directory")
-    parser.add_argument("--quick", action="store_true", help="small settings (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="small settings (a couple of minutes)")
     args = parser.parse_args()
-    config = DemoConfig.quick(args.out) if args.quick else DemoConfig(out_dir=args.out)
-    summary = run_sft_demo(config)
+    summary = run_quickstart(args.out, quick=args.quick)
     print(json.dumps(summary, indent=2))
-    print(f"report: {Path(args.out) / 'sft.html'}")
+    print(f"report: {summary['report']}")
 
 
 if __name__ == "__main__":

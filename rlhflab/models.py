@@ -84,11 +84,49 @@ class Policy:
         self.model.train(was_training)
         return replies
 
+    @torch.no_grad()
+    def response_logprobs(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
+        """log p(response | prompt) of each response text, its closing EOS included: (N,).
+
+        The texts are tokenized again, so a sample cut off at max_new_tokens is scored as if it had
+        ended there; KL estimates built from this are per response, in nats.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        totals = []
+        for start in range(0, len(prompts), batch_size):
+            batch_prompts, batch_responses = prompts[start: start + batch_size], responses[start: start + batch_size]
+            ids = [transcript_ids(self.tokenizer, p, r) for p, r in zip(batch_prompts, batch_responses)]
+            prompt_lengths = [len(self.tokenizer(self.chat_prompt(p), add_special_tokens=False)["input_ids"])
+                              for p in batch_prompts]
+            batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding_side="right").to(self.device)
+            logits = self.model(**batch, position_ids=left_padded_positions(batch["attention_mask"])).logits
+            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(
+                2, batch["input_ids"][:, 1:, None]).squeeze(-1)  # (B, T - 1): log p of token t + 1
+            positions = torch.arange(logprobs.shape[1], device=logprobs.device)[None, :]
+            lengths = torch.tensor([len(i) for i in ids], device=logprobs.device)[:, None]
+            in_response = (positions >= torch.tensor(prompt_lengths, device=logprobs.device)[:, None] - 1) & (
+                positions < lengths - 1)
+            totals.append((logprobs * in_response).sum(1).cpu())
+        self.model.train(was_training)
+        return torch.cat(totals)
+
 
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     """A one-turn user prompt in the tokenizer's chat template, up to where the reply starts."""
     return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                          add_generation_prompt=True)
+
+
+def transcript_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> list[int]:
+    """Token ids of a one-turn chat ending in EOS; a reward model reads its score at that last token."""
+    text = chat_prompt(tokenizer, prompt)
+    return tokenizer(text + response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token, whatever the left padding."""
+    return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
 
 def default_device() -> str:

@@ -37,8 +37,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .live import LivePlot
-from .models import Policy
-from .reward import transcript_ids
+from .models import Policy, left_padded_positions, transcript_ids
 
 
 @dataclass
@@ -157,11 +156,6 @@ def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int) -> tup
     positions = torch.arange(responses.shape[1], device=responses.device)
     mask = positions[None, :] <= first[:, None]  # (B, T)
     return torch.where(mask, responses, pad_id), mask.float(), has_eos
-
-
-def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that start at 0 on each row's first real token, whatever the left padding."""
-    return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
 from .live import LivePlot
-from .models import attach_adapter, chat_prompt, compute_dtype, default_device, load_pretrained
+from .models import attach_adapter, compute_dtype, default_device, load_pretrained, transcript_ids
 from .records import MARGINS, as_rows
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
@@ -53,12 +53,6 @@ class RewardConfig:
 # ---------------------------------------------------------------------------------------------
 # Data: comparisons -> token ids the same way for training and for scoring
 # ---------------------------------------------------------------------------------------------
-
-def transcript_ids(tokenizer, prompt: str, response: str) -> list[int]:
-    """Token ids of a one-turn chat ending in EOS; the score is read at that last token."""
-    text = chat_prompt(tokenizer, prompt)
-    return tokenizer(text + response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-
 
 def preference_rows(data, columns: dict | None = None) -> list[dict]:
     """prompt / chosen / rejected rows with a float margin (0 when no strength was given)."""

@@ -29,6 +29,7 @@ class RecipeConfig:
     """Sizes of every stage; `quick()` is what the tests use."""
 
     out_dir: str = "runs/recipe"  # one sub-directory per stage
+    base: str = "tiny"  # base model of every role: 'tiny', a local directory or a hub id
     n_demonstrations: int = 256  # SFT demonstrations (small on purpose, see the module docstring)
     n_world_pairs: int = 1500  # comparisons of the world's own candidates
     n_policy_pairs: int = 1500  # comparisons of two SFT samples per prompt (on-policy data)
@@ -65,7 +66,7 @@ def heldout_prompts(world: TinyWorld, config: RecipeConfig) -> list[str]:
 def sft_stage(world: TinyWorld, config: RecipeConfig, live: LivePlot | None = None) -> Path:
     """LoRA SFT of the tiny base model; returns the adapter directory."""
     out = config.stage_dir("sft")
-    policy = load_policy("tiny", lora=True, quantization=config.quantization)
+    policy = load_policy(config.base, lora=True, quantization=config.quantization)
     train_sft(policy, world.demonstrations("train", config.n_demonstrations, seed=config.seed),
               SFTConfig(output_dir=str(out), seed=config.seed, logging_steps=2), live=live)
     return out
@@ -100,11 +101,11 @@ def reward_stage(world: TinyWorld, gold: GoldAnnotator, sft_dir: Path, config: R
     annotator on held-out world candidates and on SFT samples, and the calibration table.
     """
     out = config.stage_dir("reward")
-    sft = load_policy("tiny", adapter=str(sft_dir), quantization=config.quantization)
+    sft = load_policy(config.base, adapter=str(sft_dir), quantization=config.quantization)
     train_rows = comparisons(world, gold, sft, "train", config.n_world_pairs, config.n_policy_pairs, config.seed)
     heldout_world = gold.preferences(*world.candidate_pairs("heldout", config.n_heldout * 2, seed=config.seed + 5))
     heldout_policy = gold.preferences(*policy_pairs(sft, heldout_prompts(world, config), seed=config.seed + 7))
-    reward_model = load_reward_model("tiny", lora=True, quantization=config.quantization)
+    reward_model = load_reward_model(config.base, lora=True, quantization=config.quantization)
     metrics = train_reward_model(reward_model, train_rows,
                                  RewardConfig(output_dir=str(out), epochs=config.reward_epochs, seed=config.seed,
                                               logging_steps=10), live=live)
@@ -130,7 +131,7 @@ def ppo_trainer(world: TinyWorld, gold: GoldAnnotator, sft_dir: Path, reward_dir
     By default the reward model is a third adapter on the same base (`SharedReward`); with
     `separate_reward` it is its own model.
     """
-    policy = load_policy("tiny", lora=True, adapter=str(sft_dir), quantization=config.quantization)
+    policy = load_policy(config.base, lora=True, adapter=str(sft_dir), quantization=config.quantization)
     reward = (load_reward_model(str(reward_dir), quantization=config.quantization) if separate_reward
               else SharedReward(policy, reward_dir))
     prompts = [q.text for q in world.questions("train", 2000, seed=config.seed + 13)]
@@ -147,7 +148,7 @@ def compare_with_sft(trainer: PPOTrainer, gold: GoldAnnotator, sft_dir: Path, pr
                      config: RecipeConfig) -> dict:
     """Held-out gold win-rate of the trained policy over SFT, their mean gold and proxy scores,
     and the policy's KL to SFT (nats per response, k1 on its own samples)."""
-    sft = load_policy("tiny", adapter=str(sft_dir), quantization=config.quantization)
+    sft = load_policy(config.base, adapter=str(sft_dir), quantization=config.quantization)
     batch = trainer.rollout(prompts)  # samples, proxy scores and per-token KL to the SFT reference
     trainer.unwrapped.model.eval()
     sft_responses = sft.generate(prompts, max_new_tokens=trainer.config.response_length, seed=config.seed + 21)

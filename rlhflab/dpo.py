@@ -1,0 +1,117 @@
+"""Direct Preference Optimisation (Rafailov et al. 2023): learn from comparisons with no reward model.
+
+DPO trains the policy on prompt / chosen / rejected rows with the loss
+
+    -log sigmoid(beta * [(log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))])
+
+which is the Bradley-Terry loss of the implicit reward beta * log(pi / ref) (Rafailov et al.
+2023, eq. 7). We build on TRL's DPOTrainer:
+
+- Comparisons come straight from a `LabelStore` (its decided pairs, `rlhflab.records.trl_rows`)
+  or from any DataFrame, Dataset or list of rows with prompt / chosen / rejected.
+- With a LoRA policy loaded on a trained adapter (`load_policy(base, lora=True, adapter=sft_dir)`)
+  TRL keeps a frozen copy of that adapter as the reference, so the KL anchor is SFT, not the base.
+  A 4-bit base needs LoRA (QLoRA), as for SFT.
+- TRL's `rewards/margins` and `rewards/accuracies` (the implicit reward of chosen over rejected)
+  go to the live plot as they are logged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import trl
+from datasets import Dataset
+
+from .live import LivePlot
+from .models import Policy, default_device
+from .records import as_rows, trl_rows
+
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+@dataclass
+class DPOConfig:
+    """Settings of one DPO run."""
+
+    output_dir: str = "runs/dpo"  # the adapter (peft format) or full model, tokenizer and metrics
+    epochs: float = 1.0  # passes over the comparisons
+    max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
+    batch_size: int = 16  # comparisons per device per step
+    learning_rate: float = 5e-4  # peak rate; LoRA takes ~5e-4 here, full fine-tuning ~5e-7 (Rafailov et al.)
+    beta: float = 0.1  # strength of the implicit KL penalty to the reference (Rafailov et al. used 0.1)
+    max_length: int = 256  # tokens per prompt + response; longer ones are truncated
+    logging_steps: int = 5  # log (and plot) every this many steps
+    seed: int = 0  # seeds the shuffling
+
+
+@dataclass
+class DPOResult:
+    metrics: dict  # 'train/loss', 'train/runtime_s' and the last logged 'rewards/...' values
+    output_dir: Path  # where the adapter (peft format) or full model was saved
+
+
+def dpo_rows(preferences, columns: dict | None = None, include_flagged: bool = True) -> list[dict]:
+    """prompt / chosen / rejected rows from a LabelStore or from rows a user hands in."""
+    if hasattr(preferences, "labels") and hasattr(preferences, "items"):  # a LabelStore
+        preferences = trl_rows(preferences, include_flagged)
+        if not preferences:
+            raise ValueError("the label store holds no decided pairs yet; label some items (ties and "
+                             "'both bad' say nothing about which side is better) or import comparisons first")
+    return as_rows(preferences, PREFERENCE_COLUMNS, columns, what="preferences")
+
+
+def conversations(rows: list[dict]) -> Dataset:
+    """Chat-form rows, so TRL applies the policy's chat template to every prompt."""
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+                               "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                               "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
+
+
+def train_dpo(policy: Policy, preferences, config: DPOConfig | None = None, *, columns: dict | None = None,
+              include_flagged: bool = True, live: LivePlot | None = None) -> DPOResult:
+    """Train `policy` in place with DPO on comparisons, save it, and return its metrics.
+
+    Args:
+        policy: from `load_policy`, usually `load_policy(base, lora=True, adapter=sft_dir)`, so the
+            adapter starts from SFT and a frozen copy of it is the reference.
+        preferences: a `LabelStore`, or a DataFrame / Dataset / list of dicts with prompt, chosen, rejected.
+        columns: maps the three column names to others, e.g. {'prompt': 'question'}.
+        include_flagged: from a store, keep pairs whose chosen response was flagged.
+        live: a LivePlot to draw `rewards/margins` and `rewards/accuracies` on; by default one
+            writing to `output_dir`.
+
+    Examples:
+        >>> policy = load_policy("tiny", lora=True, adapter="runs/sft")  # doctest: +SKIP
+        >>> result = train_dpo(policy, store, DPOConfig(max_steps=20))  # doctest: +SKIP
+    """
+    config = config or DPOConfig()
+    if getattr(policy.model, "is_quantized", False) and not policy.is_lora:
+        raise ValueError("a 4-bit or 8-bit policy cannot be trained directly; "
+                         "load it with load_policy(..., lora=True) to train a LoRA adapter (QLoRA)")
+    rows = dpo_rows(preferences, columns, include_flagged)
+    output_dir = Path(config.output_dir)
+    live = live or LivePlot(output_dir, title="DPO")
+    args = trl.DPOConfig(
+        output_dir=str(output_dir), num_train_epochs=config.epochs, max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate, beta=config.beta,
+        lr_scheduler_type="cosine", warmup_steps=0.05, max_length=config.max_length,
+        logging_steps=config.logging_steps, seed=config.seed, save_strategy="no", report_to="none",
+        use_cpu=policy.device.type == "cpu" and default_device() != "cpu",
+        bf16=policy.device.type == "cuda" and policy.model.dtype.is_floating_point and policy.model.dtype.itemsize == 2,
+    )
+    trainer = trl.DPOTrainer(model=policy.model, args=args, train_dataset=conversations(rows),
+                             processing_class=policy.tokenizer, callbacks=[live])
+    outcome = trainer.train()
+    if policy.is_lora and "ref" in policy.model.peft_config:  # TRL's frozen copy of the starting adapter
+        policy.model.delete_adapter("ref")
+    trainer.save_model(str(output_dir))  # peft adapter_model.safetensors + adapter_config.json under LoRA
+    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing of ours reads it
+    policy.tokenizer.save_pretrained(output_dir)
+    policy.model.eval()
+    logged = [entry for entry in trainer.state.log_history if "rewards/margins" in entry]
+    metrics = {"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"],
+               "rewards/margins": logged[-1]["rewards/margins"] if logged else float("nan"),
+               "rewards/accuracies": logged[-1]["rewards/accuracies"] if logged else float("nan")}
+    return DPOResult(metrics, output_dir)
