@@ -71,7 +71,7 @@ def sample_best_of_n(policy: Policy, reward, prompts: list[str], n: int, *, max_
 
 
 def best_of_n_curve(draw: BestOfN, gold, baseline: list[str], ns: list[int] | None = None) -> pd.DataFrame:
-    """Gold win-rate against `baseline` and mean proxy reward as n grows (one row per n).
+    """Gold win-rate against `baseline`, KL to the sampling policy, and mean gold and proxy scores, per n.
 
     Args:
         draw: from `sample_best_of_n` with at least max(ns) samples per prompt.
@@ -84,7 +84,7 @@ def best_of_n_curve(draw: BestOfN, gold, baseline: list[str], ns: list[int] | No
     rows = []
     for n in ns:
         picked = draw.best(n)
-        rows.append({"n": n, "gold_win_rate": gold.win_rate(draw.prompts, picked, baseline),
+        rows.append({"n": n, "gold_win_rate": gold.win_rate(draw.prompts, picked, baseline), "kl": kl_of_best_of_n(n),
                      "gold_mean": sum(gold.score(p, r) for p, r in zip(draw.prompts, picked)) / len(picked),
-                     "reward_mean": draw.best_scores(n).mean().item(), "kl": kl_of_best_of_n(n)})
+                     "reward_mean": draw.best_scores(n).mean().item()})
     return pd.DataFrame(rows)

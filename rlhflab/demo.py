@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def run_quickstart(out_dir: str | Path, quick: bool = False, timeout_s: int = 18
     from nbclient import NotebookClient
 
     out_dir = Path(out_dir).resolve()
+    shutil.rmtree(out_dir / "runs", ignore_errors=True)  # the demo's own scratch: every `make demo` starts afresh
     out_dir.mkdir(parents=True, exist_ok=True)
     notebook = nbformat.read(QUICKSTART, as_version=4)
     index = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", []))
@@ -59,7 +61,7 @@ def run_quickstart(out_dir: str | Path, quick: bool = False, timeout_s: int = 18
     notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(settings + (QUICK_SETTINGS if quick else "")))
     started = time.time()
     client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
-                            resources={"metadata": {"path": str(QUICKSTART.parent)}})
+                            resources={"metadata": {"path": str(out_dir)}})
     try:
         client.execute()
     finally:

@@ -19,13 +19,16 @@ Everything a round writes lives under `out_dir/round_<r>/`; the labels live in `
 
 from __future__ import annotations
 
+import json
+import shutil
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
 from .active import ActiveConfig, choose_items
+from .best_of_n import best_of_n_curve, sample_best_of_n
 from .dpo import DPOConfig, train_dpo
 from .labeling import label_with_gold
 from .live import LivePlot
@@ -179,12 +182,12 @@ class RLHFLoop:
         reward_model.save(reward_dir)
         return reward_dir, reward_model
 
-    def update_policy(self, round_number: int, start: Path, reward_dir: Path | None) -> Path:
-        """PPO (or DPO) from the `start` adapter; returns the new policy's adapter directory."""
+    def update_policy(self, round_number: int, start: Path, reward_dir: Path | None, method: str | None = None) -> Path:
+        """PPO or DPO (`config.method` unless given) from the `start` adapter; returns the new adapter's directory."""
         c = self.config
         round_dir = self.out_dir / f"round_{round_number}"
         policy = self.load(start, trainable=True)
-        if c.method == "dpo":
+        if (method or c.method) == "dpo":
             out = round_dir / "dpo"
             train_dpo(policy, self.store, DPOConfig(output_dir=str(out), epochs=c.dpo_epochs, beta=c.dpo_beta,
                                                     seed=c.seed + round_number, logging_steps=2),
@@ -261,7 +264,7 @@ class RLHFLoop:
         result = RoundResult(round_number, policy_dir, reward_dir, metrics, samples)
         self.results.append(result)
         with (self.out_dir / "rounds.jsonl").open("a") as f:
-            f.write(pd.Series({**metrics, "config": asdict(c)}).to_json() + "\n")
+            f.write(json.dumps({**metrics, "config": asdict(c)}) + "\n")
         return result
 
     def run_round(self) -> RoundResult:
@@ -289,3 +292,73 @@ class RLHFLoop:
     def table(self) -> pd.DataFrame:
         """One row of metrics per round."""
         return pd.DataFrame([r.metrics for r in self.results])
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements on the tiny world (notebook 05 and benchmarks/rlhf_methods.py)
+# ---------------------------------------------------------------------------------------------
+
+def compare_methods(world, gold, config: LoopConfig, best_of: tuple[int, ...] = (4, 16)) -> pd.DataFrame:
+    """SFT, best-of-n, DPO and PPO from the same labels (`config.labels_per_round`), on held-out prompts.
+
+    Every method sees the same gold-labelled pairs of SFT samples: DPO learns from them directly,
+    best-of-n and PPO through one reward model trained on them. Columns: gold win-rate against SFT
+    (ties count half), KL to SFT in nats per response (measured; best-of-n's is its closed form),
+    gold and proxy means.
+    """
+    loop = RLHFLoop(world, gold, config)
+    loop.sft()
+    loop.queue_round()
+    loop.label()
+    reward_dir, reward_model = loop.fit_reward(1)
+    rows = []
+
+    def add(method: str, metrics: dict):
+        rows.append({"method": method, "gold_win_rate_vs_sft": metrics["round/gold_win_rate_vs_sft"],
+                     "kl_to_sft": metrics["round/kl_to_sft"], "gold_mean": metrics["round/gold_mean"],
+                     "reward_mean": metrics["round/reward_mean"]})
+
+    add("SFT", loop.evaluate(0, loop.sft_dir, reward_model)[0])
+    draw = sample_best_of_n(loop.sft_policy, reward_model, loop.heldout, max(best_of),
+                            max_new_tokens=config.response_length, seed=config.seed + 51)
+    for row in best_of_n_curve(draw, gold, loop.sft_responses, list(best_of)).to_dict("records"):
+        rows.append({"method": f"best-of-{row['n']}", "gold_win_rate_vs_sft": row["gold_win_rate"],
+                     "kl_to_sft": row["kl"], "gold_mean": row["gold_mean"], "reward_mean": row["reward_mean"]})
+    for method in ("dpo", "ppo"):
+        policy_dir = loop.update_policy(1, loop.sft_dir, reward_dir, method=method)
+        add(method.upper(), loop.evaluate(1, policy_dir, reward_model)[0])
+    table = pd.DataFrame(rows)
+    table.attrs["labels"] = len(loop.store.labels())
+    return table
+
+
+def active_vs_random(world, gold, config: LoopConfig, batches: int = 4) -> pd.DataFrame:
+    """Reward-model agreement with gold on held-out pairs per label spent: active learning vs random picks.
+
+    Both strategies draw from one pool of SFT sample pairs (`batches * labels_per_round *
+    pool_per_label` of them) and spend `labels_per_round` gold labels per batch; after each batch a
+    fresh reward model trains on every label so far. 'active' picks by reward-model uncertainty
+    (with `random_share` random), 'random' picks uniformly.
+    """
+    rows = []
+    pool, sft_dir = None, None
+    for strategy in ("random", "active"):
+        loop = RLHFLoop(world, gold, replace(config, out_dir=str(Path(config.out_dir) / strategy),
+                                             labels_per_round=config.labels_per_round * batches))
+        if sft_dir is not None:  # both strategies start from the same SFT policy
+            shutil.copytree(sft_dir, loop.out_dir / "sft")
+        sft_dir = loop.sft()
+        pool = pool or loop.pool(1)
+        second = loop.sample(loop.sft_policy, loop.heldout, seed=config.seed + 61)
+        heldout_pairs = gold.preferences(loop.heldout, loop.sft_responses, second)
+        reward_model = None
+        for batch in range(1, batches + 1):
+            shares = ActiveConfig(random_share=1.0 if strategy == "random" else config.random_share,
+                                  seed=config.seed + batch)
+            loop.store.add_items(choose_items(pool, config.labels_per_round, reward=reward_model, store=loop.store,
+                                              config=shares))
+            loop.label()
+            _, reward_model = loop.fit_reward(batch)
+            accuracy = evaluate_reward_model(reward_model, heldout_pairs)["metrics"]["eval/accuracy"]
+            rows.append({"strategy": strategy, "labels": len(loop.store.labels()), "gold_agreement": accuracy})
+    return pd.DataFrame(rows)

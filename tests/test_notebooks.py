@@ -6,9 +6,14 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from rlhflab.demo import QUICK_SETTINGS, run_quickstart
+
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 SHARED = Path(__file__).parent.parent.parent / "shared"
 SMALL = {  # overrides of each notebook's parameters cell
+    "00_quickstart.ipynb": QUICK_SETTINGS,
+    "05_dpo_best_of_n.ipynb": "N_DEMONSTRATIONS = 64\nLABELS = 96\nPPO_STEPS = 4\nBEST_OF = (1, 4)\n"
+                              "ACTIVE_BATCHES = 2\nN_HELDOUT = 24",
     "01_sft.ipynb": "N_DEMONSTRATIONS = 64\nN_HELDOUT = 8\nEPOCHS = 1.0",
     "02_label.ipynb": f"N_ITEMS = 24\nN_GOLD = 4\nN_GENERATED = 4\nMAX_NEW_TOKENS = 24\n"
                       f"HH_RLHF = {str(SHARED / 'data/hh-rlhf/harmless-base-test.jsonl.gz')!r}",
@@ -17,6 +22,9 @@ SMALL = {  # overrides of each notebook's parameters cell
     "04_ppo.ipynb": "N_DEMONSTRATIONS = 32\nN_PAIRS = 40\nPPO_STEPS = 3\nOVEROPTIMIZE_STEPS = 3\nN_HELDOUT = 16",
 }
 EXPECTED_TEXT = {  # printed by each notebook when it worked
+    "00_quickstart.ipynb": ["SFT done", "pairs queued for round 1", "rounds in", "report written"],
+    "05_dpo_best_of_n.ipynb": ["every method learned from the same", "highest gold win-rate against SFT",
+                               "reward-model agreement with gold per label spent"],
     "01_sft.ipynb": ["mean gold score: base"],
     "02_label.ipynb": ["raw agreement", "position bias: left won", "exported",
                        "HH-RLHF comparisons ready" if SHARED.exists() else "skipping the import"],
@@ -25,6 +33,9 @@ EXPECTED_TEXT = {  # printed by each notebook when it worked
     "04_ppo.ipynb": ["reward model agrees with gold", "gold win-rate against SFT", "gold peaked around step"],
 }
 EXPECTED_FILES = {  # written by each notebook, relative to where it runs
+    "00_quickstart.ipynb": ["quickstart.html", "quickstart.ipynb", "runs/rounds.jsonl"],  # through `make demo`
+    "05_dpo_best_of_n.ipynb": ["runs/05_compare/methods/round_1/dpo/adapter_model.safetensors",
+                               "runs/05_compare/active/active/round_2/reward/adapter_model.safetensors"],
     "01_sft.ipynb": ["runs/01_sft/adapter_model.safetensors"],
     "02_label.ipynb": ["labels/02_label.db", "labels/02_label.jsonl"],
     "06_team_labeling.ipynb": ["team_labels.db"],
@@ -34,6 +45,9 @@ EXPECTED_FILES = {  # written by each notebook, relative to where it runs
 
 
 def run_notebook(name: str, workdir: Path) -> nbformat.NotebookNode:
+    if name == "00_quickstart.ipynb":  # the quickstart runs the way `make demo --quick` runs it
+        run_quickstart(workdir, quick=True)
+        return nbformat.read(workdir / "quickstart.ipynb", as_version=4)
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     index = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", []))
     notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(SMALL[name]))

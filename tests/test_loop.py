@@ -1,0 +1,61 @@
+"""The iterated loop: rounds raise the gold score, people's labels are kept, the leaderboard ranks the rounds."""
+
+import json
+
+import pytest
+
+from rlhflab.loop import LoopConfig, RLHFLoop
+from rlhflab.metrics import leaderboard
+from rlhflab.store import LabelStore
+
+
+@pytest.fixture(scope="module")
+def loop(world, gold, tmp_path_factory):
+    loop = RLHFLoop(world, gold, LoopConfig.quick(str(tmp_path_factory.mktemp("loop")), ppo_steps=6))
+    loop.queue_round()
+    first = loop.store.next_item("you")  # a person labels one pair before the gold annotator takes over
+    loop.store.record(first.item_id, "you", choice="tie")
+    loop.person_labeled = first.item_id
+    loop.run()
+    return loop
+
+
+def test_rounds_raise_the_gold_score(loop):
+    table = loop.table()
+    assert table["round"].tolist() == [1, 2]
+    sft_gold = table["sft/gold_mean"].iloc[0]
+    assert table["round/gold_mean"].iloc[-1] > sft_gold + 0.3
+    assert table["round/gold_mean"].iloc[-1] > table["round/gold_mean"].iloc[0]
+    assert table["round/gold_win_rate_vs_sft"].iloc[-1] > 0.5
+    assert table["labels"].is_monotonic_increasing
+    assert (table["round/reward_gold_agreement"] > 0.6).all()
+
+
+def test_a_persons_labels_are_kept_and_gold_labels_the_rest(loop):
+    labels = LabelStore(loop.out_dir / "labels.db").labels()  # reopened from disk, as after a restart
+    by_item = {}
+    for label in labels:
+        by_item.setdefault(label["item_id"], []).append(label["annotator"])
+    assert by_item[loop.person_labeled] == ["you"]
+    assert all(annotators == ["gold"] for item, annotators in by_item.items() if item != loop.person_labeled)
+    rounds = [json.loads(line) for line in (loop.out_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[-1]["labels"] <= len(labels)
+
+
+def test_leaderboard_ranks_each_round_against_the_last(loop):
+    board = leaderboard(loop.store)
+    assert set(board["source"]) == {"sft", "round 1", "round 2"}
+    assert board["games"].min() > 10
+
+
+def test_ppo_curves_join_up_over_the_rounds(loop):
+    steps = [step for step, _ in loop.live.history["objective/kl"]]
+    assert steps == list(range(1, 2 * loop.config.ppo_steps + 1))
+    assert (loop.results[-1].policy_dir / "adapter_model.safetensors").exists()
+
+
+def test_an_earlier_run_is_never_mixed_in(loop, world, gold):
+    with pytest.raises(ValueError, match="give a new out_dir"):
+        RLHFLoop(world, gold, LoopConfig.quick(str(loop.out_dir)))
+    with pytest.raises(ValueError, match="'ppo' or 'dpo'"):
+        LoopConfig(method="grpo")
