@@ -360,5 +360,6 @@ def active_vs_random(world, gold, config: LoopConfig, batches: int = 4) -> pd.Da
             loop.label()
             _, reward_model = loop.fit_reward(batch)
             accuracy = evaluate_reward_model(reward_model, heldout_pairs)["metrics"]["eval/accuracy"]
-            rows.append({"strategy": strategy, "labels": len(loop.store.labels()), "gold_agreement": accuracy})
+            rows.append({"strategy": strategy, "batch": batch, "labels": len(loop.store.labels()),
+                         "gold_agreement": accuracy})
     return pd.DataFrame(rows)

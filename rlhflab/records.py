@@ -199,13 +199,62 @@ def to_trl_dataset(store, include_flagged: bool = True):
     return Dataset.from_list(rows)
 
 
-def to_jsonl(store, path: str | Path) -> Path:
-    """All comparisons as JSON lines (UTF-8); returns the path."""
+def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
+    """JSON lines (UTF-8), one row each; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
-        for row in comparisons(store):
+        for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def to_jsonl(store, path: str | Path) -> Path:
+    """All comparisons as JSON lines (UTF-8); returns the path."""
+    return write_jsonl(comparisons(store), path)
+
+
+# -- for RL frameworks that scale further: OpenRLHF and verl ------------------------------------
+
+def prompts_of(source) -> list[str]:
+    """The distinct prompts of a LabelStore's items (queue order), or of a list of strings."""
+    prompts = [item.prompt for item in source.items().values()] if hasattr(source, "items") else list(source)
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError("give a LabelStore with items, or a non-empty list of non-empty prompt strings")
+    return list(dict.fromkeys(prompts))
+
+
+def to_openrlhf(store, path: str | Path, include_flagged: bool = True) -> Path:
+    """Decided pairs as JSONL for OpenRLHF's reward-model and DPO trainers.
+
+    Each line holds prompt / chosen / rejected (plain text) and the margin; train with
+    `--dataset <path> --prompt_key prompt --chosen_key chosen --rejected_key rejected`.
+    """
+    rows = trl_rows(store, include_flagged)
+    if not rows:
+        raise ValueError(f"{store!r} holds no decided pairs yet; label some items (or import comparisons) first")
+    return write_jsonl(({k: r[k] for k in ("prompt", "chosen", "rejected", "margin")} for r in rows), path)
+
+
+def to_openrlhf_prompts(source, path: str | Path) -> Path:
+    """Prompts as JSONL for OpenRLHF's PPO trainer: `{"input": prompt}` lines (`--input_key input`)."""
+    return write_jsonl(({"input": p} for p in prompts_of(source)), path)
+
+
+def to_verl_prompts(source, path: str | Path, data_source: str = "rlhflab", split: str = "train") -> Path:
+    """Prompts as a verl RL dataset: a parquet file in verl's schema.
+
+    Columns: data_source, prompt (chat messages), ability, reward_model ({'style': 'model',
+    'ground_truth': ''}: scored by a reward model, not a rule) and extra_info ({'split', 'index'}).
+    """
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([{"data_source": data_source, "prompt": [{"role": "user", "content": p}], "ability": "chat",
+                   "reward_model": {"style": "model", "ground_truth": ""},
+                   "extra_info": {"split": split, "index": i}} for i, p in enumerate(prompts_of(source))]
+                 ).to_parquet(path, index=False)
     return path
 
 

@@ -1,6 +1,9 @@
 """Shared fixtures: the tiny world, its gold annotator, and small random models in temp dirs."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +62,21 @@ def recipe(world, gold, tmp_path_factory):
     sft_dir = sft_stage(world, config)
     reward_dir, evaluation = reward_stage(world, gold, sft_dir, config)
     return config, sft_dir, reward_dir, evaluation
+
+
+@pytest.fixture
+def two_processes():
+    """Runs a script of tests/ under `accelerate launch` with two CPU processes (DDP over gloo).
+
+    accelerate 1.15's `--cpu` flag starts a single process; `--multi_gpu` goes through torchrun,
+    and on a machine without GPUs the workers run on the CPU.
+    """
+    def launch(script: str, *args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                              str(Path(__file__).parent / script), *args], capture_output=True, text=True, env=env,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    return launch

@@ -62,3 +62,10 @@ def test_empty_store_and_missing_columns_are_refused_clearly(tmp_path):
         dpo_rows(LabelStore(tmp_path / "empty.db"))
     with pytest.raises(ValueError, match="rejected"):
         dpo_rows([{"prompt": "p", "chosen": "c"}])
+
+
+def test_two_processes_with_accelerate(two_processes, tmp_path):
+    """TRL's trainers under `accelerate launch`, as PPO is in tests/test_ppo.py."""
+    out = two_processes("dpo_two_processes.py", str(tmp_path))
+    assert "process 0 of 2" in out.stdout and "process 1 of 2" in out.stdout
+    assert (tmp_path / "dpo" / "adapter_model.safetensors").exists()

@@ -1,9 +1,6 @@
 """PPO on the tiny world: KL starts at 0, only the right parameters learn, checkpoints resume,
 NaNs stop cleanly, and a short run beats SFT on both the reward model and the gold annotator."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -117,13 +114,7 @@ def test_short_ppo_beats_sft_on_reward_and_gold(world, gold, recipe, tmp_path, m
     assert (Path(tmp_path) / "ppo" / "checkpoint" / "adapter_model.safetensors").exists()
 
 
-def test_two_processes_with_accelerate(tmp_path):
-    """Two CPU processes under DDP (gloo). accelerate 1.15's `--cpu` flag starts a single process;
-    `--multi_gpu` goes through torchrun, and on a machine without GPUs the workers run on the CPU."""
-    script = Path(__file__).parent / "ppo_two_processes.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_two_processes_with_accelerate(two_processes, tmp_path):
+    out = two_processes("ppo_two_processes.py", str(tmp_path))
     assert "process 0 of 2: step 2" in out.stdout and "process 1 of 2: step 2" in out.stdout
     assert (tmp_path / "checkpoint" / "ppo_state.json").exists()

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from rlhflab.records import (Item, comparisons, dedup, import_comparisons, import_hh_rlhf, read_comparisons,
-                             read_hh_rlhf, to_dataframe, to_jsonl, to_trl_dataset, trl_rows)
+                             read_hh_rlhf, to_dataframe, to_jsonl, to_openrlhf, to_openrlhf_prompts,
+                             to_trl_dataset, to_verl_prompts, trl_rows)
 from rlhflab.store import LabelStore
 
 HH = Path(__file__).parent.parent.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
@@ -124,3 +125,21 @@ def test_empty_store_export_says_what_to_do(store):
     with pytest.raises(ValueError, match="label some items"):
         to_trl_dataset(store)
     assert to_dataframe(store).empty
+
+
+def test_exports_for_openrlhf_and_verl(store, tmp_path):
+    import pandas as pd
+
+    import_comparisons(store, ROWS + [{**ROWS[0], "chosen": "Red, of course.", "rejected": "Blue."}])
+    pairs = [json.loads(line) for line in to_openrlhf(store, tmp_path / "openrlhf.jsonl").read_text().splitlines()]
+    assert pairs[1] == {**ROWS[1], "margin": 0.0} and len(pairs) == 3
+    prompts = to_openrlhf_prompts(store, tmp_path / "prompts.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in prompts] == [{"input": ROWS[0]["prompt"]}, {"input": ROWS[1]["prompt"]}]
+    verl = pd.read_parquet(to_verl_prompts(store, tmp_path / "verl" / "train.parquet"))
+    assert list(verl.columns) == ["data_source", "prompt", "ability", "reward_model", "extra_info"]
+    assert list(verl["prompt"][1]) == [{"role": "user", "content": ROWS[1]["prompt"]}]
+    assert verl["extra_info"][1] == {"split": "train", "index": 1}
+    with pytest.raises(ValueError, match="no decided pairs yet"):
+        to_openrlhf(LabelStore(tmp_path / "empty.db"), tmp_path / "none.jsonl")
+    with pytest.raises(ValueError, match="non-empty list"):
+        to_verl_prompts(["ok", ""], tmp_path / "bad.parquet")
