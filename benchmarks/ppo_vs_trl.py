@@ -9,7 +9,8 @@ models in a temp dir, and runs every measurement in a fresh process:
   minibatch of 16, full-parameter training; samples (responses) per second over `--steps` PPO
   steps for TRL and for us, and the ratio. Our LoRA and 4-bit + LoRA modes are reported too.
 - memory: GPT-2-small scale (12 layers, 768 wide), `--memory-steps` steps; peak RSS above the
-  baseline measured after imports, for TRL and for our full, LoRA and 4-bit + LoRA shared-base modes.
+  baseline measured after imports, for TRL and for our full, LoRA and 4-bit + LoRA shared-base modes,
+  the last two also with gradient checkpointing (`PPOConfig.gradient_checkpointing`).
 
 Both sides generate with temperature 1, no top-k / top-p, and stop at EOS; random weights rarely
 emit EOS, so both always sample the full 32 tokens.
@@ -31,6 +32,8 @@ TRL_VENV = HERE / ".venv-trl192"
 SPEED = dict(layers=4, width=256, heads=4)
 MEMORY = dict(layers=12, width=768, heads=12)
 BATCH, RESPONSE_LENGTH, EPOCHS = 16, 32, 4
+# (mode, gradient checkpointing): our memory runs; TRL's runs without checkpointing, as configured above
+MEMORY_MODES = [("full", False), ("lora", False), ("4bit+lora", False), ("lora", True), ("4bit+lora", True)]
 
 
 def peak_rss_mb() -> float:
@@ -94,7 +97,7 @@ def prompts(model_dir: Path) -> list[str]:
     return json.loads((model_dir / "prompts.json").read_text())
 
 
-def ours(model_dir: Path, mode: str, steps: int) -> dict:
+def ours(model_dir: Path, mode: str, steps: int, checkpointing: bool = False) -> dict:
     import torch
 
     baseline = peak_rss_mb()
@@ -110,7 +113,7 @@ def ours(model_dir: Path, mode: str, steps: int) -> dict:
               else load_reward_model(str(model_dir / "reward"), device="cpu"))
     config = PPOConfig(output_dir=tempfile.mkdtemp(), steps=steps, batch_size=BATCH, mini_batch_size=BATCH,
                        ppo_epochs=EPOCHS, response_length=RESPONSE_LENGTH, learning_rate=3e-6 if not lora else 1e-4,
-                       save_every=10**9, sample_every=10**9)
+                       save_every=10**9, sample_every=10**9, gradient_checkpointing=checkpointing)
     trainer = PPOTrainer(policy, prompts(model_dir), reward, config)
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -156,8 +159,10 @@ def worker(argv: list[str]) -> None:
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--mode", default="full", choices=["full", "lora", "4bit+lora"])
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--checkpointing", action="store_true", help="our gradient checkpointing")
     args = parser.parse_args(argv)
-    result = ours(args.model_dir, args.mode, args.steps) if args.impl == "ours" else trl(args.model_dir, args.steps)
+    result = (ours(args.model_dir, args.mode, args.steps, args.checkpointing) if args.impl == "ours"
+              else trl(args.model_dir, args.steps))
     print(json.dumps(result))
 
 
@@ -186,17 +191,17 @@ def main() -> None:
         memory_dir = build_models(Path(tmp) / "memory", **MEMORY)
         theirs = run_worker(trl_python, ["trl", str(memory_dir), "--steps", str(args.memory_steps)])
         rows.append({"measure": "memory", "impl": "TRL 1.9.2", "mode": "full", **theirs})
-        for mode in ("full", "lora", "4bit+lora"):
-            mine = run_worker(Path(sys.executable), ["ours", str(memory_dir), "--mode", mode,
-                                                     "--steps", str(args.memory_steps)])
-            rows.append({"measure": "memory", "impl": "rlhflab", "mode": mode, **mine,
-                         "ratio_vs_trl": mine["peak_rss_mb"] / theirs["peak_rss_mb"]})
+        for mode, checkpointing in MEMORY_MODES:
+            mine = run_worker(Path(sys.executable), ["ours", str(memory_dir), "--mode", mode, "--steps",
+                                                     str(args.memory_steps), *(["--checkpointing"] if checkpointing else [])])
+            rows.append({"measure": "memory", "impl": "rlhflab", "mode": mode + (" +ckpt" if checkpointing else ""),
+                         **mine, "ratio_vs_trl": mine["peak_rss_mb"] / theirs["peak_rss_mb"]})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"{'measure':8} {'impl':10} {'mode':10} {'samples/s':>10} {'peak RSS MB':>12} {'ratio vs TRL':>13}")
+    print(f"{'measure':8} {'impl':10} {'mode':16} {'samples/s':>10} {'peak RSS MB':>12} {'ratio vs TRL':>13}")
     for r in rows:
         ratio = f"{r['ratio_vs_trl']:.2f}" if "ratio_vs_trl" in r else "1.00"
-        print(f"{r['measure']:8} {r['impl']:10} {r['mode']:10} {r['samples_per_s']:10.2f} {r['peak_rss_mb']:12.0f} {ratio:>13}")
+        print(f"{r['measure']:8} {r['impl']:10} {r['mode']:16} {r['samples_per_s']:10.2f} {r['peak_rss_mb']:12.0f} {ratio:>13}")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class PPOConfig:
     temperature: float = 1.0  # sampling temperature, also applied to the log-probs
     learning_rate: float = 5e-4  # AdamW rate for adapter and value head (~1e-5 for full weights)
     max_grad_norm: float = 1.0  # gradient clipping
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: far less memory, ~1.3x time
     # KL penalty
     kl_coef: float = 0.05  # initial beta of the per-token KL penalty
     adaptive_kl: bool = True  # adapt beta toward target_kl (False: beta stays fixed)
@@ -295,6 +296,10 @@ class PPOTrainer:
                 raise ValueError("reference_adapter needs a LoRA policy: load_policy(..., lora=True, adapter=...)")
             policy.model.load_adapter(str(reference_adapter), adapter_name="reference", is_trainable=False)
             self.reference_adapter = "reference"
+        if config.gradient_checkpointing:  # on in train mode only, so sampling keeps its KV cache (the name
+            # is deprecated in transformers 5 but is the one every 5.x release has)
+            backbone = policy.model.get_base_model() if policy.is_lora else policy.model
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         module = PolicyWithValue(policy.model)
         optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=config.learning_rate)
         self.module, self.optimizer = self.accelerator.prepare(module, optimizer)

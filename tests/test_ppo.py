@@ -44,6 +44,26 @@ def test_only_policy_adapter_and_value_head_learn(world, recipe, tmp_path):
     assert changed <= trainable  # base, reference and reward adapters stay as they were
 
 
+def test_gradient_checkpointing_gives_the_same_update(world, gold, tmp_path):
+    trainers = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same LoRA initialisation for both
+        policy = load_policy("tiny", lora=True)
+        trainers.append(PPOTrainer(policy, prompts(world), GoldReward(gold),
+                                   small(tmp_path / str(checkpointing), gradient_checkpointing=checkpointing)))
+    torch.manual_seed(1)
+    batch = trainers[0].rollout(prompts(world, 4))
+    before = {n: p.detach().clone() for n, p in trainers[0].unwrapped.named_parameters() if p.requires_grad}
+    for trainer in trainers:
+        trainer.update(batch)
+    plain, checkpointed = (dict(t.unwrapped.named_parameters()) for t in trainers)
+    assert plain.keys() == checkpointed.keys()
+    for name, param in plain.items():
+        assert torch.allclose(param, checkpointed[name], atol=1e-5), name
+    assert any(not torch.equal(plain[n], before[n]) for n in before if ".default." in n)  # the update did learn
+    assert trainers[1].unwrapped.model.get_base_model().is_gradient_checkpointing
+
+
 def test_checkpoint_resumes_to_the_same_step(world, gold, tmp_path):
     policy = load_policy("tiny", lora=True)
     first = train_ppo(policy, prompts(world), GoldReward(gold), small(tmp_path, steps=2))
