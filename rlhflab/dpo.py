@@ -25,7 +25,7 @@ import trl
 from datasets import Dataset
 
 from .live import LivePlot
-from .models import Policy, default_device
+from .models import Policy
 from .records import as_rows, trl_rows
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
@@ -98,7 +98,7 @@ def train_dpo(policy: Policy, preferences, config: DPOConfig | None = None, *, c
         per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate, beta=config.beta,
         lr_scheduler_type="cosine", warmup_steps=0.05, max_length=config.max_length,
         logging_steps=config.logging_steps, seed=config.seed, save_strategy="no", report_to="none",
-        use_cpu=policy.device.type == "cpu" and default_device() != "cpu",
+        use_cpu=policy.device.type == "cpu",  # also what makes `accelerate launch` start CPU processes as DDP
         bf16=policy.device.type == "cuda" and policy.model.dtype.is_floating_point and policy.model.dtype.itemsize == 2,
     )
     trainer = trl.DPOTrainer(model=policy.model, args=args, train_dataset=conversations(rows),

@@ -8,8 +8,9 @@ Llama 2 ran five such rounds (Touvron et al. 2023, sec. 3.2.2). One round here i
     2. choose   active learning picks `labels_per_round` pairs of the pool (`rlhflab.active`)
     3. label    people label the store's queue in the widgets; the gold annotator labels what is left
     4. reward   a fresh LoRA reward model on every label so far, normalised on SFT samples
-    5. policy   PPO from the current policy against that reward, KL to SFT; or DPO on the labels
-                (iterated DPO: each round's reference is the policy it starts from)
+    5. policy   PPO from the current policy against that reward, KL to SFT (a fresh value head and KL
+                controller each round); or DPO on all labels (iterated DPO: each round's
+                reference is the policy it starts from)
     6. evaluate held-out prompts: gold win-rate against SFT, gold and proxy means, KL to SFT
 
 Pairs of round r's policy against round r-1's are labelled in the next round, so the store's

@@ -14,7 +14,7 @@ import trl
 from datasets import Dataset
 
 from .live import LivePlot
-from .models import Policy, default_device
+from .models import Policy
 from .records import DEMONSTRATION_COLUMNS, as_rows
 
 
@@ -81,7 +81,7 @@ def train_sft(policy: Policy, demonstrations, config: SFTConfig | None = None, *
         gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
         warmup_steps=config.warmup_ratio, lr_scheduler_type="cosine", max_length=config.max_length,
         completion_only_loss=True, logging_steps=config.logging_steps, seed=config.seed,
-        save_strategy="no", report_to="none", use_cpu=policy.device.type == "cpu" and default_device() != "cpu",
+        save_strategy="no", report_to="none", use_cpu=policy.device.type == "cpu",
         bf16=policy.device.type == "cuda" and policy.model.dtype.is_floating_point and policy.model.dtype.itemsize == 2,
     )
     trainer = trl.SFTTrainer(model=policy.model, args=args, train_dataset=conversations(train_rows),
