@@ -1,6 +1,6 @@
 """Our PPO side by side with TRL's last PPOTrainer (trl==1.9.2, trl.experimental.ppo), on the CPU.
 
-    .venv/bin/python benchmarks/ppo_vs_trl.py [--steps 4] [--memory-steps 2]
+    .venv/bin/python benchmarks/ppo_vs_trl.py [--steps 8] [--memory-steps 2]
 
 It installs TRL 1.9.2 into its own virtualenv (benchmarks/.venv-trl192, once), builds random
 models in a temp dir, and runs every measurement in a fresh process:
@@ -174,7 +174,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         return worker(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=4, help="PPO steps timed per run")
+    parser.add_argument("--steps", type=int, default=8, help="PPO steps timed per run")
     parser.add_argument("--memory-steps", type=int, default=2, help="PPO steps of the memory runs")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ppo_vs_trl.json")
     args = parser.parse_args()

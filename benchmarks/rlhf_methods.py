@@ -55,11 +55,13 @@ def main() -> None:
         print(f"| {row.method} | {row.gold_win_rate_vs_sft:.1%} | {row.kl_to_sft:.2f} | {row.gold_mean:.2f} | "
               f"{row.reward_mean:.2f} |")
     table = curve.pivot(index="batch", columns="strategy", values="gold_agreement")
+    decided = curve.pivot(index="batch", columns="strategy", values="decided_share")
     labels = curve.groupby("batch")["labels"].max()
     print(f"\n## Reward-model agreement with gold per label spent ({seconds - methods_seconds:.0f} s)\n")
-    print("| labels | random | active |\n|---|---|---|")
+    print("| labels | random | active | decided pairs: random | decided pairs: active |\n|---|---|---|---|---|")
     for batch, row in table.iterrows():
-        print(f"| {labels[batch]} | {row['random']:.1%} | {row['active']:.1%} |")
+        print(f"| {labels[batch]} | {row['random']:.1%} | {row['active']:.1%} | {decided['random'][batch]:.1%} | "
+              f"{decided['active'][batch]:.1%} |")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "rlhf_methods.json").write_text(json.dumps({
         "args": vars(args), "seconds": round(seconds, 1), "labels": methods.attrs["labels"],

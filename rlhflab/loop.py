@@ -361,6 +361,7 @@ def active_vs_random(world, gold, config: LoopConfig, batches: int = 4) -> pd.Da
             loop.label()
             _, reward_model = loop.fit_reward(batch)
             accuracy = evaluate_reward_model(reward_model, heldout_pairs)["metrics"]["eval/accuracy"]
-            rows.append({"strategy": strategy, "batch": batch, "labels": len(loop.store.labels()),
-                         "gold_agreement": accuracy})
+            labels = len(loop.store.labels())
+            rows.append({"strategy": strategy, "batch": batch, "labels": labels, "gold_agreement": accuracy,
+                         "decided_share": len(trl_rows(loop.store)) / labels})  # the rest: ties and 'both bad'
     return pd.DataFrame(rows)
