@@ -50,7 +50,7 @@ class LoopConfig:
     out_dir: str = "runs/loop"  # labels.db, sft/, round_<r>/ (reward, policy), rounds.jsonl
     base: str = "tiny"  # the base model of every role: 'tiny', a local directory or a hub id
     rounds: int = 3  # label -> reward -> policy rounds
-    method: str = "ppo"  # 'ppo' or 'dpo': how the policy learns from the labels
+    method: str = "ppo"  # 'ppo' or 'dpo' (no reward model, so active learning falls back to random picks)
     n_demonstrations: int = 128  # SFT budget, small on purpose so RLHF has something to teach
     labels_per_round: int = 300  # pairs sent to annotators per round
     pool_per_label: int = 2  # candidate pairs generated per label spent; active learning picks among them
@@ -169,7 +169,8 @@ class RLHFLoop:
 
     def label(self) -> int:
         """The gold annotator labels every item nobody has labeled yet; returns how many it labeled."""
-        return len(label_with_gold(self.store, self.gold, annotator=self.annotator, seed=self.config.seed + len(self.results)))
+        seed = self.config.seed + len(self.results)
+        return len(label_with_gold(self.store, self.gold, annotator=self.annotator, seed=seed))
 
     def fit_reward(self, round_number: int) -> tuple[Path, object]:
         c = self.config
@@ -225,7 +226,8 @@ class RLHFLoop:
             metrics["round/reward_mean"] = reward_model.score(self.heldout, responses).mean().item()
             pairs = self.gold.preferences(self.heldout, responses, self.sft_responses)
             if pairs:
-                metrics["round/reward_gold_agreement"] = evaluate_reward_model(reward_model, pairs)["metrics"]["eval/accuracy"]
+                agreement = evaluate_reward_model(reward_model, pairs)["metrics"]["eval/accuracy"]
+                metrics["round/reward_gold_agreement"] = agreement
         samples = pd.DataFrame({"prompt": self.heldout, "SFT": self.sft_responses, "SFT gold": gold_sft,
                                 f"round {round_number}": responses, f"round {round_number} gold": gold_policy})
         return metrics, samples
@@ -243,7 +245,9 @@ class RLHFLoop:
             self.sft()
         round_number = len(self.results) + 1
         previous = self.results[-1] if self.results else None
-        previous_reward = load_reward_model(str(previous.reward_dir), quantization=c.quantization) if previous and previous.reward_dir else None
+        previous_reward = None  # round 1, and DPO rounds, have no reward model to be unsure with: random picks
+        if previous is not None and previous.reward_dir is not None:
+            previous_reward = load_reward_model(str(previous.reward_dir), quantization=c.quantization)
         self.queued_round = round_number
         return self.store.add_items(choose_items(self.pool(round_number), c.labels_per_round, reward=previous_reward,
                                                  store=self.store, config=ActiveConfig(random_share=c.random_share,
@@ -283,7 +287,8 @@ class RLHFLoop:
     def label_final_policy(self, n: int | None = None) -> int:
         """Label pairs of the last round's policy against the one before, for the leaderboard."""
         last = len(self.results)
-        prompts = [q.text for q in self.world.questions("train", n or self.config.n_heldout, seed=self.config.seed + 7777)]
+        n = n or self.config.n_heldout
+        prompts = [q.text for q in self.world.questions("train", n, seed=self.config.seed + 7777)]
         newer, older = self.policy_of(last), self.policy_of(last - 1)
         items = [Item(p, (a, b), (self.source_of(last), self.source_of(last - 1)), meta={"round": "final"})
                  for p, a, b in zip(prompts, self.sample(newer, prompts, seed=1), self.sample(older, prompts, seed=2))]
