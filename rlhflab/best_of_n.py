@@ -85,6 +85,6 @@ def best_of_n_curve(draw: BestOfN, gold, baseline: list[str], ns: list[int] | No
     for n in ns:
         picked = draw.best(n)
         rows.append({"n": n, "gold_win_rate": gold.win_rate(draw.prompts, picked, baseline), "kl": kl_of_best_of_n(n),
-                     "gold_mean": sum(gold.score(p, r) for p, r in zip(draw.prompts, picked)) / len(picked),
+                     "gold_mean": gold.mean_score(draw.prompts, picked),
                      "reward_mean": draw.best_scores(n).mean().item()})
     return pd.DataFrame(rows)

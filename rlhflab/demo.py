@@ -19,8 +19,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from .loop import LoopConfig
+
 QUICKSTART = Path(__file__).resolve().parent.parent / "notebooks" / "00_quickstart.ipynb"
-QUICK_SETTINGS = "ROUNDS = 2\nN_DEMONSTRATIONS = 64\nLABELS_PER_ROUND = 96\nPPO_STEPS = 4\nN_HELDOUT = 24"
+_QUICK = LoopConfig.quick("")
+QUICK_SETTINGS = (f"ROUNDS = {_QUICK.rounds}\nN_DEMONSTRATIONS = {_QUICK.n_demonstrations}\n"  # the notebook's
+                  f"LABELS_PER_ROUND = {_QUICK.labels_per_round}\nPPO_STEPS = {_QUICK.ppo_steps}\n"  # parameters
+                  f"N_HELDOUT = {_QUICK.n_heldout}")  # at LoopConfig.quick's sizes
 
 
 def write_report(loop, path: str | Path, leaderboard: pd.DataFrame | None = None) -> Path:

@@ -25,8 +25,9 @@ import trl
 from datasets import Dataset
 
 from .live import LivePlot
-from .models import Policy
+from .models import Policy, trainer_device_args
 from .records import as_rows, trl_rows
+from .store import LabelStore
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -54,7 +55,7 @@ class DPOResult:
 
 def dpo_rows(preferences, columns: dict | None = None, include_flagged: bool = True) -> list[dict]:
     """prompt / chosen / rejected rows from a LabelStore or from rows a user hands in."""
-    if hasattr(preferences, "labels") and hasattr(preferences, "items"):  # a LabelStore
+    if isinstance(preferences, LabelStore):
         preferences = trl_rows(preferences, include_flagged)
         if not preferences:
             raise ValueError("the label store holds no decided pairs yet; label some items (ties and "
@@ -98,8 +99,7 @@ def train_dpo(policy: Policy, preferences, config: DPOConfig | None = None, *, c
         per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate, beta=config.beta,
         lr_scheduler_type="cosine", warmup_steps=0.05, max_length=config.max_length,
         logging_steps=config.logging_steps, seed=config.seed, save_strategy="no", report_to="none",
-        use_cpu=policy.device.type == "cpu",  # also what makes `accelerate launch` start CPU processes as DDP
-        bf16=policy.device.type == "cuda" and policy.model.dtype.is_floating_point and policy.model.dtype.itemsize == 2,
+        **trainer_device_args(policy),
     )
     trainer = trl.DPOTrainer(model=policy.model, args=args, train_dataset=conversations(rows),
                              processing_class=policy.tokenizer, callbacks=[live])

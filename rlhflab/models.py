@@ -129,6 +129,15 @@ def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
 
+def trainer_device_args(policy: "Policy") -> dict:
+    """`use_cpu` and `bf16` of a TRL trainer for `policy`: train where its weights are (on the CPU
+    that is also what makes `accelerate launch` start CPU processes as DDP), in half precision on a
+    GPU when its weights are half precision."""
+    dtype = policy.model.dtype
+    return {"use_cpu": policy.device.type == "cpu",
+            "bf16": policy.device.type == "cuda" and dtype.is_floating_point and dtype.itemsize == 2}
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -14,7 +14,7 @@ import trl
 from datasets import Dataset
 
 from .live import LivePlot
-from .models import Policy
+from .models import Policy, trainer_device_args
 from .records import DEMONSTRATION_COLUMNS, as_rows
 
 
@@ -81,8 +81,7 @@ def train_sft(policy: Policy, demonstrations, config: SFTConfig | None = None, *
         gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
         warmup_steps=config.warmup_ratio, lr_scheduler_type="cosine", max_length=config.max_length,
         completion_only_loss=True, logging_steps=config.logging_steps, seed=config.seed,
-        save_strategy="no", report_to="none", use_cpu=policy.device.type == "cpu",
-        bf16=policy.device.type == "cuda" and policy.model.dtype.is_floating_point and policy.model.dtype.itemsize == 2,
+        save_strategy="no", report_to="none", **trainer_device_args(policy),
     )
     trainer = trl.SFTTrainer(model=policy.model, args=args, train_dataset=conversations(train_rows),
                              eval_dataset=conversations(eval_rows) if eval_rows else None,

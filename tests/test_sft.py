@@ -19,8 +19,7 @@ def test_sft_lowers_heldout_loss_and_raises_gold_score(world, gold, tmp_path):
                        eval_demonstrations=heldout)
     after = policy.generate(prompts, seed=0)
     assert result.metrics["eval/loss_after"] < result.metrics["eval/loss_before"] - 0.1
-    mean = lambda replies: sum(gold.score(p, r) for p, r in zip(prompts, replies)) / len(prompts)  # noqa: E731
-    assert mean(after) > mean(before) + 0.5
+    assert gold.mean_score(prompts, after) > gold.mean_score(prompts, before) + 0.5
     assert gold.win_rate(prompts, after, before) > 0.6
     adapter = tmp_path / "sft"
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()

@@ -131,6 +131,12 @@ class GoldAnnotator:
         strength = next(name for bound, name in STRENGTHS if abs(difference) < bound)
         return Verdict("a" if a_wins else "b", strength, score_a, score_b, flipped)
 
+    def mean_score(self, prompts: list[str], responses: list[str]) -> float:
+        """Mean gold score of `responses` to `prompts`."""
+        if len(prompts) != len(responses) or not prompts:
+            raise ValueError("mean_score needs equally long, non-empty lists of prompts and responses")
+        return sum(self.score(p, r) for p, r in zip(prompts, responses)) / len(prompts)
+
     def win_rate(self, prompts: list[str], responses: list[str], baseline: list[str]) -> float:
         """Share of prompts where `responses` beat `baseline` by gold score (ties count half)."""
         if not (len(prompts) == len(responses) == len(baseline)) or not prompts:

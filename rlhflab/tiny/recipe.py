@@ -9,7 +9,6 @@ already answers almost perfectly (gold 3.7 of 4), and RLHF would have nothing le
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,10 +50,6 @@ class RecipeConfig:
 
     def stage_dir(self, stage: str) -> Path:
         return Path(self.out_dir) / stage
-
-
-def gold_mean(gold: GoldAnnotator, prompts: list[str], responses: list[str]) -> float:
-    return statistics.fmean(gold.score(p, r) for p, r in zip(prompts, responses))
 
 
 def heldout_prompts(world: TinyWorld, config: RecipeConfig) -> list[str]:
@@ -155,8 +150,8 @@ def compare_with_sft(trainer: PPOTrainer, gold: GoldAnnotator, sft_dir: Path, pr
     sft_scores = trainer.reward.score(prompts, sft_responses)
     return {
         "ppo/gold_win_rate_vs_sft": gold.win_rate(prompts, batch["decoded"], sft_responses),
-        "ppo/gold_mean": gold_mean(gold, prompts, batch["decoded"]),
-        "sft/gold_mean": gold_mean(gold, prompts, sft_responses),
+        "ppo/gold_mean": gold.mean_score(prompts, batch["decoded"]),
+        "sft/gold_mean": gold.mean_score(prompts, sft_responses),
         "ppo/reward_mean": trainer.reward.score(prompts, batch["decoded"]).mean().item(),
         "sft/reward_mean": sft_scores.mean().item(),
         "ppo/kl_to_sft": batch["k1"].sum(1).mean().item(),
