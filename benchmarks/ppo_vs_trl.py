@@ -59,7 +59,8 @@ def build_models(root: Path, layers: int, width: int, heads: int) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from rlhflab.models import MODEL_DIR, load_tokenizer
+    from rlhflab.models import load_tokenizer
+    from rlhflab.tiny.assets import MODEL_DIR
     from rlhflab.reward import NORMALIZATION_FILE
     from rlhflab.tiny import TinyWorld
 

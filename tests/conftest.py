@@ -31,7 +31,8 @@ def random_models(tmp_path_factory):
     """
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    from rlhflab.models import MODEL_DIR, load_tokenizer
+    from rlhflab.models import load_tokenizer
+    from rlhflab.tiny.assets import MODEL_DIR
 
     tokenizer = load_tokenizer(str(MODEL_DIR))
     root = tmp_path_factory.mktemp("random_models")

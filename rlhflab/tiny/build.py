@@ -20,20 +20,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from .assets import CHAT_TEMPLATE, MODEL_DIR, PAD_TAG
 from .world import ASSISTANT_TAG, END_TAG, USER_TAG, TinyWorld
-
-MODEL_DIR = Path(__file__).parent / "model"
-PAD_TAG = "<|pad|>"
-
-# A Llama/Qwen-style template with the world's role tags: `<|user|>\n...\n<|assistant|>\n...<|end|>`.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] }}\n"
-    "{% elif message['role'] == 'user' %}" + USER_TAG + "\n{{ message['content'] }}\n"
-    "{% elif message['role'] == 'assistant' %}" + ASSISTANT_TAG + "\n{{ message['content'] }}" + END_TAG + "\n"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}" + ASSISTANT_TAG + "\n{% endif %}"
-)
 
 
 @dataclass
