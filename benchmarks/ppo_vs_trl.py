@@ -103,8 +103,8 @@ def ours(model_dir: Path, mode: str, steps: int, checkpointing: bool = False) ->
 
     baseline = peak_rss_mb()
     from rlhflab import load_policy
-    from rlhflab.ppo import PPOConfig, PPOTrainer, SharedReward
-    from rlhflab.reward import load_reward_model
+    from rlhflab.ppo import PPOConfig, PPOTrainer
+    from rlhflab.reward import SharedReward, load_reward_model
 
     baseline = max(baseline, peak_rss_mb())
     lora = mode != "full"

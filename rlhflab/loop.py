@@ -34,9 +34,9 @@ from .dpo import DPOConfig, train_dpo
 from .labeling import label_with_gold
 from .live import LivePlot
 from .models import Policy, load_policy
-from .ppo import PPOConfig, PPOTrainer, SharedReward
+from .ppo import PPOConfig, PPOTrainer
 from .records import Item, trl_rows
-from .reward import RewardConfig, evaluate_reward_model, load_reward_model, train_reward_model
+from .reward import RewardConfig, SharedReward, evaluate_reward_model, load_reward_model, train_reward_model
 from .sft import SFTConfig, train_sft
 from .store import LabelStore
 

@@ -9,13 +9,14 @@ padding for batched generation, a chat template for models that ship none, safet
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig,
-                          PreTrainedModel, PreTrainedTokenizerBase)
+                          GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .embedded import NAMES as EMBEDDED_NAMES, TINY, model_dir
@@ -62,7 +63,7 @@ class Policy:
     @torch.no_grad()
     def generate(self, prompts: list[str] | str, max_new_tokens: int = 48, temperature: float = 1.0,
                  do_sample: bool = True, seed: int | None = None, batch_size: int = 32) -> list[str]:
-        """Reply to each prompt; sampling (temperature, no top-k/top-p) unless do_sample=False."""
+        """Reply to each prompt, sampled from softmax(logits / temperature) unless do_sample=False."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if seed is not None:
@@ -74,10 +75,7 @@ class Policy:
         for start in tqdm(batches, desc="generating", disable=len(batches) < 4, leave=False):
             texts = [self.chat_prompt(p) for p in prompts[start: start + batch_size]]
             inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            sampling = dict(temperature=temperature, top_k=0, top_p=1.0) if do_sample else {}
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                         pad_token_id=self.tokenizer.pad_token_id,
-                                         eos_token_id=self.tokenizer.eos_token_id, **sampling)
+            output = sample_tokens(self.model, self.tokenizer, inputs, max_new_tokens, temperature, do_sample)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, T_new)
             replies += [r.strip() for r in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         self.model.train(was_training)
@@ -128,24 +126,92 @@ def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How a device computes: the dtype of frozen weights, of the forward pass, and of trainers.
+
+    - CPU: fp32 everywhere.
+    - GPUs of compute capability 8 or more (A100, L4, H100): bf16 natively. `torch.cuda.
+      is_bf16_supported()` also says True on a T4 (7.5), where bf16 is emulated and slow, so the
+      capability decides, not that call.
+    - Older GPUs (T4, V100): fp16 under autocast, with loss scaling (fp16 underflows without it).
+    - Full fine-tuning keeps fp32 master weights on every device and computes under autocast: a bf16
+      weight cannot take a PPO-sized update (1e-5 of a weight of 1 rounds to 0 in bf16's 8 bits).
+    """
+
+    compute: torch.dtype  # forward-pass dtype (autocast, bitsandbytes compute dtype)
+    device_type: str  # 'cpu' or 'cuda'
+
+    @property
+    def mixed_precision(self) -> str:
+        """Accelerate's / Trainer's name for it: 'no', 'bf16' or 'fp16' (fp16 brings a GradScaler)."""
+        return {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.compute]
+
+    def weights(self, trained_in_full: bool) -> torch.dtype:
+        """dtype to load unquantized weights in: fp32 when they are trained in full (master weights)."""
+        return torch.float32 if trained_in_full else self.compute
+
+    def trainer_args(self) -> dict:
+        """`use_cpu`, `bf16` and `fp16` of a transformers / TRL TrainingArguments: train where the
+        weights are (on the CPU that also makes `accelerate launch` start CPU processes as DDP)."""
+        return {"use_cpu": self.device_type == "cpu", "bf16": self.mixed_precision == "bf16",
+                "fp16": self.mixed_precision == "fp16"}
+
+
+def precision_for(device: str | torch.device) -> Precision:
+    """The Precision of a device (see `Precision`): 'cpu', 'cuda', 'cuda:1', ..."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return Precision(torch.float32, device.type)
+    major, _ = torch.cuda.get_device_capability(device)
+    return Precision(torch.bfloat16 if major >= 8 else torch.float16, "cuda")
+
+
 def trainer_device_args(policy: "Policy") -> dict:
-    """`use_cpu` and `bf16` of a TRL trainer for `policy`: train where its weights are (on the CPU
-    that is also what makes `accelerate launch` start CPU processes as DDP), in half precision on a
-    GPU when its weights are half precision."""
-    dtype = policy.model.dtype
-    return {"use_cpu": policy.device.type == "cpu",
-            "bf16": policy.device.type == "cuda" and dtype.is_floating_point and dtype.itemsize == 2}
+    """TrainingArguments' device and precision fields for training `policy` where its weights are."""
+    return precision_for(policy.device).trainer_args()
 
 
 def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """This process's GPU when there is one (`accelerate launch` sets LOCAL_RANK), else the CPU."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
 
-def compute_dtype(device: str) -> torch.dtype:
-    """bf16 on GPUs that have it, fp16 on older GPUs (T4), fp32 on the CPU."""
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+@torch.no_grad()
+def sample_tokens(model, tokenizer: PreTrainedTokenizerBase, inputs: dict, max_new_tokens: int,
+                  temperature: float = 1.0, do_sample: bool = True) -> torch.Tensor:
+    """`model.generate` drawing from softmax(logits / temperature) and nothing else: (B, Q + T_new).
+
+    transformers fills every setting a call leaves open from the checkpoint's generation_config,
+    and instruct checkpoints ship repetition_penalty, top_k, top_p or min_p there. Samples would
+    then come from another distribution than the one PPO's ratio, the KL penalty and best-of-n's
+    closed-form KL score, so the checkpoint's settings are set aside for the call.
+    """
+    backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
+    shipped = backbone.generation_config
+    backbone.generation_config = GenerationConfig(bos_token_id=shipped.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                                  pad_token_id=tokenizer.pad_token_id)
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
+    try:
+        return model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+    finally:
+        backbone.generation_config = shipped
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Switch off every dropout, LoRA's included, so the update scores tokens as the rollout did.
+
+    Log-probs of the rollout come from eval mode and the update runs in train mode; with dropout on,
+    the first minibatch's ratio would not be 1 (Huang et al. 2024 disable it; TRL does too).
+    Attention dropout is a float attribute in most transformers models, not a module.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def resolve(name_or_path: str) -> str:
@@ -178,7 +244,7 @@ def quantization_config(quantization: str | None, device: str) -> BitsAndBytesCo
     import bitsandbytes.functional as bnb_functional
 
     try:  # a real 4-bit round trip on the target device, not a guess from the device name
-        probe = torch.ones(64, device=device, dtype=compute_dtype(device))
+        probe = torch.ones(64, device=device, dtype=precision_for(device).compute)
         bnb_functional.quantize_4bit(probe, quant_type="nf4")
     except Exception as error:
         raise RuntimeError(f"this machine cannot run bitsandbytes {quantization} on {device!r} ({error}); "
@@ -186,7 +252,7 @@ def quantization_config(quantization: str | None, device: str) -> BitsAndBytesCo
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype(device))
+                              bnb_4bit_compute_dtype=precision_for(device).compute)
 
 
 def lora_config(lora, task_type: str = "CAUSAL_LM"):
@@ -228,7 +294,8 @@ def load_policy(name_or_path: str = TINY, lora=None, quantization: str | None = 
         quantization: '4bit' (nf4) or '8bit' weights through bitsandbytes, or None.
         adapter: a saved peft adapter directory to load on top (trainable when lora is set).
         device: 'cpu', 'cuda', ...; by default CUDA when present.
-        dtype: weight dtype of unquantized layers; by default bf16/fp16 on GPUs, fp32 on the CPU.
+        dtype: weight dtype of unquantized layers; by default the device's `Precision`: bf16 / fp16
+            on GPUs, fp32 on the CPU and for a model trained in full (no lora, adapter or quantization).
         trust_remote_code: run the model repository's own Python code. Off unless you trust it.
 
     Examples:
@@ -237,14 +304,15 @@ def load_policy(name_or_path: str = TINY, lora=None, quantization: str | None = 
         True
     """
     device = device or default_device()
-    model, tokenizer = load_pretrained(AutoModelForCausalLM, name_or_path, quantization, device, dtype,
-                                       trust_remote_code)
+    trained_in_full = lora is None and adapter is None and quantization is None
+    model, tokenizer = load_pretrained(AutoModelForCausalLM, name_or_path, quantization, device,
+                                       dtype or precision_for(device).weights(trained_in_full), trust_remote_code)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return Policy(attach_adapter(model, lora, adapter, quantization is not None), tokenizer, name_or_path)
 
 
 def load_pretrained(auto_class, name_or_path: str, quantization: str | None, device: str,
-                    dtype: torch.dtype | None, trust_remote_code: bool, new_head: str | None = None):
+                    dtype: torch.dtype, trust_remote_code: bool, new_head: str | None = None):
     """A checked `from_pretrained` shared by policies and reward models.
 
     `new_head` names the one module allowed to be missing from the checkpoint (the reward
@@ -259,7 +327,7 @@ def load_pretrained(auto_class, name_or_path: str, quantization: str | None, dev
     tokenizer = load_tokenizer(source, trust_remote_code)
     extra = {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id} if new_head else {}
     model, loading = auto_class.from_pretrained(
-        source, quantization_config=quantized, dtype=dtype or compute_dtype(device), use_safetensors=True,
+        source, quantization_config=quantized, dtype=dtype, use_safetensors=True,
         trust_remote_code=trust_remote_code, device_map={"": device} if quantized else None,
         output_loading_info=True, **extra,
     )

@@ -32,12 +32,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .live import LivePlot
-from .models import Policy, left_padded_positions, transcript_ids
+from .models import Policy, disable_dropout, left_padded_positions, precision_for, sample_tokens
+from .reward import checked_scores
 
 
 @dataclass
@@ -49,6 +49,7 @@ class PPOConfig:
     batch_size: int = 16  # prompts (and so responses) per rollout
     mini_batch_size: int = 8  # responses per gradient step
     gradient_accumulation_steps: int = 1  # minibatches whose gradients add up before a step
+    rollout_batch_size: int = 16  # responses per generate / forward call in the rollout (memory, not maths)
     ppo_epochs: int = 4  # passes over each rollout batch
     response_length: int = 32  # most tokens sampled per response
     temperature: float = 1.0  # sampling temperature, also applied to the log-probs
@@ -73,13 +74,17 @@ class PPOConfig:
     # bookkeeping
     sample_every: int = 10  # show a prompt / response / reward table every this many steps
     save_every: int = 25  # checkpoint every this many steps (and at the end or on interrupt)
-    seed: int = 0  # seeds prompt order and sampling
+    seed: int = 0  # seeds prompt order, sampling and minibatch order
     minibatches: int = field(init=False)  # derived: minibatches per epoch
 
     def __post_init__(self):
         if self.batch_size % self.mini_batch_size:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size "
                              f"({self.mini_batch_size})")
+        if (self.batch_size // self.mini_batch_size) % self.gradient_accumulation_steps:
+            raise ValueError(f"the {self.batch_size // self.mini_batch_size} minibatches of an epoch must be a multiple "
+                             f"of gradient_accumulation_steps ({self.gradient_accumulation_steps}); otherwise "
+                             "gradients of one epoch would be applied with the next one's")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', not {self.kl_estimator!r}")
         self.minibatches = self.batch_size // self.mini_batch_size
@@ -159,13 +164,32 @@ def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int) -> tup
     return torch.where(mask, responses, pad_id), mask.float(), has_eos
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    logp = F.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float, chunk: int = 4) -> torch.Tensor:
+    """log softmax(logits / T) at the sampled tokens: (B, R) from (B, R, V) and (B, R).
+
+    Only the chosen token's log-prob is kept, a few rows at a time in fp32, so no full
+    (B, R, V) log-softmax copy exists (with a 150k vocabulary that copy dwarfs the model).
+    """
+    rows = []
+    for row_logits, row_tokens in zip(logits.split(chunk), tokens.split(chunk)):
+        row_logits = row_logits.float() / temperature
+        picked = row_logits.gather(-1, row_tokens.unsqueeze(-1)).squeeze(-1)
+        rows.append(picked - torch.logsumexp(row_logits, dim=-1))
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def entropy_of(logits: torch.Tensor, temperature: float, chunk: int = 4) -> torch.Tensor:
+    """Entropy of softmax(logits / T) per position, a few rows at a time: (B, R)."""
+    rows = []
+    for row_logits in logits.split(chunk):
+        logp = F.log_softmax(row_logits.float() / temperature, dim=-1)
+        rows.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(rows)
 
 
 # ---------------------------------------------------------------------------------------------
-# Models: the policy with its value head, the reference, and rewards
+# Models: the policy with its value head (rewards live in rlhflab.reward)
 # ---------------------------------------------------------------------------------------------
 
 class PolicyWithValue(torch.nn.Module):
@@ -180,58 +204,19 @@ class PolicyWithValue(torch.nn.Module):
         torch.nn.init.zeros_(self.value_head.bias)
         self.value_head.to(next(model.parameters()).device)
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, query_len: int):
+        """Logits and values at the positions that predict the response tokens (query_len onward).
+
+        The LM head runs on those positions only (`logits_to_keep`): the prompt's logits would be
+        (B, Q, V) of memory that nothing reads.
+        """
+        response_len = input_ids.shape[1] - query_len
         out = self.model(input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=left_padded_positions(attention_mask),
-                         output_hidden_states=True, use_cache=False)
-        hidden = out.hidden_states[-1]  # (B, T, H)
-        return out.logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)  # (B, T, V), (B, T)
-
-
-class SharedReward:
-    """A reward adapter with its score head, loaded onto the policy's own base model.
-
-    The reward model saved by `rlhflab.reward` is a LoRA adapter plus a 'score' head. Here its
-    LoRA weights become a second adapter of the policy's peft model and run through peft's
-    per-sample adapter routing, so no second copy of the base weights is held.
-    """
-
-    def __init__(self, policy: Policy, reward_dir: str | Path, adapter_name: str = "reward"):
-        if not policy.is_lora:
-            raise ValueError("a shared reward adapter needs a LoRA policy: load_policy(..., lora=True); "
-                             "or pass a separate RewardModel")
-        reward_dir = Path(reward_dir)
-        self.policy, self.adapter_name = policy, adapter_name
-        policy.model.load_adapter(str(reward_dir), adapter_name=adapter_name, is_trainable=False)
-        with safe_open(reward_dir / "adapter_model.safetensors", "pt") as weights:
-            key = next(k for k in weights.keys() if k.endswith("score.weight"))
-            self.score_weight = weights.get_tensor(key).to(policy.device)  # (1, H)
-        stats = json.loads((reward_dir / "reward_normalization.json").read_text())
-        self.mean, self.std = stats["mean"], stats["std"]
-
-    @torch.no_grad()
-    def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        tokenizer, model = self.policy.tokenizer, self.policy.model
-        ids = [transcript_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
-        batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding_side="left").to(self.policy.device)
-        was_training = model.training
-        model.eval()  # peft routes per-sample adapters in eval mode only
-        out = model(**batch, position_ids=left_padded_positions(batch["attention_mask"]), output_hidden_states=True,
-                    adapter_names=[self.adapter_name] * len(ids))
-        model.train(was_training)
-        last = out.hidden_states[-1][:, -1]  # (B, H), the EOS of every left-padded row
-        raw = (last.to(self.score_weight.dtype) @ self.score_weight.T)[:, 0].float().cpu()
-        return (raw - self.mean) / self.std
-
-
-class GoldReward:
-    """The tiny world's gold annotator as a reward: PPO against the truth, for comparisons."""
-
-    def __init__(self, gold):
-        self.gold = gold
-
-    def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        return torch.tensor([self.gold.score(p, r) for p, r in zip(prompts, responses)])
+                         output_hidden_states=True, use_cache=False, logits_to_keep=response_len + 1)
+        hidden = out.hidden_states[-1][:, query_len - 1: -1]  # (B, R, H)
+        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)  # (B, R)
+        return out.logits[:, :-1], values  # (B, R, V), (B, R)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,10 +229,6 @@ class PPOResult:
     history: list[dict]  # one metrics dict per step of this run
     output_dir: Path  # holds checkpoint/ (peft adapter, value head, optimizer, state)
     interrupted: bool  # True when a KeyboardInterrupt stopped the run (a checkpoint was saved)
-
-
-def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    return torch.gather(F.log_softmax(logits / temperature, dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 class PPOTrainer:
@@ -280,14 +261,19 @@ class PPOTrainer:
             raise ValueError("PPO needs at least one prompt")
         if config.ptx_coef > 0 and not ptx_texts:
             raise ValueError("ptx_coef > 0 needs ptx_texts (demonstrations or pretraining text)")
+        if getattr(policy.model, "is_quantized", False) and not policy.is_lora:
+            raise ValueError("a 4-bit or 8-bit policy cannot be trained directly; load it with "
+                             "load_policy(..., lora=True) so PPO trains a LoRA adapter on the quantized base")
         self.policy, self.reward, self.gold = policy, reward, gold
         self.prompts, self.ptx_texts = list(prompts), ptx_texts or []
         self.output_dir = Path(config.output_dir)
         self.accelerator = Accelerator(cpu=policy.device.type == "cpu",
+                                       mixed_precision=precision_for(policy.device).mixed_precision,
                                        gradient_accumulation_steps=config.gradient_accumulation_steps)
         self.live = live or (LivePlot(self.output_dir, title="PPO") if self.accelerator.is_main_process
                              else LivePlot(None, widgets=False))
         self.kl_ctl = AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+        disable_dropout(policy.model)
         # Full fine-tuning needs its own frozen reference; LoRA gets it by switching adapters off.
         self.reference = None if policy.is_lora else copy.deepcopy(policy.model).requires_grad_(False).eval()
         self.reference_adapter = None
@@ -314,59 +300,68 @@ class PPOTrainer:
 
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> dict:
+        """Steps 1-6 for a batch of prompts, `rollout_batch_size` responses at a time."""
         c, tokenizer, device = self.config, self.policy.tokenizer, self.accelerator.device
         model = self.unwrapped.model
         model.eval()
-        # 1. sample with the KV cache
         texts = [self.policy.chat_prompt(p) for p in prompts]
         queries = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        generated = model.generate(**queries, max_new_tokens=c.response_length, do_sample=True,
-                                   temperature=c.temperature, top_k=0, top_p=1.0,
-                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        query_len = queries["input_ids"].shape[1]
-        raw_responses = generated[:, query_len:]
-        raw_responses = F.pad(raw_responses, (0, c.response_length - raw_responses.shape[1]), value=tokenizer.pad_token_id)
-        # 2. truncate after the first EOS
-        responses, response_mask, has_eos = truncate_after_eos(raw_responses, tokenizer.eos_token_id,
-                                                               tokenizer.pad_token_id)  # (B, R)
-        input_ids = torch.cat([queries["input_ids"], responses], dim=1)  # (B, Q + R)
-        attention_mask = torch.cat([queries["attention_mask"], response_mask.long()], dim=1)
-        # 3. policy and reference log-probs, values
-        logits, values = self.unwrapped(input_ids, attention_mask)
-        logprobs = logprobs_of(logits[:, query_len - 1: -1], responses, c.temperature)  # (B, R)
-        values = values[:, query_len - 1: -1]
-        ref_logits = self.reference_logits(input_ids, attention_mask)
-        ref_logprobs = logprobs_of(ref_logits[:, query_len - 1: -1], responses, c.temperature)
-        entropy = masked_mean(entropy_from_logits(logits[:, query_len - 1: -1] / c.temperature), response_mask)
+        query_len = queries["input_ids"].shape[1]  # one left-padded width for every micro-batch
+        parts = []
+        for rows in torch.arange(len(prompts), device=device).split(c.rollout_batch_size):
+            query = {k: v[rows] for k, v in queries.items()}
+            # 1. sample with the KV cache, from softmax(logits / T) only
+            generated = sample_tokens(model, tokenizer, query, c.response_length, c.temperature)
+            raw_responses = F.pad(generated[:, query_len:], (0, c.response_length - generated.shape[1] + query_len),
+                                  value=tokenizer.pad_token_id)
+            # 2. truncate after the first EOS
+            responses, response_mask, has_eos = truncate_after_eos(raw_responses, tokenizer.eos_token_id,
+                                                                   tokenizer.pad_token_id)  # (b, R)
+            input_ids = torch.cat([query["input_ids"], responses], dim=1)  # (b, Q + R)
+            attention_mask = torch.cat([query["attention_mask"], response_mask.long()], dim=1)
+            # 3. policy and reference log-probs, values
+            logits, values = self.unwrapped(input_ids, attention_mask, query_len)  # (b, R, V), (b, R)
+            logprobs = token_logprobs(logits, responses, c.temperature)
+            entropy = entropy_of(logits, c.temperature)
+            del logits
+            ref_logprobs = token_logprobs(self.reference_logits(input_ids, attention_mask, query_len), responses,
+                                          c.temperature)
+            parts.append(dict(input_ids=input_ids, attention_mask=attention_mask, responses=responses,
+                              mask=response_mask, has_eos=has_eos, logprobs=logprobs, ref_logprobs=ref_logprobs,
+                              values=values, entropy=entropy))
+        batch = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+        responses, response_mask, has_eos = batch["responses"], batch["mask"], batch["has_eos"]
         # 4. score the decoded responses; penalise no EOS
         decoded = [t.strip() for t in tokenizer.batch_decode(responses, skip_special_tokens=True)]
-        scores = self.reward.score(prompts, decoded).to(device).float()
+        scores = checked_scores(self.reward.score(prompts, decoded), len(prompts), self.reward).to(device)
         scores = scores - c.missing_eos_penalty * (~has_eos).float()
         # 5. per-token KL penalty, plus the score on the last real token
-        kl = kl_per_token(logprobs, ref_logprobs, c.kl_estimator) * response_mask
+        kl = kl_per_token(batch["logprobs"], batch["ref_logprobs"], c.kl_estimator) * response_mask
         rewards = -self.kl_ctl.value * kl
         last = (response_mask.sum(1) - 1).long()
         rewards[torch.arange(len(prompts)), last] += scores
         # 6. whiten rewards (optional), GAE, whiten advantages
         if c.whiten_rewards:
             rewards = masked_whiten(rewards, response_mask, shift_mean=False)
-        advantages, returns = compute_gae(rewards, values, response_mask, c.gamma, c.lam)
+        advantages, returns = compute_gae(rewards, batch["values"], response_mask, c.gamma, c.lam)
         advantages = masked_whiten(advantages, response_mask)
         model.train()
-        return dict(input_ids=input_ids, attention_mask=attention_mask, responses=responses, mask=response_mask,
-                    logprobs=logprobs, ref_logprobs=ref_logprobs, values=values, advantages=advantages,
-                    returns=returns, scores=scores, kl=kl, has_eos=has_eos, entropy=entropy, decoded=decoded,
-                    query_len=query_len, k1=(logprobs - ref_logprobs) * response_mask)
+        batch.update(advantages=advantages, returns=returns, scores=scores, kl=kl, decoded=decoded, query_len=query_len,
+                     entropy=masked_mean(batch["entropy"], response_mask),
+                     k1=(batch["logprobs"] - batch["ref_logprobs"]) * response_mask)
+        return batch
 
-    def reference_logits(self, input_ids, attention_mask) -> torch.Tensor:
-        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=left_padded_positions(attention_mask), use_cache=False)
+    def reference_logits(self, input_ids, attention_mask, query_len: int) -> torch.Tensor:
+        """The reference policy's logits at the response positions: (B, R, V)."""
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                      position_ids=left_padded_positions(attention_mask),
+                      logits_to_keep=input_ids.shape[1] - query_len + 1)
         if self.reference is not None:
-            return self.reference(**kwargs).logits
+            return self.reference(**kwargs).logits[:, :-1]
         if self.reference_adapter is not None:  # routed per sample; the model is in eval mode here
-            return self.unwrapped.model(**kwargs, adapter_names=[self.reference_adapter] * len(input_ids)).logits
+            return self.unwrapped.model(**kwargs, adapter_names=[self.reference_adapter] * len(input_ids)).logits[:, :-1]
         with self.unwrapped.model.disable_adapter():
-            return self.unwrapped.model(**kwargs).logits
+            return self.unwrapped.model(**kwargs).logits[:, :-1]
 
     # -- update ----------------------------------------------------------------------------------
 
@@ -381,9 +376,8 @@ class PPOTrainer:
                 mb = {k: batch[k][idx] for k in ("input_ids", "attention_mask", "responses", "mask", "logprobs",
                                                   "values", "advantages", "returns")}
                 with self.accelerator.accumulate(self.module):
-                    logits, vpred = self.module(mb["input_ids"], mb["attention_mask"])
-                    new_logprobs = logprobs_of(logits[:, q - 1: -1], mb["responses"], c.temperature)
-                    vpred = vpred[:, q - 1: -1]
+                    logits, vpred = self.module(mb["input_ids"], mb["attention_mask"], q)
+                    new_logprobs = token_logprobs(logits, mb["responses"], c.temperature)
                     mask = mb["mask"]
                     # clipped value loss
                     vclipped = mb["values"] + (vpred - mb["values"]).clamp(-c.cliprange_value, c.cliprange_value)
@@ -426,9 +420,9 @@ class PPOTrainer:
         texts = self._rng.sample(self.ptx_texts, min(self.config.mini_batch_size, len(self.ptx_texts)))
         batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=128,
                           add_special_tokens=False).to(self.accelerator.device)
-        logits, _ = self.module(batch["input_ids"], batch["attention_mask"])
+        logits, _ = self.module(batch["input_ids"], batch["attention_mask"], 1)  # (B, T - 1, V): tokens 1 onward
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -440,6 +434,7 @@ class PPOTrainer:
         try:
             while self.step < c.steps:
                 prompts = [self._rng.choice(self.prompts) for _ in range(c.batch_size)]
+                torch.manual_seed(self._rng.randrange(2**31))  # sampling follows the seed, resumed runs too
                 batch = self.rollout(prompts)
                 losses = self.update(batch)
                 self.step += 1

@@ -25,14 +25,17 @@ import pandas as pd
 import torch
 import trl
 from datasets import Dataset
+from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification
 
 from .live import LivePlot
-from .models import attach_adapter, compute_dtype, default_device, load_pretrained, transcript_ids
+from .models import attach_adapter, default_device, left_padded_positions, load_pretrained, precision_for, transcript_ids
 from .records import MARGINS, as_rows
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
-NORMALIZATION_FILE = "reward_normalization.json"
+NORMALIZATION_FILE = "reward_normalization.json"  # mean, std and max_length, saved with the adapter
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's file of LoRA weights (and the score head)
+DEFAULT_MAX_LENGTH = 256  # tokens per prompt + response, in training and in scoring
 
 
 @dataclass
@@ -44,7 +47,7 @@ class RewardConfig:
     max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
     batch_size: int = 16  # comparisons per device per step
     learning_rate: float = 1e-3  # peak rate (LoRA); ~1e-5 for full fine-tuning
-    max_length: int = 256  # tokens per prompt + response
+    max_length: int = DEFAULT_MAX_LENGTH  # tokens per prompt + response; longer ones keep their end
     use_margin: bool = True  # subtract the strength margin inside the loss
     logging_steps: int = 5  # log (and plot) every this many steps
     seed: int = 0  # seeds shuffling and the head's initialisation
@@ -71,12 +74,30 @@ def preference_rows(data, columns: dict | None = None) -> list[dict]:
     return rows
 
 
+def reward_ids(tokenizer, prompt: str, response: str, max_length: int) -> list[int]:
+    """The tokens a reward model reads, in training and in scoring alike: the chat transcript
+    ending in EOS, cut from the left to `max_length` so the response's end (and its score) stays."""
+    return transcript_ids(tokenizer, prompt, response)[-max_length:]
+
+
 def tokenized(rows: list[dict], tokenizer, max_length: int, use_margin: bool) -> Dataset:
     def ids(prompt, response):
-        return transcript_ids(tokenizer, prompt, response)[-max_length:]
+        return reward_ids(tokenizer, prompt, response, max_length)
 
     return Dataset.from_list([{"chosen_ids": ids(r["prompt"], r["chosen"]), "rejected_ids": ids(r["prompt"], r["rejected"]),
                                "margin": r["margin"] if use_margin else 0.0} for r in rows])
+
+
+def score_positions(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """Where a sequence-classification model reads each row's score: its last token that is not
+    the pad token, left or right padding alike (transformers' rule). When pad == eos (GPT-2,
+    Llama 3, SmolLM2, ...) that is the response's last token, not the closing EOS: (B,)."""
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    return (positions * (input_ids != pad_token_id)).argmax(1)
+
+
+def cast_to_weight_dtype(module: torch.nn.Linear, args: tuple) -> tuple:
+    return (args[0].to(module.weight.dtype), *args[1:])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,8 +118,15 @@ class RewardModel:
         tensor([...])
     """
 
-    def __init__(self, model, tokenizer, mean: float = 0.0, std: float = 1.0):
+    def __init__(self, model, tokenizer, mean: float = 0.0, std: float = 1.0,
+                 max_length: int = DEFAULT_MAX_LENGTH):
         self.model, self.tokenizer, self.mean, self.std = model, tokenizer, mean, std
+        self.max_length = max_length
+        # A 4-bit model's norms stay fp32 (QLoRA), so its residual stream is fp32, while TRL keeps
+        # the trained score head in bf16 on a GPU: outside autocast the head would refuse fp32 input.
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and "score" in name.split("."):
+                module.register_forward_pre_hook(cast_to_weight_dtype)
 
     @property
     def device(self) -> torch.device:
@@ -107,11 +135,11 @@ class RewardModel:
     @torch.no_grad()
     def score(self, prompts: list[str], responses: list[str], normalized: bool = True,
               batch_size: int = 32) -> torch.Tensor:
-        """One score per (prompt, response), read at the final EOS token."""
+        """One score per (prompt, response), read where training read it (`score_positions`)."""
         self.model.eval()
         scores = []
         for start in range(0, len(prompts), batch_size):
-            ids = [transcript_ids(self.tokenizer, p, r) for p, r in
+            ids = [reward_ids(self.tokenizer, p, r, self.max_length) for p, r in
                    zip(prompts[start: start + batch_size], responses[start: start + batch_size])]
             batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding_side="right").to(self.device)
             scores.append(self.model(**batch).logits[:, 0].float().cpu())  # (B,)
@@ -127,7 +155,8 @@ class RewardModel:
         out_dir = Path(out_dir)
         self.model.save_pretrained(out_dir)
         self.tokenizer.save_pretrained(out_dir)
-        (out_dir / NORMALIZATION_FILE).write_text(json.dumps({"mean": self.mean, "std": self.std}) + "\n")
+        stats = {"mean": self.mean, "std": self.std, "max_length": self.max_length}
+        (out_dir / NORMALIZATION_FILE).write_text(json.dumps(stats) + "\n")
 
 
 def reward_lora(lora) -> dict | None:
@@ -156,12 +185,82 @@ def load_reward_model(path_or_base: str = "tiny", lora=None, quantization: str |
     if saved_adapter and adapter is None:  # an adapter directory names its base
         adapter = str(directory)
         path_or_base = json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
+    trained_in_full = lora is None and adapter is None and quantization is None
     model, tokenizer = load_pretrained(AutoModelForSequenceClassification, path_or_base, quantization, device,
-                                       None, trust_remote_code, new_head="score")
+                                       precision_for(device).weights(trained_in_full), trust_remote_code,
+                                       new_head="score")
     model = attach_adapter(model, reward_lora(lora), adapter, quantization is not None, task_type="SEQ_CLS")
     normalization = directory / NORMALIZATION_FILE
-    stats = json.loads(normalization.read_text()) if normalization.exists() else {"mean": 0.0, "std": 1.0}
+    stats = json.loads(normalization.read_text()) if normalization.exists() else {}
     return RewardModel(model, tokenizer, **stats)
+
+
+class SharedReward:
+    """A reward adapter with its score head, loaded onto the policy's own base model.
+
+    The reward model saved by `RewardModel.save` is a LoRA adapter plus a 'score' head. Here its
+    LoRA weights become a second adapter of the policy's peft model and run through peft's
+    per-sample adapter routing, so no second copy of the base weights is held. It reads the same
+    tokens at the same position as `RewardModel.score`, and computes no vocabulary logits.
+    """
+
+    def __init__(self, policy, reward_dir: str | Path, adapter_name: str = "reward"):
+        if not policy.is_lora:
+            raise ValueError("a shared reward adapter needs a LoRA policy: load_policy(..., lora=True); "
+                             "or pass a separate RewardModel")
+        reward_dir = Path(reward_dir)
+        self.policy, self.adapter_name = policy, adapter_name
+        policy.model.load_adapter(str(reward_dir), adapter_name=adapter_name, is_trainable=False)
+        with safe_open(reward_dir / ADAPTER_WEIGHTS, "pt") as weights:
+            key = next(k for k in weights.keys() if k.endswith("score.weight"))
+            self.score_weight = weights.get_tensor(key).to(policy.device)  # (1, H)
+        stats = json.loads((reward_dir / NORMALIZATION_FILE).read_text())
+        self.mean, self.std = stats["mean"], stats["std"]
+        self.max_length = stats.get("max_length", DEFAULT_MAX_LENGTH)
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
+        tokenizer, model = self.policy.tokenizer, self.policy.model
+        was_training = model.training
+        model.eval()  # peft routes per-sample adapters in eval mode only
+        raw = []
+        for start in range(0, len(prompts), batch_size):
+            ids = [reward_ids(tokenizer, p, r, self.max_length) for p, r in
+                   zip(prompts[start: start + batch_size], responses[start: start + batch_size])]
+            batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding_side="left").to(self.policy.device)
+            out = model(**batch, position_ids=left_padded_positions(batch["attention_mask"]), output_hidden_states=True,
+                        logits_to_keep=1, adapter_names=[self.adapter_name] * len(ids))
+            at = score_positions(batch["input_ids"], tokenizer.pad_token_id)
+            hidden = out.hidden_states[-1][torch.arange(len(ids)), at]  # (B, H)
+            raw.append((hidden.to(self.score_weight.dtype) @ self.score_weight.T)[:, 0].float().cpu())
+        model.train(was_training)
+        return (torch.cat(raw) - self.mean) / self.std
+
+
+def checked_scores(scores, n: int, reward) -> torch.Tensor:
+    """A reward's output as a float tensor of n finite scores, or an error that names the reward."""
+    name = getattr(reward, "__name__", type(reward).__name__)
+    if scores is None:
+        raise TypeError(f"the reward {name} returned None; it must return one score per response")
+    values = torch.as_tensor(scores if isinstance(scores, torch.Tensor) else list(scores), dtype=torch.float32)
+    if values.shape != (n,):
+        raise ValueError(f"the reward {name} returned scores of shape {tuple(values.shape)} for {n} responses; "
+                         f"it must return {n} numbers, one per response")
+    bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"the reward {name} returned {values[bad[0]].item()} for {len(bad)} of {n} responses "
+                         f"(first at index {bad[0]}); nothing was applied. Fix the reward, or clamp its scores")
+    return values
+
+
+class GoldReward:
+    """The tiny world's gold annotator as a reward: PPO against the truth, for comparisons."""
+
+    def __init__(self, gold):
+        self.gold = gold
+
+    def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return torch.tensor([self.gold.score(p, r) for p, r in zip(prompts, responses)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,8 +292,7 @@ def train_reward_model(reward_model: RewardModel, preferences, config: RewardCon
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
         learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
         max_length=config.max_length, logging_steps=config.logging_steps, seed=config.seed,
-        save_strategy="no", report_to="none", bf16=reward_model.device.type == "cuda" and torch.cuda.is_bf16_supported(),
-        use_cpu=reward_model.device.type == "cpu",
+        save_strategy="no", report_to="none", **precision_for(reward_model.device).trainer_args(),
     )
     trainer = trl.RewardTrainer(
         model=reward_model.model, args=args, processing_class=tokenizer, callbacks=[live],
@@ -206,7 +304,8 @@ def train_reward_model(reward_model: RewardModel, preferences, config: RewardCon
         # score head would then meet fp32 hidden states. Keep them in the device's compute dtype.
         for param in trainer.model.parameters():
             if param.requires_grad:
-                param.data = param.data.to(compute_dtype(reward_model.device.type))
+                param.data = param.data.to(precision_for(reward_model.device).compute)
+    reward_model.max_length = config.max_length
     outcome = trainer.train()
     metrics = {"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"]}
     if eval_rows:

@@ -3,7 +3,8 @@
 import sys
 
 from rlhflab import GoldAnnotator, TinyWorld, load_policy
-from rlhflab.ppo import GoldReward, PPOConfig, PPOTrainer
+from rlhflab.ppo import PPOConfig, PPOTrainer
+from rlhflab.reward import GoldReward
 
 world = TinyWorld()
 prompts = [q.text for q in world.questions("train", 64, seed=1)]

@@ -7,7 +7,7 @@ import torch
 
 from rlhflab import load_policy
 from rlhflab.best_of_n import BestOfN, best_of_n_curve, kl_of_best_of_n, sample_best_of_n
-from rlhflab.ppo import GoldReward
+from rlhflab.reward import GoldReward
 from rlhflab.reward import load_reward_model
 
 

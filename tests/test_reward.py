@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rlhflab.ppo import SharedReward
+from rlhflab.reward import SharedReward
 from rlhflab import load_policy
 from rlhflab.records import MARGINS
 from rlhflab.reward import (RewardConfig, evaluate_reward_model, load_reward_model,

@@ -16,8 +16,8 @@ import torch
 
 from ..live import LivePlot
 from ..models import Policy, load_policy
-from ..ppo import PPOConfig, PPOTrainer, SharedReward
-from ..reward import RewardConfig, evaluate_reward_model, load_reward_model, train_reward_model
+from ..ppo import PPOConfig, PPOTrainer
+from ..reward import RewardConfig, SharedReward, evaluate_reward_model, load_reward_model, train_reward_model
 from ..sft import SFTConfig, train_sft
 from .gold import GoldAnnotator
 from .world import TinyWorld
