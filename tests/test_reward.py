@@ -4,11 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
-from rlhflab.reward import SharedReward
 from rlhflab import load_policy
 from rlhflab.records import MARGINS
-from rlhflab.reward import (RewardConfig, evaluate_reward_model, load_reward_model,
-                            preference_rows, reward_plot, train_reward_model)
+from rlhflab.reward import (GoldReward, RewardConfig, SharedReward, checked_scores, evaluate_reward_model,
+                            load_reward_model, preference_rows, reward_ids, reward_plot, train_reward_model)
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +85,59 @@ def test_4bit_reward_model_trains_with_lora(heldout, tmp_path):
     with pytest.raises(ValueError, match="lora=True"):
         train_reward_model(load_reward_model("tiny", quantization="4bit"), heldout[:8],
                            RewardConfig(output_dir=str(tmp_path)))
+
+
+# -- real-model defects: each of these failed before its fix ------------------------------------
+
+@pytest.mark.parametrize("pad", ["pad != eos", "pad == eos"])
+def test_shared_adapter_reads_the_score_where_the_reward_model_does(pad, pad_is_eos, heldout, tmp_path):
+    base = str(pad_is_eos) if pad == "pad == eos" else "tiny"
+    torch.manual_seed(0)
+    reward_model = load_reward_model(base, lora=True)
+    for name, param in reward_model.model.named_parameters():
+        if "lora_B" in name:  # a trained-looking adapter, so the shared base really routes through it
+            torch.nn.init.normal_(param, std=0.05)
+    reward_model.save(tmp_path)
+    prompts, responses = [r["prompt"] for r in heldout[:8]], [r["chosen"] for r in heldout[:8]]
+    responses[0] += " and more words, so the rows pad differently"
+    shared = SharedReward(load_policy(base, lora=True), tmp_path)
+    assert torch.allclose(shared.score(prompts, responses), load_reward_model(str(tmp_path)).score(prompts, responses),
+                          atol=1e-4)
+
+
+def test_4bit_reward_model_scores_with_the_dtypes_a_gpu_leaves(heldout):
+    """On a GPU, TRL keeps a QLoRA model's trained adapter and score head in bf16 while its norms,
+    and so its residual stream, stay fp32; scoring then runs outside any autocast."""
+    reward_model = load_reward_model("tiny", lora=True, quantization="4bit")
+    for param in reward_model.model.parameters():
+        if param.requires_grad:
+            param.data = param.data.to(torch.bfloat16)
+    scores = reward_model.score([r["prompt"] for r in heldout[:4]], [r["chosen"] for r in heldout[:4]])
+    assert scores.shape == (4,) and torch.isfinite(scores).all()
+
+
+def test_scoring_reads_the_tokens_training_read(heldout, tmp_path):
+    reward_model = load_reward_model("tiny", lora=True)
+    train_reward_model(reward_model, heldout[:16], RewardConfig(output_dir=str(tmp_path), max_steps=1, batch_size=8,
+                                                                max_length=24))
+    reloaded = load_reward_model(str(tmp_path))
+    assert reloaded.max_length == 24
+    prompt, response = heldout[0]["prompt"], heldout[0]["chosen"] + " It is so. It is so. It is so."
+    ids = reward_ids(reloaded.tokenizer, prompt, response, 24)
+    assert len(ids) == 24
+    with torch.no_grad():
+        expected = reloaded.model(input_ids=torch.tensor([ids])).logits[0, 0]
+    assert torch.allclose(reloaded.score([prompt], [response], normalized=False), expected[None], atol=1e-5)
+
+
+def test_bad_reward_output_names_the_reward(gold):
+    def length_reward(prompts, responses):
+        return [float(len(r)) for r in responses][:-1]
+
+    with pytest.raises(ValueError, match=r"the reward length_reward returned scores of shape \(1,\) for 2"):
+        checked_scores(length_reward(["p", "q"], ["a", "b"]), 2, length_reward)
+    with pytest.raises(TypeError, match="the reward GoldReward returned None"):
+        checked_scores(None, 2, GoldReward(gold))
+    with pytest.raises(ValueError, match="returned nan for 1 of 2 responses"):
+        checked_scores([1.0, float("nan")], 2, length_reward)
+    assert checked_scores([1, 2], 2, length_reward).dtype == torch.float32
