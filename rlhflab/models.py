@@ -82,11 +82,12 @@ class Policy:
         return replies
 
     @torch.no_grad()
-    def response_logprobs(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
+    def response_logprobs(self, prompts: list[str], responses: list[str], batch_size: int = 16) -> torch.Tensor:
         """log p(response | prompt) of each response text, its closing EOS included: (N,).
 
         The texts are tokenized again, so a sample cut off at max_new_tokens is scored as if it had
-        ended there; KL estimates built from this are per response, in nats.
+        ended there; KL estimates built from this are per response, in nats. Rows are left-padded
+        so every response ends at the right edge, and the LM head runs on the response positions only.
         """
         was_training = self.model.training
         self.model.eval()
@@ -94,17 +95,15 @@ class Policy:
         for start in range(0, len(prompts), batch_size):
             batch_prompts, batch_responses = prompts[start: start + batch_size], responses[start: start + batch_size]
             ids = [transcript_ids(self.tokenizer, p, r) for p, r in zip(batch_prompts, batch_responses)]
-            prompt_lengths = [len(self.tokenizer(self.chat_prompt(p), add_special_tokens=False)["input_ids"])
-                              for p in batch_prompts]
-            batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding_side="right").to(self.device)
-            logits = self.model(**batch, position_ids=left_padded_positions(batch["attention_mask"])).logits
-            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(
-                2, batch["input_ids"][:, 1:, None]).squeeze(-1)  # (B, T - 1): log p of token t + 1
-            positions = torch.arange(logprobs.shape[1], device=logprobs.device)[None, :]
-            lengths = torch.tensor([len(i) for i in ids], device=logprobs.device)[:, None]
-            in_response = (positions >= torch.tensor(prompt_lengths, device=logprobs.device)[:, None] - 1) & (
-                positions < lengths - 1)
-            totals.append((logprobs * in_response).sum(1).cpu())
+            response_lengths = torch.tensor([len(i) - len(self.tokenizer(self.chat_prompt(p), add_special_tokens=False)
+                                                          ["input_ids"]) for i, p in zip(ids, batch_prompts)])
+            keep = int(response_lengths.max())  # positions predicting the longest response's tokens
+            batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding_side="left").to(self.device)
+            logits = self.model(**batch, position_ids=left_padded_positions(batch["attention_mask"]),
+                                logits_to_keep=keep + 1).logits[:, :-1]  # (B, keep, V)
+            logprobs = token_logprobs(logits, batch["input_ids"][:, -keep:]).cpu()  # (B, keep)
+            in_response = torch.arange(keep)[None, :] >= keep - response_lengths[:, None]
+            totals.append((logprobs * in_response).sum(1))
         self.model.train(was_training)
         return torch.cat(totals)
 
@@ -119,6 +118,20 @@ def transcript_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, response: st
     """Token ids of a one-turn chat ending in EOS; a reward model reads its score at that last token."""
     text = chat_prompt(tokenizer, prompt)
     return tokenizer(text + response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0, chunk: int = 4) -> torch.Tensor:
+    """log softmax(logits / T) at the given tokens: (B, R) from (B, R, V) and (B, R).
+
+    Only the chosen token's log-prob is kept, a few rows at a time in fp32, so no full
+    (B, R, V) log-softmax copy exists (with a 150k vocabulary that copy dwarfs the model).
+    """
+    rows = []
+    for row_logits, row_tokens in zip(logits.split(chunk), tokens.split(chunk)):
+        row_logits = row_logits.float() / temperature
+        picked = row_logits.gather(-1, row_tokens.unsqueeze(-1)).squeeze(-1)
+        rows.append(picked - torch.logsumexp(row_logits, dim=-1))
+    return torch.cat(rows)
 
 
 def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .live import LivePlot
-from .models import Policy, disable_dropout, left_padded_positions, precision_for, sample_tokens
+from .models import Policy, disable_dropout, left_padded_positions, precision_for, sample_tokens, token_logprobs
 from .reward import checked_scores
 
 
@@ -54,6 +54,9 @@ class PPOConfig:
     response_length: int = 32  # most tokens sampled per response
     temperature: float = 1.0  # sampling temperature, also applied to the log-probs
     learning_rate: float = 5e-4  # AdamW rate for adapter and value head (~1e-5 for full weights)
+    lr_schedule: str = "constant"  # 'constant', or 'linear': decays to 0 over `steps` (Huang et al. 2024)
+    adam_eps: float = 1e-5  # AdamW epsilon; 1e-5 as in lm-human-preferences (Huang et al. 2024, detail 5)
+    max_prompt_length: int = 256  # prompt tokens kept (the chat prompt's end); longer prompts lose their start
     max_grad_norm: float = 1.0  # gradient clipping
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: far less memory, ~1.3x time
     # KL penalty
@@ -85,6 +88,8 @@ class PPOConfig:
             raise ValueError(f"the {self.batch_size // self.mini_batch_size} minibatches of an epoch must be a multiple "
                              f"of gradient_accumulation_steps ({self.gradient_accumulation_steps}); otherwise "
                              "gradients of one epoch would be applied with the next one's")
+        if self.lr_schedule not in ("constant", "linear"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'linear', not {self.lr_schedule!r}")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', not {self.kl_estimator!r}")
         self.minibatches = self.batch_size // self.mini_batch_size
@@ -162,20 +167,6 @@ def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int) -> tup
     positions = torch.arange(responses.shape[1], device=responses.device)
     mask = positions[None, :] <= first[:, None]  # (B, T)
     return torch.where(mask, responses, pad_id), mask.float(), has_eos
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float, chunk: int = 4) -> torch.Tensor:
-    """log softmax(logits / T) at the sampled tokens: (B, R) from (B, R, V) and (B, R).
-
-    Only the chosen token's log-prob is kept, a few rows at a time in fp32, so no full
-    (B, R, V) log-softmax copy exists (with a 150k vocabulary that copy dwarfs the model).
-    """
-    rows = []
-    for row_logits, row_tokens in zip(logits.split(chunk), tokens.split(chunk)):
-        row_logits = row_logits.float() / temperature
-        picked = row_logits.gather(-1, row_tokens.unsqueeze(-1)).squeeze(-1)
-        rows.append(picked - torch.logsumexp(row_logits, dim=-1))
-    return torch.cat(rows)
 
 
 @torch.no_grad()
@@ -287,7 +278,8 @@ class PPOTrainer:
             backbone = policy.model.get_base_model() if policy.is_lora else policy.model
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         module = PolicyWithValue(policy.model)
-        optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=config.learning_rate)
+        optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=config.learning_rate,
+                                      eps=config.adam_eps)
         self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
         self.step = 0
         self._rng = random.Random(f"{config.seed}:{self.accelerator.process_index}")
@@ -304,8 +296,9 @@ class PPOTrainer:
         c, tokenizer, device = self.config, self.policy.tokenizer, self.accelerator.device
         model = self.unwrapped.model
         model.eval()
-        texts = [self.policy.chat_prompt(p) for p in prompts]
-        queries = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        prompt_ids = [tokenizer(self.policy.chat_prompt(p), add_special_tokens=False)["input_ids"][-c.max_prompt_length:]
+                      for p in prompts]  # cut from the left: the turn's end and the reply's start stay
+        queries = tokenizer.pad({"input_ids": prompt_ids}, return_tensors="pt", padding_side="left").to(device)
         query_len = queries["input_ids"].shape[1]  # one left-padded width for every micro-batch
         parts = []
         for rows in torch.arange(len(prompts), device=device).split(c.rollout_batch_size):
@@ -367,6 +360,8 @@ class PPOTrainer:
 
     def update(self, batch: dict) -> dict:
         c = self.config
+        for group in self.optimizer.param_groups:  # from the step count, so a resumed run continues the decay
+            group["lr"] = c.learning_rate * (1 - self.step / c.steps if c.lr_schedule == "linear" else 1.0)
         stats = {k: [] for k in ("pg_loss", "vf_loss", "approxkl", "clipfrac", "vf_clipfrac", "ratio", "ptx_loss")}
         q = batch["query_len"]
         for _ in range(c.ppo_epochs):

@@ -59,3 +59,16 @@ def test_an_earlier_run_is_never_mixed_in(loop, world, gold):
         RLHFLoop(world, gold, LoopConfig.quick(str(loop.out_dir)))
     with pytest.raises(ValueError, match="'ppo' or 'dpo'"):
         LoopConfig(method="grpo")
+
+
+def test_one_round_on_smollm2_raises_its_gold_mean(smollm2, world, gold, tmp_path):
+    """A real instruct model answers the tiny world off-vocabulary at first; one round of SFT,
+    labels, a reward model and PPO must move it toward what the gold annotator wants."""
+    from rlhflab import load_policy
+
+    config = LoopConfig.quick(str(tmp_path), base=smollm2, rounds=1, n_demonstrations=32, labels_per_round=32,
+                              pool_per_label=1, ppo_steps=2, ppo_batch_size=8, n_heldout=12, response_length=16)
+    loop = RLHFLoop(world, gold, config)
+    before = gold.mean_score(loop.heldout, load_policy(smollm2).generate(loop.heldout, max_new_tokens=16, seed=0))
+    result = loop.run_round()
+    assert result.metrics["round/gold_mean"] > before + 0.5, (before, result.metrics)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhflab import load_policy
-from rlhflab.models import FALLBACK_CHAT_TEMPLATE, default_device, precision_for, sample_tokens
+from rlhflab.models import FALLBACK_CHAT_TEMPLATE, default_device, precision_for, sample_tokens, transcript_ids
 
 MODES = {"fp32": {}, "lora": {"lora": True}, "4bit+lora": {"lora": True, "quantization": "4bit"}}
 
@@ -189,3 +189,18 @@ def test_smollm2_loads_offline_and_generates(smollm2):
     assert len(policy.tokenizer) == 49_152
     replies = policy.generate(["What color is the fox?", "Name a fruit."], max_new_tokens=12, seed=0)
     assert len(replies) == 2 and all(r.strip() for r in replies)
+
+
+@pytest.mark.parametrize("arch", ["tiny", "gpt2"])
+def test_response_logprobs_match_a_row_by_row_reference(arch, random_models):
+    policy = load_policy(source(arch, random_models))
+    prompts = ["What color is the fox?", "Hi! Where does the cat live? Thanks!", "Name a food."]
+    responses = ["Red.", "The cat lives in the barn, and it sleeps there all day long.", ""]
+    expected = []
+    with torch.no_grad():
+        for prompt, response in zip(prompts, responses):
+            ids = transcript_ids(policy.tokenizer, prompt, response)
+            start = len(policy.tokenizer(policy.chat_prompt(prompt), add_special_tokens=False)["input_ids"])
+            logp = torch.log_softmax(policy.model(torch.tensor([ids])).logits[0, :-1].float(), -1)
+            expected.append(sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids))))
+    assert torch.allclose(policy.response_logprobs(prompts, responses, batch_size=3), torch.tensor(expected), atol=1e-3)

@@ -173,6 +173,26 @@ def test_rollout_logprobs_are_those_the_sampler_drew_from(shipped_sampling_setti
     assert torch.allclose(batch["logprobs"][mask], sampler[mask], atol=1e-4)
 
 
+def test_lm_head_sees_response_positions_only_and_the_rollout_runs_in_micro_batches(world, gold, tmp_path):
+    """With a 150k vocabulary, prompt logits and whole-batch forwards are what exhaust a GPU."""
+    policy = load_policy("tiny", lora=True)
+    trainer = PPOTrainer(policy, prompts(world), GoldReward(gold), small(tmp_path, rollout_batch_size=2))
+    head_inputs, generate_rows = [], []
+    policy.model.get_output_embeddings().register_forward_hook(lambda m, i, o: head_inputs.append(tuple(i[0].shape[:2])))
+    original = policy.model.generate
+
+    def recording(**kwargs):
+        generate_rows.append(len(kwargs["input_ids"]))
+        return original(**kwargs)
+
+    policy.model.generate = recording
+    head_inputs.clear()
+    batch = trainer.rollout(prompts(world, 4))
+    assert generate_rows == [2, 2]
+    forwards = [shape for shape in head_inputs if shape[1] > 1]  # generation's one-token steps aside
+    assert forwards == [(2, batch["responses"].shape[1] + 1)] * 4  # policy and reference, per micro-batch
+
+
 def test_4bit_policy_without_lora_is_refused(world, gold, tmp_path):
     with pytest.raises(ValueError, match=r"lora=True"):
         PPOTrainer(load_policy("tiny", quantization="4bit"), prompts(world), GoldReward(gold), small(tmp_path))
@@ -206,3 +226,22 @@ def test_one_ppo_step_on_smollm2_in_4bit_with_lora(smollm2, gold, world, tmp_pat
     assert stats["ratio"] == 1.0 and stats["approxkl"] == 0.0
     after = dict(trainer.unwrapped.named_parameters())
     assert any(not torch.equal(after[n], p) for n, p in before.items() if "lora_" in n)
+
+
+def test_linear_schedule_adam_eps_and_prompt_truncation(world, gold, tmp_path):
+    policy = load_policy("tiny", lora=True)
+    trainer = PPOTrainer(policy, prompts(world), GoldReward(gold),
+                         small(tmp_path, steps=4, lr_schedule="linear", learning_rate=1e-3, max_prompt_length=12))
+    assert trainer.optimizer.param_groups[0]["eps"] == 1e-5
+    long_prompt = "Please tell me, and take your time, " * 5 + "what color is the fox?"
+    batch = trainer.rollout([long_prompt] * 4)
+    assert batch["query_len"] == 12
+    assert policy.tokenizer.decode(batch["input_ids"][0, :12]).endswith(policy.chat_prompt("fox?")[-14:])
+    rates = []
+    for step in range(3):
+        trainer.step = step
+        trainer.update(batch)
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([1e-3, 0.75e-3, 0.5e-3])
+    with pytest.raises(ValueError, match="lr_schedule must be"):
+        PPOConfig(lr_schedule="cosine")
