@@ -66,9 +66,11 @@ def test_one_round_on_smollm2_raises_its_gold_mean(smollm2, world, gold, tmp_pat
     labels, a reward model and PPO must move it toward what the gold annotator wants."""
     from rlhflab import load_policy
 
-    config = LoopConfig.quick(str(tmp_path), base=smollm2, rounds=1, n_demonstrations=32, labels_per_round=32,
-                              pool_per_label=1, ppo_steps=2, ppo_batch_size=8, n_heldout=12, response_length=16)
+    config = LoopConfig.quick(str(tmp_path), base=smollm2, rounds=1, n_demonstrations=64, labels_per_round=16,
+                              pool_per_label=1, reward_epochs=1.0, ppo_steps=1, ppo_batch_size=8, n_heldout=16,
+                              response_length=16)  # about 2.5 minutes on 2 cores
     loop = RLHFLoop(world, gold, config)
     before = gold.mean_score(loop.heldout, load_policy(smollm2).generate(loop.heldout, max_new_tokens=16, seed=0))
     result = loop.run_round()
-    assert result.metrics["round/gold_mean"] > before + 0.5, (before, result.metrics)
+    assert result.metrics["round/gold_mean"] > before + 0.25, (before, result.metrics)
+    assert {"round/kl_to_sft", "round/reward_gold_agreement"} <= set(result.metrics)
