@@ -164,6 +164,12 @@ class Precision:
         """dtype to load unquantized weights in: fp32 when they are trained in full (master weights)."""
         return torch.float32 if trained_in_full else self.compute
 
+    @property
+    def adapter_weights(self) -> torch.dtype:
+        """dtype of adapters trained on a quantized base: bf16 where it is native (QLoRA's choice),
+        else fp32 (a GradScaler refuses to unscale fp16 weights, and the CPU computes in fp32)."""
+        return torch.bfloat16 if self.compute == torch.bfloat16 else torch.float32
+
     def trainer_args(self) -> dict:
         """`use_cpu`, `bf16` and `fp16` of a transformers / TRL TrainingArguments: train where the
         weights are (on the CPU that also makes `accelerate launch` start CPU processes as DDP)."""

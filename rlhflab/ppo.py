@@ -37,7 +37,9 @@ from tqdm.auto import tqdm
 
 from .live import LivePlot
 from .models import Policy, disable_dropout, left_padded_positions, precision_for, sample_tokens, token_logprobs
-from .reward import checked_scores
+from .reward import ADAPTER_WEIGHTS, checked_scores, score_weight
+
+VALUE_ADAPTER = "value"  # the adapter name of PPOConfig(value_model='adapter')
 
 
 @dataclass
@@ -58,6 +60,8 @@ class PPOConfig:
     adam_eps: float = 1e-5  # AdamW epsilon; 1e-5 as in lm-human-preferences (Huang et al. 2024, detail 5)
     max_prompt_length: int = 256  # prompt tokens kept (the chat prompt's end); longer prompts lose their start
     max_grad_norm: float = 1.0  # gradient clipping
+    value_model: str = "head"  # 'head': a value head on the policy's trunk; 'adapter': its own LoRA adapter
+    # on the same base, initialised from the reward model (Huang et al. 2024), at one more forward pass
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: far less memory, ~1.3x time
     # KL penalty
     kl_coef: float = 0.05  # initial beta of the per-token KL penalty
@@ -88,6 +92,8 @@ class PPOConfig:
             raise ValueError(f"the {self.batch_size // self.mini_batch_size} minibatches of an epoch must be a multiple "
                              f"of gradient_accumulation_steps ({self.gradient_accumulation_steps}); otherwise "
                              "gradients of one epoch would be applied with the next one's")
+        if self.value_model not in ("head", "adapter"):
+            raise ValueError(f"value_model must be 'head' or 'adapter', not {self.value_model!r}")
         if self.lr_schedule not in ("constant", "linear"):
             raise ValueError(f"lr_schedule must be 'constant' or 'linear', not {self.lr_schedule!r}")
         if self.kl_estimator not in ("k1", "k3"):
@@ -184,15 +190,25 @@ def entropy_of(logits: torch.Tensor, temperature: float, chunk: int = 4) -> torc
 # ---------------------------------------------------------------------------------------------
 
 class PolicyWithValue(torch.nn.Module):
-    """The policy LM plus a scalar value head on its last hidden state."""
+    """The policy LM plus a scalar value head, on the policy's last hidden state or on that of its
+    own value adapter.
 
-    def __init__(self, model):
+    Args:
+        model: the policy LM (a peft model when `value_adapter` is given).
+        value_adapter: the name of a trainable LoRA adapter of `model` that computes the values
+            (None: the value head reads the policy's own hidden states).
+        value_head_init: (1, H) starting weight of the value head (a reward model's score head);
+            zeros when None.
+    """
+
+    def __init__(self, model, value_adapter: str | None = None, value_head_init: torch.Tensor | None = None):
         super().__init__()
-        self.model = model
+        self.model, self.value_adapter = model, value_adapter
         hidden = model.config.get_text_config().hidden_size
         self.value_head = torch.nn.Linear(hidden, 1)
-        torch.nn.init.zeros_(self.value_head.weight)
         torch.nn.init.zeros_(self.value_head.bias)
+        with torch.no_grad():
+            self.value_head.weight.copy_(value_head_init if value_head_init is not None else torch.zeros(1, hidden))
         self.value_head.to(next(model.parameters()).device)
 
     def forward(self, input_ids, attention_mask, query_len: int):
@@ -202,11 +218,19 @@ class PolicyWithValue(torch.nn.Module):
         (B, Q, V) of memory that nothing reads.
         """
         response_len = input_ids.shape[1] - query_len
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=left_padded_positions(attention_mask),
-                         output_hidden_states=True, use_cache=False, logits_to_keep=response_len + 1)
-        hidden = out.hidden_states[-1][:, query_len - 1: -1]  # (B, R, H)
-        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)  # (B, R)
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False,
+                      position_ids=left_padded_positions(attention_mask))
+        out = self.model(**inputs, logits_to_keep=response_len + 1)
+        hidden = out.hidden_states[-1]  # (B, T, H)
+        if self.value_adapter is not None:
+            self.model.set_adapter(self.value_adapter)
+            try:
+                hidden = self.model(**inputs, logits_to_keep=1).hidden_states[-1]
+            finally:
+                self.model.set_adapter("default")
+                # set_adapter freezes the inactive adapter, and autograd gives no gradient to a frozen leaf
+                self.model.set_requires_grad(self.value_adapter, requires_grad=True)
+        values = self.value_head(hidden[:, query_len - 1: -1].to(self.value_head.weight.dtype)).squeeze(-1)  # (B, R)
         return out.logits[:, :-1], values  # (B, R, V), (B, R)
 
 
@@ -235,6 +259,8 @@ class PPOTrainer:
         gold: optional GoldAnnotator; its mean score is logged next to the proxy reward.
         ptx_texts: demonstration or pretraining texts for the ptx term (needs ptx_coef > 0).
         live: a LivePlot; by default one writing to `output_dir`.
+        value_from: the reward model's directory, for value_model='adapter': the value adapter
+            starts as a copy of it (Huang et al. 2024 initialise the value model from the reward model).
         reference_adapter: the SFT adapter directory; the reference is then the base plus that
             adapter, frozen. Without it the reference is the base with adapters off (LoRA) or a
             frozen copy of the starting weights (full fine-tuning).
@@ -246,7 +272,7 @@ class PPOTrainer:
 
     def __init__(self, policy: Policy, prompts: list[str], reward, config: PPOConfig | None = None, *,
                  gold=None, ptx_texts: list[str] | None = None, live: LivePlot | None = None,
-                 reference_adapter: str | Path | None = None):
+                 reference_adapter: str | Path | None = None, value_from: str | Path | None = None):
         self.config = config = config or PPOConfig()
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
@@ -277,12 +303,24 @@ class PPOTrainer:
             # is deprecated in transformers 5 but is the one every 5.x release has)
             backbone = policy.model.get_base_model() if policy.is_lora else policy.model
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        module = PolicyWithValue(policy.model)
+        module = self.value_module(policy, value_from)
         optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=config.learning_rate,
                                       eps=config.adam_eps)
         self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
         self.step = 0
         self._rng = random.Random(f"{config.seed}:{self.accelerator.process_index}")
+
+    def value_module(self, policy: Policy, value_from: str | Path | None) -> PolicyWithValue:
+        """The policy with its value head; with value_model='adapter', a value adapter copied from
+        the reward model at `value_from` (its LoRA weights, and its score head as the value head)."""
+        if self.config.value_model == "head":
+            return PolicyWithValue(policy.model)
+        if value_from is None or not policy.is_lora:
+            raise ValueError("value_model='adapter' needs a LoRA policy (load_policy(..., lora=True)) and "
+                             "value_from=the reward model's directory, whose adapter the value adapter starts from")
+        policy.model.load_adapter(str(value_from), adapter_name=VALUE_ADAPTER, is_trainable=True)
+        policy.model.set_requires_grad(VALUE_ADAPTER, requires_grad=True)
+        return PolicyWithValue(policy.model, VALUE_ADAPTER, score_weight(value_from).to(policy.device))
 
     @property
     def unwrapped(self) -> PolicyWithValue:
@@ -490,7 +528,7 @@ class PPOTrainer:
             path.mkdir(parents=True, exist_ok=True)
             module = self.unwrapped
             if self.policy.is_lora:
-                module.model.save_pretrained(path, selected_adapters=["default"])
+                module.model.save_pretrained(path, selected_adapters=["default", *filter(None, [module.value_adapter])])
             else:
                 module.model.save_pretrained(path, safe_serialization=True)
             save_file({k: v.contiguous() for k, v in module.value_head.state_dict().items()}, path / "value_head.safetensors")
@@ -515,6 +553,9 @@ class PPOTrainer:
             for shard in checkpoint.glob("model*.safetensors"):
                 weights.update(load_file(shard))
             module.model.load_state_dict(weights, strict=False)
+        if module.value_adapter is not None:  # peft saves a second adapter in a folder of its name
+            set_peft_model_state_dict(module.model, load_file(checkpoint / module.value_adapter / ADAPTER_WEIGHTS),
+                                      adapter_name=module.value_adapter)
         module.value_head.load_state_dict(load_file(checkpoint / "value_head.safetensors"))
         self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         self.step, self.kl_ctl.value = state["step"], state["kl_coef"]
@@ -522,11 +563,11 @@ class PPOTrainer:
 
 
 def train_ppo(policy: Policy, prompts: list[str], reward, config: PPOConfig | None = None, *,
-              gold=None, ptx_texts=None, live=None, reference_adapter=None,
+              gold=None, ptx_texts=None, live=None, reference_adapter=None, value_from=None,
               resume_from: str | Path | None = None) -> PPOResult:
     """Build a PPOTrainer, resume it if asked, and train. See `PPOTrainer`."""
     trainer = PPOTrainer(policy, prompts, reward, config, gold=gold, ptx_texts=ptx_texts, live=live,
-                         reference_adapter=reference_adapter)
+                         reference_adapter=reference_adapter, value_from=value_from)
     if resume_from is not None:
         trainer.resume(resume_from)
     return trainer.train()

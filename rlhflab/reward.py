@@ -195,6 +195,12 @@ def load_reward_model(path_or_base: str = "tiny", lora=None, quantization: str |
     return RewardModel(model, tokenizer, **stats)
 
 
+def score_weight(reward_dir: str | Path) -> torch.Tensor:
+    """The (1, H) score head saved with a reward adapter."""
+    with safe_open(Path(reward_dir) / ADAPTER_WEIGHTS, "pt") as weights:
+        return weights.get_tensor(next(k for k in weights.keys() if k.endswith("score.weight")))
+
+
 class SharedReward:
     """A reward adapter with its score head, loaded onto the policy's own base model.
 
@@ -211,9 +217,7 @@ class SharedReward:
         reward_dir = Path(reward_dir)
         self.policy, self.adapter_name = policy, adapter_name
         policy.model.load_adapter(str(reward_dir), adapter_name=adapter_name, is_trainable=False)
-        with safe_open(reward_dir / ADAPTER_WEIGHTS, "pt") as weights:
-            key = next(k for k in weights.keys() if k.endswith("score.weight"))
-            self.score_weight = weights.get_tensor(key).to(policy.device)  # (1, H)
+        self.score_weight = score_weight(reward_dir).to(policy.device)  # (1, H)
         stats = json.loads((reward_dir / NORMALIZATION_FILE).read_text())
         self.mean, self.std = stats["mean"], stats["std"]
         self.max_length = stats.get("max_length", DEFAULT_MAX_LENGTH)
@@ -300,11 +304,11 @@ def train_reward_model(reward_model: RewardModel, preferences, config: RewardCon
         eval_dataset=tokenized(eval_rows, tokenizer, config.max_length, config.use_margin) if eval_rows else None,
     )
     if getattr(reward_model.model, "is_quantized", False):
-        # TRL casts a quantized model's trainable weights to bf16 (QLoRA's choice); on the CPU the
-        # score head would then meet fp32 hidden states. Keep them in the device's compute dtype.
+        # TRL casts a quantized model's trainable weights to bf16 (QLoRA's choice), which a CPU or a
+        # T4 (fp16 with a GradScaler) cannot train: keep them in the device's adapter dtype.
         for param in trainer.model.parameters():
             if param.requires_grad:
-                param.data = param.data.to(precision_for(reward_model.device).compute)
+                param.data = param.data.to(precision_for(reward_model.device).adapter_weights)
     reward_model.max_length = config.max_length
     outcome = trainer.train()
     metrics = {"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"]}

@@ -142,6 +142,7 @@ def test_precision_per_device(monkeypatch):
     cpu = precision_for("cpu")
     assert (cpu.compute, cpu.mixed_precision, cpu.weights(trained_in_full=False)) == (torch.float32, "no", torch.float32)
     assert cpu.trainer_args() == {"use_cpu": True, "bf16": False, "fp16": False}
+    assert cpu.adapter_weights == torch.float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what a T4 answers (emulated)
     for capability, compute, mixed in (((7, 5), torch.float16, "fp16"), ((8, 0), torch.bfloat16, "bf16"),
                                        ((9, 0), torch.bfloat16, "bf16")):
@@ -151,6 +152,7 @@ def test_precision_per_device(monkeypatch):
         assert gpu.trainer_args() == {"use_cpu": False, "bf16": mixed == "bf16", "fp16": mixed == "fp16"}
         assert gpu.weights(trained_in_full=True) == torch.float32  # master weights for full fine-tuning
         assert gpu.weights(trained_in_full=False) == compute
+        assert gpu.adapter_weights == (torch.bfloat16 if mixed == "bf16" else torch.float32)
 
 
 def test_each_process_takes_its_own_gpu(monkeypatch):

@@ -245,3 +245,26 @@ def test_linear_schedule_adam_eps_and_prompt_truncation(world, gold, tmp_path):
     assert rates == pytest.approx([1e-3, 0.75e-3, 0.5e-3])
     with pytest.raises(ValueError, match="lr_schedule must be"):
         PPOConfig(lr_schedule="cosine")
+
+
+def test_value_adapter_starts_from_the_reward_model_and_learns_beside_the_policy(world, gold, recipe, tmp_path):
+    _, sft_dir, reward_dir, _ = recipe
+    policy = load_policy("tiny", lora=True, adapter=str(sft_dir))
+    trainer = PPOTrainer(policy, prompts(world), SharedReward(policy, reward_dir),
+                         small(tmp_path, steps=1, value_model="adapter", mini_batch_size=4), reference_adapter=sft_dir,
+                         value_from=reward_dir)
+    params = dict(trainer.unwrapped.named_parameters())
+    for name, param in params.items():
+        if ".value." in name:  # a copy of the reward adapter, trainable
+            assert torch.equal(param, params[name.replace(".value.", ".reward.")]), name
+    assert torch.equal(trainer.unwrapped.value_head.weight, SharedReward(policy, reward_dir).score_weight)
+    before = {n: p.detach().clone() for n, p in params.items()}
+    batch = trainer.rollout(prompts(world, 4))
+    first = trainer.update(batch)
+    assert first["ratio"] == 1.0 and first["approxkl"] == 0.0
+    changed = {n.split(".")[-2] if "lora_" in n else n for n, p in params.items() if not torch.equal(p, before[n])}
+    assert {"default", "value", "value_head.weight"} <= changed and "reward" not in changed and "reference" not in changed
+    trainer.save_checkpoint()
+    assert (tmp_path / "checkpoint" / "value" / "adapter_model.safetensors").exists()
+    with pytest.raises(ValueError, match="value_from"):
+        PPOTrainer(load_policy("tiny", lora=True), prompts(world), GoldReward(gold), small(tmp_path / "x", value_model="adapter"))
