@@ -25,19 +25,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
+
+from ppo_vs_trl import while_sampling  # the RSS sampler both PPO benchmarks share
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH, MINI_BATCH, RESPONSE_LENGTH, EPOCHS = 16, 8, 32, 4
-
-
-def rss_anon_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def one_step(mode: str, model_path: str) -> dict:
@@ -64,25 +57,6 @@ def one_step(mode: str, model_path: str) -> dict:
     return {"seconds": rollout["seconds"] + update["seconds"], "rollout_rss_anon_mb": rollout["rss_anon_mb"],
             "update_rss_anon_mb": update["rss_anon_mb"],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def while_sampling(work) -> dict:
-    """Run `work()`, sampling the anonymous RSS every 10 ms: its result, seconds and the largest sample."""
-    samples, done = [rss_anon_mb()], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            samples.append(rss_anon_mb())
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    started = time.perf_counter()
-    result = work()
-    seconds = time.perf_counter() - started
-    done.set()
-    sampler.join()
-    return {"result": result, "seconds": seconds, "rss_anon_mb": max(samples)}
 
 
 def run_child(source: Path, mode: str, model_path: str) -> dict:

@@ -57,28 +57,34 @@ def rss_anon_mb() -> float:
     raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
 
 
-def timed(train, steps: int, baseline: float) -> dict:
-    """Run `train()`; samples/s, seconds, lifetime peak RSS above `baseline` and the largest
-    anonymous RSS sampled while it ran."""
-    import torch
-
+def while_sampling(work) -> dict:
+    """Run `work()`, sampling the anonymous RSS every 10 ms: its result, seconds and the largest sample."""
     samples, done = [rss_anon_mb()], threading.Event()
 
     def sample():
         while not done.is_set():
             samples.append(rss_anon_mb())
-            time.sleep(0.05)
+            time.sleep(0.01)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    torch.manual_seed(0)
     started = time.perf_counter()
-    train()
+    result = work()
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
-    return {"samples_per_s": BATCH * steps / seconds, "seconds": seconds, "peak_rss_mb": peak_rss_mb() - baseline,
-            "rss_anon_mb": max(samples)}
+    return {"result": result, "seconds": seconds, "rss_anon_mb": max(samples)}
+
+
+def timed(train, steps: int, baseline: float) -> dict:
+    """Run `train()` from a fixed seed: samples/s, seconds, lifetime peak RSS above `baseline`
+    and the largest anonymous RSS sampled while it ran."""
+    import torch
+
+    torch.manual_seed(0)
+    run = while_sampling(train)
+    return {"samples_per_s": BATCH * steps / run["seconds"], "seconds": run["seconds"],
+            "peak_rss_mb": peak_rss_mb() - baseline, "rss_anon_mb": run["rss_anon_mb"]}
 
 
 # ---------------------------------------------------------------------------------------------

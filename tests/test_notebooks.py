@@ -72,3 +72,17 @@ def test_notebook_runs(name, tmp_path):
     assert widgets, "the notebook's widgets (live plot, labelers) did not render inside the kernel"
     for path in EXPECTED_FILES[name]:
         assert (tmp_path / path).exists()
+
+
+def test_setup_says_which_model_device_and_precision(capsys, monkeypatch):
+    from rlhflab.notebook import setup
+
+    assert setup("tiny") == ("tiny", None)
+    assert "model: tiny | device: cpu | precision: fp32 | weights: unquantized" in capsys.readouterr().out
+    hub = "Qwen/Qwen2.5-0.5B-Instruct"
+    assert setup(hub) == (hub, None)  # no silent swap for the tiny model; a clear note instead
+    assert "comes from the hub and runs on the CPU" in capsys.readouterr().out
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.get_device_capability", lambda *a: (7, 5))  # a T4
+    assert setup(hub) == (hub, "4bit")
+    assert "device: cuda:0 | precision: fp16 with loss scaling | weights: 4-bit nf4" in capsys.readouterr().out

@@ -120,11 +120,13 @@ def reward_stage(world: TinyWorld, gold: GoldAnnotator, sft_dir: Path, config: R
 # -- 4. PPO --------------------------------------------------------------------------------------
 
 def ppo_trainer(world: TinyWorld, gold: GoldAnnotator, sft_dir: Path, reward_dir: Path, config: RecipeConfig,
-                live: LivePlot | None = None, separate_reward: bool = False) -> PPOTrainer:
+                live: LivePlot | None = None, separate_reward: bool = False,
+                ppo_fields: dict | None = None) -> PPOTrainer:
     """A PPO trainer whose policy starts from SFT, with the SFT adapter as the reference.
 
     By default the reward model is a third adapter on the same base (`SharedReward`); with
-    `separate_reward` it is its own model.
+    `separate_reward` it is its own model. `ppo_fields` sets further PPOConfig fields, e.g.
+    {'value_model': 'adapter'} (the value adapter then starts from the reward model).
     """
     policy = load_policy(config.base, lora=True, adapter=str(sft_dir), quantization=config.quantization)
     reward = (load_reward_model(str(reward_dir), quantization=config.quantization) if separate_reward
@@ -134,8 +136,9 @@ def ppo_trainer(world: TinyWorld, gold: GoldAnnotator, sft_dir: Path, reward_dir
                            batch_size=config.ppo_batch_size, mini_batch_size=config.ppo_batch_size // 2,
                            learning_rate=config.ppo_learning_rate, kl_coef=config.kl_coef,
                            target_kl=config.target_kl, kl_horizon=50 * config.ppo_batch_size,
-                           seed=config.seed)
-    return PPOTrainer(policy, prompts, reward, ppo_config, gold=gold, live=live, reference_adapter=sft_dir)
+                           seed=config.seed, **(ppo_fields or {}))
+    return PPOTrainer(policy, prompts, reward, ppo_config, gold=gold, live=live, reference_adapter=sft_dir,
+                      value_from=reward_dir)
 
 
 @torch.no_grad()
