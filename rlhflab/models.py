@@ -323,19 +323,21 @@ def load_policy(name_or_path: str = TINY, lora=None, quantization: str | None = 
         True
     """
     device = device or default_device()
-    trained_in_full = lora is None and adapter is None and quantization is None
-    model, tokenizer = load_pretrained(AutoModelForCausalLM, name_or_path, quantization, device,
-                                       dtype or precision_for(device).weights(trained_in_full), trust_remote_code)
+    model, tokenizer = load_pretrained(AutoModelForCausalLM, name_or_path, quantization, device, dtype,
+                                       trust_remote_code, trained_in_full=lora is None and adapter is None)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return Policy(attach_adapter(model, lora, adapter, quantization is not None), tokenizer, name_or_path)
 
 
 def load_pretrained(auto_class, name_or_path: str, quantization: str | None, device: str,
-                    dtype: torch.dtype, trust_remote_code: bool, new_head: str | None = None):
+                    dtype: torch.dtype | None, trust_remote_code: bool, new_head: str | None = None, *,
+                    trained_in_full: bool):
     """A checked `from_pretrained` shared by policies and reward models.
 
     `new_head` names the one module allowed to be missing from the checkpoint (the reward
     model's fresh 'score' head); any other missing weight means the checkpoint is incomplete.
+    `trained_in_full` (no LoRA, no saved adapter) with no quantization loads fp32 master weights,
+    unless `dtype` says otherwise (`Precision.weights`).
     """
     source = resolve(name_or_path)
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -346,7 +348,8 @@ def load_pretrained(auto_class, name_or_path: str, quantization: str | None, dev
     tokenizer = load_tokenizer(source, trust_remote_code)
     extra = {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id} if new_head else {}
     model, loading = auto_class.from_pretrained(
-        source, quantization_config=quantized, dtype=dtype, use_safetensors=True,
+        source, quantization_config=quantized, use_safetensors=True,
+        dtype=dtype or precision_for(device).weights(trained_in_full and quantization is None),
         trust_remote_code=trust_remote_code, device_map={"": device} if quantized else None,
         output_loading_info=True, **extra,
     )

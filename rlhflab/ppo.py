@@ -218,14 +218,16 @@ class PolicyWithValue(torch.nn.Module):
         (B, Q, V) of memory that nothing reads.
         """
         response_len = input_ids.shape[1] - query_len
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False,
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                       position_ids=left_padded_positions(attention_mask))
-        out = self.model(**inputs, logits_to_keep=response_len + 1)
-        hidden = out.hidden_states[-1]  # (B, T, H)
-        if self.value_adapter is not None:
+        # the hidden states come from the pass that feeds the value head: the policy's own, or the value adapter's
+        out = self.model(**inputs, logits_to_keep=response_len + 1, output_hidden_states=self.value_adapter is None)
+        if self.value_adapter is None:
+            hidden = out.hidden_states[-1]  # (B, T, H)
+        else:
             self.model.set_adapter(self.value_adapter)
             try:
-                hidden = self.model(**inputs, logits_to_keep=1).hidden_states[-1]
+                hidden = self.model(**inputs, logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
             finally:
                 self.model.set_adapter("default")
                 # set_adapter freezes the inactive adapter, and autograd gives no gradient to a frozen leaf

@@ -185,10 +185,9 @@ def load_reward_model(path_or_base: str = "tiny", lora=None, quantization: str |
     if saved_adapter and adapter is None:  # an adapter directory names its base
         adapter = str(directory)
         path_or_base = json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
-    trained_in_full = lora is None and adapter is None and quantization is None
     model, tokenizer = load_pretrained(AutoModelForSequenceClassification, path_or_base, quantization, device,
-                                       precision_for(device).weights(trained_in_full), trust_remote_code,
-                                       new_head="score")
+                                       None, trust_remote_code, new_head="score",
+                                       trained_in_full=lora is None and adapter is None)
     model = attach_adapter(model, reward_lora(lora), adapter, quantization is not None, task_type="SEQ_CLS")
     normalization = directory / NORMALIZATION_FILE
     stats = json.loads(normalization.read_text()) if normalization.exists() else {}
