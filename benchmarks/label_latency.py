@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
 from lab_session import CHROMIUM, CHROMIUM_ARGS, LABELER, JupyterLab  # noqa: E402
 
-from rlhflab.labeling import world_items  # noqa: E402
 from rlhflab.store import LabelStore  # noqa: E402
 from rlhflab.tiny import TinyWorld  # noqa: E402
+from rlhflab.tiny.annotate import world_items  # noqa: E402
 
 PROBE = """() => {
   window.__presses = []; window.__shown = []; window.__painted = [];

@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlhflab.labeling import world_items
 from rlhflab.store import LabelStore
 from rlhflab.tiny import TinyWorld
+from rlhflab.tiny.annotate import world_items
 
 
 def label(path: str, annotator: str, n: int, start):

@@ -4,7 +4,7 @@ initialised from the reward model).
 
     .venv/bin/python benchmarks/ppo_details.py [--seeds 0 1 2] [--ppo-steps 32]
 
-One SFT adapter and one reward model (`rlhflab.tiny.recipe` at its quick sizes) serve every run;
+One SFT adapter and one reward model (`rlhflab.stages`, as the tests' fixture makes them) serve every run;
 each run is PPO from SFT with one variant and one seed, scored on the held-out prompts: gold
 win-rate against SFT, gold mean, KL to SFT and wall time. Runs of the variants alternate. Prints a
 Markdown table of per-seed values and their mean; writes benchmarks/results/ppo_details.json.
@@ -24,8 +24,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlhflab import GoldAnnotator, TinyWorld  # noqa: E402
-from rlhflab.tiny.recipe import (RecipeConfig, compare_with_sft, heldout_prompts, ppo_trainer,  # noqa: E402
-                                 reward_stage, sft_stage)
+from rlhflab.stages import (RLHFConfig, evaluate, load, ppo_trainer, reward_stage, sft_baseline,  # noqa: E402
+                            sft_stage)
+from rlhflab.tiny.annotate import gold_comparisons  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = {  # name: PPOConfig fields
@@ -42,22 +43,22 @@ def main() -> None:
     args = parser.parse_args()
     world = TinyWorld(seed=0)
     gold = GoldAnnotator(world)
-    config = RecipeConfig.quick(tempfile.mkdtemp(), ppo_steps=args.ppo_steps)
+    config = RLHFConfig.quick(tempfile.mkdtemp(), n_demonstrations=128, n_heldout=48, ppo_steps=args.ppo_steps)
     sft_dir = sft_stage(world, config)
-    reward_dir, _ = reward_stage(world, gold, sft_dir, config)
+    baseline = sft_baseline(world, gold, config, sft_dir)
+    reward_dir = Path(config.out_dir) / "reward"
+    reward_model = reward_stage(gold_comparisons(world, gold, baseline.policy, "train", 300, 300, seed=config.seed),
+                                config, baseline, reward_dir)
     rows = []
     for seed in args.seeds:
         for variant, fields in VARIANTS.items():
             run = replace(config, seed=seed, out_dir=str(Path(config.out_dir) / f"{len(rows)}"))
             started = time.perf_counter()
-            trainer = ppo_trainer(world, gold, sft_dir, reward_dir, run, ppo_fields=fields)
-            trainer.train()
+            result = ppo_trainer(world, gold, run, sft_dir, reward_dir, ppo_fields=fields).train()
             seconds = time.perf_counter() - started
-            outcome = compare_with_sft(trainer, gold, sft_dir, heldout_prompts(world, config), run)
+            outcome, _ = evaluate(load(run, result.output_dir / "checkpoint"), baseline, gold, run, reward_model)
             rows.append({"variant": variant, "seed": seed, "ppo_seconds": seconds,
-                         "gold_win_rate_vs_sft": outcome["ppo/gold_win_rate_vs_sft"],
-                         "gold_mean": outcome["ppo/gold_mean"], "kl_to_sft": outcome["ppo/kl_to_sft"],
-                         "sft_gold_mean": outcome["sft/gold_mean"]})
+                         **{k: outcome[k] for k in ("gold/win_rate_vs_sft", "gold/mean", "kl/to_sft", "gold/sft_mean")}})
             print(json.dumps(rows[-1]), flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ppo_details.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -66,7 +67,7 @@ def main() -> None:
     for variant in VARIANTS:
         runs = [r for r in rows if r["variant"] == variant]
         cells = []
-        for key, form in (("gold_win_rate_vs_sft", "{:.1%}"), ("gold_mean", "{:.2f}"), ("kl_to_sft", "{:.2f}"),
+        for key, form in (("gold/win_rate_vs_sft", "{:.1%}"), ("gold/mean", "{:.2f}"), ("kl/to_sft", "{:.2f}"),
                           ("ppo_seconds", "{:.0f}")):
             values = [r[key] for r in runs]
             cells.append(" / ".join(form.format(v) for v in values) + "; " + form.format(statistics.fmean(values)))

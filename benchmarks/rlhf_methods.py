@@ -22,7 +22,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlhflab import GoldAnnotator, TinyWorld  # noqa: E402
-from rlhflab.loop import LoopConfig, active_vs_random, compare_methods  # noqa: E402
+from rlhflab.loop import active_vs_random, compare_methods  # noqa: E402
+from rlhflab.stages import RLHFConfig  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -39,11 +40,11 @@ def main() -> None:
     world, started = TinyWorld(seed=0), time.time()
     gold = GoldAnnotator(world)
     with tempfile.TemporaryDirectory() as scratch:
-        config = LoopConfig(out_dir=f"{scratch}/methods", labels_per_round=args.labels, ppo_steps=args.ppo_steps,
+        config = RLHFConfig(out_dir=f"{scratch}/methods", labels_per_round=args.labels, ppo_steps=args.ppo_steps,
                             n_heldout=args.heldout, seed=args.seed)
         methods = compare_methods(world, gold, config, best_of=(4, 16))
         methods_seconds = time.time() - started
-        curve = active_vs_random(world, gold, LoopConfig(out_dir=f"{scratch}/active", n_heldout=args.heldout,
+        curve = active_vs_random(world, gold, RLHFConfig(out_dir=f"{scratch}/active", n_heldout=args.heldout,
                                                          labels_per_round=args.labels // args.batches, seed=args.seed),
                                  batches=args.batches)
     seconds = time.time() - started
@@ -51,10 +52,10 @@ def main() -> None:
     print(f"\n## Methods at an equal budget of {methods.attrs['labels']} gold labels "
           f"({args.heldout} held-out prompts, {methods_seconds:.0f} s)\n")
     print("| method | gold win-rate vs SFT | KL to SFT (nats) | gold mean | reward mean |\n|---|---|---|---|---|")
-    for row in methods.itertuples():
-        print(f"| {row.method} | {row.gold_win_rate_vs_sft:.1%} | {row.kl_to_sft:.2f} | {row.gold_mean:.2f} | "
-              f"{row.reward_mean:.2f} |")
-    table = curve.pivot(index="batch", columns="strategy", values="gold_agreement")
+    for row in methods.to_dict("records"):
+        print(f"| {row['method']} | {row['gold/win_rate_vs_sft']:.1%} | {row['kl/to_sft']:.2f} | {row['gold/mean']:.2f} | "
+              f"{row['reward/mean']:.2f} |")
+    table = curve.pivot(index="batch", columns="strategy", values="reward/gold_agreement_sft_samples")
     decided = curve.pivot(index="batch", columns="strategy", values="decided_share")
     labels = curve.groupby("batch")["labels"].max()
     print(f"\n## Reward-model agreement with gold per label spent ({seconds - methods_seconds:.0f} s)\n")

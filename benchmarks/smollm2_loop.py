@@ -23,7 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlhflab import GoldAnnotator, TinyWorld, load_policy  # noqa: E402
 from rlhflab.embedded import SMOLLM2  # noqa: E402
-from rlhflab.loop import LoopConfig, RLHFLoop  # noqa: E402
+from rlhflab.loop import RLHFLoop  # noqa: E402
+from rlhflab.stages import RLHFConfig  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -38,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     world = TinyWorld(seed=0)
     gold = GoldAnnotator(world)
-    config = LoopConfig(out_dir=tempfile.mkdtemp(), base=SMOLLM2, rounds=args.rounds,
+    config = RLHFConfig(out_dir=tempfile.mkdtemp(), base=SMOLLM2, rounds=args.rounds,
                         n_demonstrations=args.demonstrations, labels_per_round=args.labels, pool_per_label=1,
                         ppo_steps=args.ppo_steps, ppo_batch_size=8, n_heldout=args.heldout)
     started = time.time()
@@ -53,9 +54,9 @@ def main() -> None:
         round_started = time.time()
         metrics = loop.run_round().metrics
         rows.append({"stage": f"round {metrics['round']}", "labels": metrics["labels"],
-                     "gold/win_rate_vs_sft": metrics["round/gold_win_rate_vs_sft"],
-                     "gold/mean": metrics["round/gold_mean"], "kl/to_sft": metrics["round/kl_to_sft"],
-                     "reward/gold_agreement": metrics.get("round/reward_gold_agreement"),
+                     "gold/win_rate_vs_sft": metrics["gold/win_rate_vs_sft"],
+                     "gold/mean": metrics["gold/mean"], "kl/to_sft": metrics["kl/to_sft"],
+                     "reward/gold_agreement": metrics.get("reward/gold_agreement"),
                      "wall_s": time.time() - round_started})
         print(json.dumps(rows[-1]), flush=True)
     RESULTS.mkdir(exist_ok=True)

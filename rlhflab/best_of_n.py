@@ -71,12 +71,13 @@ def sample_best_of_n(policy: Policy, reward, prompts: list[str], n: int, *, max_
 
 
 def best_of_n_curve(draw: BestOfN, gold, baseline: list[str], ns: list[int] | None = None) -> pd.DataFrame:
-    """Gold win-rate against `baseline`, KL to the sampling policy, and mean gold and proxy scores, per n.
+    """Gold win-rate against `baseline`, KL to the sampling policy, and mean gold and proxy scores, per n,
+    in `rlhflab.stages.METRICS`' names (the sampling policy and the baseline are SFT there).
 
     Args:
         draw: from `sample_best_of_n` with at least max(ns) samples per prompt.
         gold: a `GoldAnnotator` (the tiny world's truth), or anything with `score` and `win_rate`.
-        baseline: one response per prompt to win against, e.g. a fresh SFT sample.
+        baseline: one response per prompt to win against: a fresh sample of the sampling policy.
         ns: the n to report; powers of two up to the samples drawn by default.
     """
     most = draw.scores.shape[1]
@@ -84,7 +85,7 @@ def best_of_n_curve(draw: BestOfN, gold, baseline: list[str], ns: list[int] | No
     rows = []
     for n in ns:
         picked = draw.best(n)
-        rows.append({"n": n, "gold_win_rate": gold.win_rate(draw.prompts, picked, baseline), "kl": kl_of_best_of_n(n),
-                     "gold_mean": gold.mean_score(draw.prompts, picked),
-                     "reward_mean": draw.best_scores(n).mean().item()})
+        rows.append({"n": n, "gold/win_rate_vs_sft": gold.win_rate(draw.prompts, picked, baseline),
+                     "kl/to_sft": kl_of_best_of_n(n), "gold/mean": gold.mean_score(draw.prompts, picked),
+                     "reward/mean": draw.best_scores(n).mean().item()})
     return pd.DataFrame(rows)

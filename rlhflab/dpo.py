@@ -7,7 +7,7 @@ DPO trains the policy on prompt / chosen / rejected rows with the loss
 which is the Bradley-Terry loss of the implicit reward beta * log(pi / ref) (Rafailov et al.
 2023, eq. 7). We build on TRL's DPOTrainer:
 
-- Comparisons come straight from a `LabelStore` (its decided pairs, `rlhflab.records.trl_rows`)
+- Comparisons come straight from a `LabelStore` (its decided pairs, `rlhflab.exports.trl_rows`)
   or from any DataFrame, Dataset or list of rows with prompt / chosen / rejected.
 - With a LoRA policy loaded on a trained adapter (`load_policy(base, lora=True, adapter=sft_dir)`)
   TRL keeps a frozen copy of that adapter as the reference, so the KL anchor is SFT, not the base.
@@ -24,12 +24,12 @@ from pathlib import Path
 import trl
 from datasets import Dataset
 
+from .exports import trl_rows
 from .live import LivePlot
-from .models import Policy, trainer_device_args
-from .records import as_rows, trl_rows
+from .models import Policy
+from .records import COMPARISON_COLUMNS, as_rows
 from .store import LabelStore
-
-PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+from .training import refuse_to_train_quantized, restore_adapter_dtype, save_trained, trl_args
 
 
 @dataclass
@@ -60,7 +60,7 @@ def dpo_rows(preferences, columns: dict | None = None, include_flagged: bool = T
         if not preferences:
             raise ValueError("the label store holds no decided pairs yet; label some items (ties and "
                              "'both bad' say nothing about which side is better) or import comparisons first")
-    return as_rows(preferences, PREFERENCE_COLUMNS, columns, what="preferences")
+    return as_rows(preferences, COMPARISON_COLUMNS, columns, what="preferences")
 
 
 def conversations(rows: list[dict]) -> Dataset:
@@ -88,27 +88,18 @@ def train_dpo(policy: Policy, preferences, config: DPOConfig | None = None, *, c
         >>> result = train_dpo(policy, store, DPOConfig(max_steps=20))  # doctest: +SKIP
     """
     config = config or DPOConfig()
-    if getattr(policy.model, "is_quantized", False) and not policy.is_lora:
-        raise ValueError("a 4-bit or 8-bit policy cannot be trained directly; "
-                         "load it with load_policy(..., lora=True) to train a LoRA adapter (QLoRA)")
+    refuse_to_train_quantized(policy.model, policy.is_lora, "load_policy")
     rows = dpo_rows(preferences, columns, include_flagged)
     output_dir = Path(config.output_dir)
     live = live or LivePlot(output_dir, title="DPO")
-    args = trl.DPOConfig(
-        output_dir=str(output_dir), num_train_epochs=config.epochs, max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate, beta=config.beta,
-        lr_scheduler_type="cosine", warmup_steps=0.05, max_length=config.max_length,
-        logging_steps=config.logging_steps, seed=config.seed, save_strategy="no", report_to="none",
-        **trainer_device_args(policy),
-    )
+    args = trl_args(trl.DPOConfig, config, policy.device, beta=config.beta)
     trainer = trl.DPOTrainer(model=policy.model, args=args, train_dataset=conversations(rows),
                              processing_class=policy.tokenizer, callbacks=[live])
+    restore_adapter_dtype(trainer)
     outcome = trainer.train()
     if policy.is_lora and "ref" in policy.model.peft_config:  # TRL's frozen copy of the starting adapter
         policy.model.delete_adapter("ref")
-    trainer.save_model(str(output_dir))  # peft adapter_model.safetensors + adapter_config.json under LoRA
-    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing of ours reads it
-    policy.tokenizer.save_pretrained(output_dir)
+    save_trained(trainer, output_dir, policy.tokenizer)
     policy.model.eval()
     logged = [entry for entry in trainer.state.log_history if "rewards/margins" in entry]
     metrics = {"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"],

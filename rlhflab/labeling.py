@@ -1,12 +1,6 @@
-"""Labeling in the notebook: the Python side of the widgets, the candidate queue, scripted labeling.
-
-    items      `items_from` (a DataFrame, Dataset, JSONL file or list of dicts), `world_items` (the tiny
-               world), or `GenerationQueue` (K responses per prompt from one or two policies, made in
-               background batches ahead of the people labeling)
-    widgets    `PairwiseLabeler` (two responses side by side) and `RankingLabeler` (K responses, ties
-               allowed); `PairwiseLabeler(..., playground=[policy])` lets a person type a prompt and
-               judge two fresh replies
-    scripted   `label_with_gold` drives the same store API with the tiny world's gold annotator
+"""The labeling widgets, Python side: `PairwiseLabeler` (two responses side by side) and `RankingLabeler`
+(K responses, ties allowed). `PairwiseLabeler(..., playground=[policy])` lets a person type a prompt
+and judge two fresh replies. What to label comes from the store, filled by `rlhflab.candidates`.
 
 The widget only collects: it sends "label / skip / flag / undo / edit" messages. Python decides which
 item to show, in which left/right order (random per item, recorded with the label), commits each
@@ -19,15 +13,15 @@ from __future__ import annotations
 
 import importlib.resources
 import random
-import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anywidget
 import traitlets
 from markdown_it import MarkdownIt
 
-from .records import Item, as_rows, dedup, read_jsonl
+from .candidates import GenerationQueue
+from .records import Item, letter
 from .store import LabelStore
 
 # InstructGPT's labelers flagged each response for, among others, harm and made-up facts (Ouyang et al.
@@ -56,134 +50,6 @@ def render_guidelines(markdown: str) -> str:
 
 def _asset(name: str):
     return importlib.resources.files("rlhflab.widgets").joinpath(name).read_text(encoding="utf-8")
-
-
-# ---------------------------------------------------------------------------------------------
-# Items to label
-# ---------------------------------------------------------------------------------------------
-
-def items_from(data, responses: tuple[str, ...] = ("response_a", "response_b"), prompt: str = "prompt",
-               sources: tuple[str, ...] | None = None, gold: str | None = None) -> list[Item]:
-    """Items from existing candidates: a DataFrame, datasets.Dataset, list of dicts, or a .jsonl path.
-
-    Args:
-        responses: the columns holding the responses to compare (2 for pairs, K for rankings).
-        prompt: the column holding the prompt.
-        sources: columns naming the policy behind each response, aligned with `responses`.
-        gold: a column with the calibration answer ('a', 'b', 'tie', 'both_bad'), where known.
-    """
-    if isinstance(data, str) or hasattr(data, "suffix"):
-        data = read_jsonl(data)
-    optional = [*(sources or ()), *([gold] if gold else [])]  # may be '' where unknown
-    rows = as_rows(data, [prompt, *responses, *optional], what="candidates", allow_empty=optional)
-    return [Item(row[prompt], tuple(row[r] for r in responses), tuple(row[s] for s in sources or ()),
-                 gold=row[gold] or None if gold else None) for row in rows]
-
-
-def world_items(world, n: int, k: int = 2, seed: int = 0, p_better: tuple[float, ...] = (0.7, 0.3)) -> list[Item]:
-    """`n` items of the tiny world, each with `k` candidates; response i comes from a 'policy' whose
-    every quality axis is good with probability p_better[i % len(p_better)] (the source name says which)."""
-    rng = random.Random(f"world_items:{seed}")
-    items = []
-    for q in world.questions("train", n, seed=seed):
-        ps = [p_better[i % len(p_better)] for i in range(k)]
-        items.append(Item(q.text, tuple(world.random_candidate(q, rng, p).text for p in ps),
-                          tuple(f"world-p{p}" for p in ps)))
-    return items
-
-
-@dataclass
-class GenerationConfig:
-    k: int = 2  # responses per prompt; with two policies they alternate, so a pair is policy vs policy
-    batch_size: int = 8  # prompts generated per batch
-    ahead: int = 16  # items kept ready beyond what has been labeled; the thread sleeps when that many wait
-    max_new_tokens: int = 48  # reply length limit, tokens
-    temperature: float = 1.0  # sampling temperature for every policy
-    seed: int = 0  # seeds the sampling, batch by batch
-
-
-class GenerationQueue:
-    """Generates items from prompts with one or two policies in a background thread, ahead of labeling.
-
-    Args:
-        store: where the items go; labelers pick them up from there with `store.next_item`.
-        prompts: the prompts to answer; repeats (exact, or after case and whitespace folding) are
-            dropped, and `dedup_report` says which.
-        policies: one or two `Policy` objects (e.g. SFT vs PPO, or one policy twice at two temperatures
-            via `temperatures`).
-        config: batch size, how far ahead, sampling.
-        temperatures: one temperature per policy; defaults to config.temperature for each.
-
-    Examples:
-        >>> queue = GenerationQueue(store, prompts, [sft_policy, ppo_policy]).start()  # doctest: +SKIP
-        >>> PairwiseLabeler(store, annotator="ada", queue=queue)  # doctest: +SKIP
-    """
-
-    def __init__(self, store: LabelStore, prompts: list[str], policies: list, config: GenerationConfig | None = None,
-                 temperatures: list[float] | None = None):
-        if not 1 <= len(policies) <= 2:
-            raise ValueError(f"give one or two policies to compare, not {len(policies)}")
-        self.store, self.policies, self.config = store, list(policies), config or GenerationConfig()
-        self.temperatures = temperatures or [self.config.temperature] * len(self.policies)
-        kept, self.dedup_report = dedup([{"prompt": p} for p in prompts], keys=("prompt",))  # exact and case/space
-        self.prompts = [row["prompt"] for row in kept]
-        self.generated = 0  # items stored so far
-        self.error: BaseException | None = None  # what stopped the thread, if anything did
-        self.listeners: list = []  # called with no arguments after every stored batch
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rlhflab-generation", daemon=True)
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def start(self) -> GenerationQueue:
-        """Generate the first batch here, so labeling can begin at once, and the rest in the background."""
-        self._store_batch(0)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float | None = None):
-        self._stop.set()
-        self._thread.join(timeout)
-
-    def join(self, timeout: float | None = None):
-        self._thread.join(timeout)
-        if self.error is not None:
-            raise RuntimeError(f"generation stopped: {self.error!r}") from self.error
-
-    def _run(self):
-        try:
-            for start in range(self.config.batch_size, len(self.prompts), self.config.batch_size):
-                while self.store.progress()["untouched"] >= self.config.ahead:  # enough is waiting
-                    if self._stop.wait(0.2):
-                        return
-                if self._stop.is_set():
-                    return
-                self._store_batch(start)
-        except BaseException as error:  # kept for join() and the widget's status line
-            self.error = error
-
-    def _store_batch(self, start: int):
-        batch = self.prompts[start:start + self.config.batch_size]
-        if batch:
-            self.store.add_items(self.generate(batch, seed=self.config.seed + start))
-            self.generated += len(batch)
-            for listener in self.listeners:
-                listener()
-
-    def generate(self, prompts: list[str], seed: int = 0) -> list[Item]:
-        """K responses for each prompt, response i from policy i % len(policies)."""
-        columns, sources = [], []
-        for i in range(self.config.k):
-            index = i % len(self.policies)
-            policy = self.policies[index]
-            columns.append(policy.generate(prompts, max_new_tokens=self.config.max_new_tokens,
-                                           temperature=self.temperatures[index], seed=seed + i,
-                                           batch_size=len(prompts)))
-            sources.append(f"{policy.name}@T{self.temperatures[index]}" if len(set(self.temperatures)) > 1
-                           else policy.name)
-        return [Item(p, tuple(col[j] for col in columns), tuple(sources)) for j, p in enumerate(prompts)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,11 +223,8 @@ class PairwiseLabeler(_Labeler):
     def play(self, prompt: str):
         if self._playground is None:
             super().play(prompt)
-        if not prompt.strip():
-            raise ValueError("type a prompt first")
         self.status = "generating..."
-        [item] = self._playground.generate([prompt.strip()], seed=self._rng.randrange(2**31))
-        self.store.add_items([Item(item.prompt, item.responses, item.sources, meta={"playground": True})])
+        item = self._playground.answer(prompt, seed=self._rng.randrange(2**31))
         self.status = ""
         self.show(self.store.item(item.item_id))
 
@@ -388,15 +251,14 @@ class RankingLabeler(_Labeler):
 
 def _stored_flags(shown: dict, order: list[int]) -> dict:
     """{'0': [...]} keyed by shown position -> {'a': [...]} keyed by stored response."""
-    return {"abcdefghijklmnopqrstuvwxyz"[order[int(p)]]: sorted(set(f)) for p, f in shown.items() if f}
+    return {letter(order[int(p)]): sorted(set(f)) for p, f in shown.items() if f}
 
 
 def _shown_label(event: dict, order: list[int]) -> dict:
     """An earlier label as the browser shows it (by position), to pre-fill an edit."""
-    letters = "abcdefghijklmnopqrstuvwxyz"
     out = {"action": event["action"], "rationale": event.get("rationale") or ""}
     if event.get("choice") in ("a", "b"):
-        out["choice"] = "left" if letters[order[0]] == event["choice"] else "right"
+        out["choice"] = "left" if letter(order[0]) == event["choice"] else "right"
         out["strength"] = event["strength"]
     elif event.get("choice"):
         out["choice"] = event["choice"]
@@ -413,45 +275,3 @@ def _summary(event: dict) -> str:
     return " ".join(x for x in (event["choice"].replace("_", " "), event["strength"]) if x)
 
 
-# ---------------------------------------------------------------------------------------------
-# Scripted labeling with the gold annotator
-# ---------------------------------------------------------------------------------------------
-
-def label_with_gold(store: LabelStore, gold, annotator: str = "gold", n: int | None = None, seed: int = 0) -> list[str]:
-    """Label up to `n` items (all available when None) as the gold annotator would, through the store API.
-
-    Pairs are shown in a random left/right order and judged by `gold.compare` (whose `noise` flips
-    some verdicts); rankings sort by gold score. Response flags follow the gold score's parts
-    (a wrong fact -> 'false fact', another topic -> 'off-topic'). Returns the event ids.
-    """
-    rng = random.Random(f"label_with_gold:{seed}:{annotator}")
-    session, events = f"gold-{uuid.uuid4().hex[:8]}", []
-    while n is None or len(events) < n:
-        item = store.next_item(annotator)
-        if item is None:
-            break
-        order = list(range(len(item.responses)))
-        rng.shuffle(order)
-        flags = {"abcdefghijklmnopqrstuvwxyz"[i]: _gold_flags(gold, item.prompt, r) for i, r in enumerate(item.responses)}
-        common = {"session": session, "shown_order": order, "flags": {k: v for k, v in flags.items() if v}}
-        if len(item.responses) == 2:
-            verdict = gold.compare(item.prompt, item.responses[order[0]], item.responses[order[1]])
-            if verdict.choice in ("a", "b"):  # gold's 'a' is the left response
-                stored = "ab"[order[0 if verdict.choice == "a" else 1]]
-                events.append(store.record(item.item_id, annotator, choice=stored, strength=verdict.strength, **common))
-            else:
-                events.append(store.record(item.item_id, annotator, choice=verdict.choice, **common))
-        else:
-            scores = [gold.score(item.prompt, r) for r in item.responses]
-            ranking = [1 + sum(other > mine for other in scores) for mine in scores]
-            events.append(store.record(item.item_id, annotator, ranking=ranking, **common))
-    return events
-
-
-def _gold_flags(gold, prompt: str, response: str) -> list[str]:
-    try:
-        parts = gold.axes(prompt, response)
-    except ValueError:  # not a prompt of the tiny world: gold has no opinion on flags
-        return []
-    return [name for name, hit in (("false fact", parts["false_fact"] < 0), ("off-topic", parts["on_topic"] == 0))
-            if hit]

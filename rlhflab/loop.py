@@ -13,16 +13,18 @@ Llama 2 ran five such rounds (Touvron et al. 2023, sec. 3.2.2). One round here i
                 reference is the policy it starts from)
     6. evaluate held-out prompts: gold win-rate against SFT, gold and proxy means, KL to SFT
 
-Pairs of round r's policy against round r-1's are labelled in the next round, so the store's
-Elo / Bradley-Terry leaderboard (`rlhflab.metrics.leaderboard`) ranks the rounds' policies.
-Everything a round writes lives under `out_dir/round_<r>/`; the labels live in `out_dir/labels.db`.
+Every stage is a function of `rlhflab.stages`; this module only sequences them and keeps the
+store, the rounds' table and their plots. Pairs of round r's policy against round r-1's are labelled
+in the next round, so the store's Elo / Bradley-Terry leaderboard (`rlhflab.metrics.leaderboard`)
+ranks the rounds' policies. Everything a round writes lives under `out_dir/round_<r>/`; the labels
+live in `out_dir/labels.db`. `compare_methods` and `active_vs_random` measure methods and label
+strategies on the same stages (notebook 05 and benchmarks/rlhf_methods.py).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import statistics
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -30,55 +32,16 @@ import pandas as pd
 
 from .active import ActiveConfig, choose_items
 from .best_of_n import best_of_n_curve, sample_best_of_n
-from .dpo import DPOConfig, train_dpo
-from .labeling import label_with_gold
+from .exports import trl_rows
 from .live import LivePlot
-from .models import Policy, load_policy
-from .ppo import PPOConfig, PPOTrainer
-from .records import Item, trl_rows
-from .reward import RewardConfig, SharedReward, evaluate_reward_model, load_reward_model, train_reward_model
-from .sft import SFTConfig, train_sft
+from .models import Policy
+from .records import Item
+from .reward import evaluate_reward_model, load_reward_model
+from .stages import Baseline, RLHFConfig, evaluate, load, policy_stage, reward_stage, sample, sft_baseline, sft_stage
 from .store import LabelStore
+from .tiny.annotate import label_with_gold
 
 SFT_SOURCE = "sft"
-
-
-@dataclass
-class LoopConfig:
-    """Sizes of the iterated loop; `quick()` is what the tests use."""
-
-    out_dir: str = "runs/loop"  # labels.db, sft/, round_<r>/ (reward, policy), rounds.jsonl
-    base: str = "tiny"  # the base model of every role: 'tiny', a local directory or a hub id
-    rounds: int = 3  # label -> reward -> policy rounds
-    method: str = "ppo"  # 'ppo' or 'dpo' (no reward model, so active learning falls back to random picks)
-    n_demonstrations: int = 128  # SFT budget, small on purpose so RLHF has something to teach
-    labels_per_round: int = 300  # pairs sent to annotators per round
-    pool_per_label: int = 2  # candidate pairs generated per label spent; active learning picks among them
-    random_share: float = 0.25  # share of each round's pairs drawn at random (see rlhflab.active)
-    reward_epochs: float = 2.0  # passes over all labels so far, per round
-    ppo_steps: int = 16  # PPO steps per round, of ppo_batch_size responses
-    ppo_batch_size: int = 16  # responses per PPO step
-    ppo_learning_rate: float = 1e-4  # LoRA learning rate of PPO
-    kl_coef: float = 0.2  # initial KL penalty (adaptive toward target_kl)
-    target_kl: float = 3.0  # nats per response
-    dpo_epochs: float = 2.0  # DPO passes over all labels so far, per round
-    dpo_beta: float = 0.1  # DPO's implicit KL strength
-    response_length: int = 32  # most tokens per sampled response, everywhere in the loop
-    n_heldout: int = 48  # held-out prompts of every evaluation
-    quantization: str | None = None  # '4bit': every model on one nf4 base
-    seed: int = 0  # seeds prompts, sampling and training
-
-    def __post_init__(self):
-        if self.method not in ("ppo", "dpo"):
-            raise ValueError(f"method must be 'ppo' or 'dpo', not {self.method!r}")
-        if self.rounds < 1 or self.labels_per_round < 1:
-            raise ValueError("the loop needs at least 1 round and 1 label per round")
-
-    @classmethod
-    def quick(cls, out_dir: str, **overrides) -> "LoopConfig":
-        settings = dict(out_dir=out_dir, rounds=2, n_demonstrations=64, labels_per_round=96, ppo_steps=4,
-                        reward_epochs=2.0, n_heldout=24)
-        return cls(**{**settings, **overrides})
 
 
 @dataclass
@@ -86,7 +49,7 @@ class RoundResult:
     round: int
     policy_dir: Path  # the round's policy adapter (peft format)
     reward_dir: Path | None  # the round's reward model (None with DPO)
-    metrics: dict  # 'round/...' numbers, also in rounds.jsonl
+    metrics: dict  # 'round', 'labels' and stages.METRICS' numbers, also in rounds.jsonl
     samples: pd.DataFrame  # held-out prompt / SFT / this round's policy, with gold scores
 
 
@@ -96,18 +59,18 @@ class RLHFLoop:
     Args:
         world: a `TinyWorld` (prompts and demonstrations).
         gold: its `GoldAnnotator`; it labels what people leave and scores every round.
-        config: LoopConfig.
+        config: RLHFConfig.
         annotator: the name the gold annotator labels under in the store.
 
     Examples:
-        >>> loop = RLHFLoop(TinyWorld(), gold, LoopConfig.quick("runs/loop"))  # doctest: +SKIP
+        >>> loop = RLHFLoop(TinyWorld(), gold, RLHFConfig.quick("runs/loop"))  # doctest: +SKIP
         >>> PairwiseLabeler(loop.store, annotator="you")  # label some yourself first  # doctest: +SKIP
         >>> loop.run()  # doctest: +SKIP
     """
 
-    def __init__(self, world, gold, config: LoopConfig | None = None, *, annotator: str = "gold",
+    def __init__(self, world, gold, config: RLHFConfig | None = None, *, annotator: str = "gold",
                  live: LivePlot | None = None):
-        self.world, self.gold, self.config, self.annotator = world, gold, config or LoopConfig(), annotator
+        self.world, self.gold, self.config, self.annotator = world, gold, config or RLHFConfig(), annotator
         self.out_dir = Path(self.config.out_dir)
         if (self.out_dir / "rounds.jsonl").exists():
             raise ValueError(f"{self.out_dir} already holds a loop's rounds and labels; give a new out_dir "
@@ -116,34 +79,34 @@ class RLHFLoop:
         self.store = LabelStore(self.out_dir / "labels.db")
         self.live = live or LivePlot(self.out_dir / "ppo", title="PPO over the rounds")
         self.rounds_live = LivePlot(self.out_dir / "rounds", title="per round")
-        self.heldout = [q.text for q in world.questions("heldout", self.config.n_heldout, seed=self.config.seed + 11)]
         self.sft_dir: Path | None = None  # set by sft()
-        self.sft_policy: Policy | None = None
-        self.sft_responses: list[str] = []  # SFT's held-out answers: the baseline of every win-rate
+        self.baseline: Baseline | None = None  # SFT's held-out answers: what every round is scored against
         self.results: list[RoundResult] = []
         self.queued_round = 0  # the round whose pairs are in the queue
         self.ppo_steps_done = 0
 
     # -- the pieces of a round -------------------------------------------------------------------
 
-    def load(self, adapter: Path, trainable: bool = False) -> Policy:
-        return load_policy(self.config.base, lora=True if trainable else None, adapter=str(adapter),
-                           quantization=self.config.quantization)
+    @property
+    def sft_policy(self) -> Policy:
+        return self.baseline.policy
+
+    @property
+    def heldout(self) -> list[str]:
+        return self.baseline.prompts
+
+    @property
+    def sft_responses(self) -> list[str]:
+        return self.baseline.responses
 
     def sample(self, policy: Policy, prompts: list[str], seed: int) -> list[str]:
-        return policy.generate(prompts, max_new_tokens=self.config.response_length, seed=seed)
+        return sample(policy, prompts, self.config, seed)
 
     def sft(self) -> Path:
-        """LoRA SFT of the tiny base on a small demonstration budget (round 0)."""
-        c = self.config
-        self.sft_dir = self.out_dir / "sft"
-        if not (self.sft_dir / "adapter_model.safetensors").exists():
-            policy = load_policy(c.base, lora=True, quantization=c.quantization)
-            train_sft(policy, self.world.demonstrations("train", c.n_demonstrations, seed=c.seed),
-                      SFTConfig(output_dir=str(self.sft_dir), seed=c.seed, logging_steps=2),
-                      live=LivePlot(self.sft_dir, title="SFT", widgets=False))
-        self.sft_policy = self.load(self.sft_dir)
-        self.sft_responses = self.sample(self.sft_policy, self.heldout, seed=c.seed + 21)
+        """LoRA SFT of the base on a small demonstration budget (round 0), and its held-out answers."""
+        live = LivePlot(self.out_dir / "sft", title="SFT", widgets=False)
+        self.sft_dir = sft_stage(self.world, self.config, live=live)
+        self.baseline = sft_baseline(self.world, self.gold, self.config, self.sft_dir)
         return self.sft_dir
 
     def pool(self, round_number: int) -> list[Item]:
@@ -155,14 +118,14 @@ class RLHFLoop:
             newer = older = self.sft_policy
             names = (SFT_SOURCE, SFT_SOURCE)
         else:
-            newer, older = self.load(self.results[-1].policy_dir), self.policy_of(round_number - 2)
+            newer, older = load(self.config, self.results[-1].policy_dir), self.policy_of(round_number - 2)
             names = (f"round {round_number - 1}", self.source_of(round_number - 2))
         first = self.sample(newer, prompts, seed=c.seed + 31 * round_number)
         second = self.sample(older, prompts, seed=c.seed + 31 * round_number + 1)
         return [Item(p, (a, b), names, meta={"round": round_number}) for p, a, b in zip(prompts, first, second)]
 
     def policy_of(self, round_number: int) -> Policy:
-        return self.sft_policy if round_number == 0 else self.load(self.results[round_number - 1].policy_dir)
+        return self.sft_policy if round_number == 0 else load(self.config, self.results[round_number - 1].policy_dir)
 
     def source_of(self, round_number: int) -> str:
         return SFT_SOURCE if round_number == 0 else f"round {round_number}"
@@ -172,65 +135,28 @@ class RLHFLoop:
         seed = self.config.seed + len(self.results)
         return len(label_with_gold(self.store, self.gold, annotator=self.annotator, seed=seed))
 
-    def fit_reward(self, round_number: int) -> tuple[Path, object]:
-        c = self.config
+    def fit_reward(self, round_number: int):
+        """Step 4: a fresh reward model on every label so far."""
         reward_dir = self.out_dir / f"round_{round_number}" / "reward"
-        reward_model = load_reward_model(c.base, lora=True, quantization=c.quantization)
-        train_reward_model(reward_model, trl_rows(self.store),
-                           RewardConfig(output_dir=str(reward_dir), epochs=c.reward_epochs, seed=c.seed,
-                                        logging_steps=10),
-                           live=LivePlot(reward_dir, title=f"reward model, round {round_number}", widgets=False))
-        reward_model.normalize_on(self.heldout, self.sft_responses)
-        reward_model.save(reward_dir)
-        return reward_dir, reward_model
+        live = LivePlot(reward_dir, title=f"reward model, round {round_number}", widgets=False)
+        return reward_dir, reward_stage(trl_rows(self.store), self.config, self.baseline, reward_dir, live=live)
 
     def update_policy(self, round_number: int, start: Path, reward_dir: Path | None, method: str | None = None) -> Path:
-        """PPO or DPO (`config.method` unless given) from the `start` adapter; returns the new adapter's directory."""
-        c = self.config
-        round_dir = self.out_dir / f"round_{round_number}"
-        policy = self.load(start, trainable=True)
-        if (method or c.method) == "dpo":
-            out = round_dir / "dpo"
-            train_dpo(policy, self.store, DPOConfig(output_dir=str(out), epochs=c.dpo_epochs, beta=c.dpo_beta,
-                                                    seed=c.seed + round_number, logging_steps=2),
-                      live=LivePlot(out, title=f"DPO, round {round_number}"))
-            return out
-        prompts = [q.text for q in self.world.questions("train", 2000, seed=c.seed + 13)]
-        steps = self.ppo_steps_done + c.ppo_steps  # one step count over all rounds, so the curves join up
-        config = PPOConfig(output_dir=str(round_dir / "ppo"), steps=steps, batch_size=c.ppo_batch_size,
-                           mini_batch_size=c.ppo_batch_size // 2, learning_rate=c.ppo_learning_rate,
-                           kl_coef=c.kl_coef, target_kl=c.target_kl, kl_horizon=50 * c.ppo_batch_size,
-                           response_length=c.response_length, seed=c.seed + round_number)
-        trainer = PPOTrainer(policy, prompts, SharedReward(policy, reward_dir), config, gold=self.gold,
-                             live=self.live, reference_adapter=self.sft_dir)
-        trainer.step = self.ppo_steps_done
-        result = trainer.train()
-        self.ppo_steps_done = result.step
-        return result.output_dir / "checkpoint"
+        """Step 5: PPO or DPO (`config.method` unless given) from the `start` adapter; returns the new adapter."""
+        method = method or self.config.method
+        live = self.live if method == "ppo" else LivePlot(self.out_dir / f"round_{round_number}" / "dpo",
+                                                          title=f"DPO, round {round_number}")
+        policy_dir, self.ppo_steps_done = policy_stage(
+            method, self.world, self.gold, self.config, sft_dir=self.sft_dir, start=start,
+            out=self.out_dir / f"round_{round_number}", reward_dir=reward_dir, comparisons=self.store,
+            seed=self.config.seed + round_number, first_step=self.ppo_steps_done, live=live)
+        return policy_dir
 
     def evaluate(self, round_number: int, policy_dir: Path, reward_model=None) -> tuple[dict, pd.DataFrame]:
-        """Held-out gold win-rate against SFT, gold and proxy means, KL to SFT, reward-model agreement."""
-        c = self.config
-        policy = self.load(policy_dir)
-        responses = self.sample(policy, self.heldout, seed=c.seed + 41)
-        # KL(policy || SFT) per response, k1 on the policy's own samples
-        kl = (policy.response_logprobs(self.heldout, responses)
-              - self.sft_policy.response_logprobs(self.heldout, responses)).mean().item()
-        gold_policy = [self.gold.score(p, r) for p, r in zip(self.heldout, responses)]
-        gold_sft = [self.gold.score(p, r) for p, r in zip(self.heldout, self.sft_responses)]
-        metrics = {"round": round_number, "labels": len(self.store.labels()),
-                   "round/gold_win_rate_vs_sft": self.gold.win_rate(self.heldout, responses, self.sft_responses),
-                   "round/gold_mean": statistics.fmean(gold_policy), "sft/gold_mean": statistics.fmean(gold_sft),
-                   "round/kl_to_sft": kl}
-        if reward_model is not None:
-            metrics["round/reward_mean"] = reward_model.score(self.heldout, responses).mean().item()
-            pairs = self.gold.preferences(self.heldout, responses, self.sft_responses)
-            if pairs:
-                agreement = evaluate_reward_model(reward_model, pairs)["metrics"]["eval/accuracy"]
-                metrics["round/reward_gold_agreement"] = agreement
-        samples = pd.DataFrame({"prompt": self.heldout, "SFT": self.sft_responses, "SFT gold": gold_sft,
-                                f"round {round_number}": responses, f"round {round_number} gold": gold_policy})
-        return metrics, samples
+        """Step 6: `stages.evaluate` of the round's policy, with the round and the labels so far."""
+        metrics, samples = evaluate(load(self.config, policy_dir), self.baseline, self.gold, self.config,
+                                    reward_model, name=f"round {round_number}")
+        return {"round": round_number, "labels": len(self.store.labels()), **metrics}, samples
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -304,41 +230,34 @@ class RLHFLoop:
 # Measurements on the tiny world (notebook 05 and benchmarks/rlhf_methods.py)
 # ---------------------------------------------------------------------------------------------
 
-def compare_methods(world, gold, config: LoopConfig, best_of: tuple[int, ...] = (4, 16)) -> pd.DataFrame:
+def compare_methods(world, gold, config: RLHFConfig, best_of: tuple[int, ...] = (4, 16)) -> pd.DataFrame:
     """SFT, best-of-n, DPO and PPO from the same labels (`config.labels_per_round`), on held-out prompts.
 
     Every method sees the same gold-labelled pairs of SFT samples: DPO learns from them directly,
-    best-of-n and PPO through one reward model trained on them. Columns: gold win-rate against SFT
-    (ties count half), KL to SFT in nats per response (measured; best-of-n's is its closed form),
-    gold and proxy means.
+    best-of-n and PPO through one reward model trained on them. One row per method, in METRICS'
+    names: gold win-rate against SFT (ties count half), KL to SFT in nats per response (measured;
+    best-of-n's is its closed form), gold and proxy means.
     """
     loop = RLHFLoop(world, gold, config)
     loop.sft()
     loop.queue_round()
     loop.label()
     reward_dir, reward_model = loop.fit_reward(1)
-    rows = []
-
-    def add(method: str, metrics: dict):
-        rows.append({"method": method, "gold_win_rate_vs_sft": metrics["round/gold_win_rate_vs_sft"],
-                     "kl_to_sft": metrics["round/kl_to_sft"], "gold_mean": metrics["round/gold_mean"],
-                     "reward_mean": metrics["round/reward_mean"]})
-
-    add("SFT", loop.evaluate(0, loop.sft_dir, reward_model)[0])
+    columns = ["gold/win_rate_vs_sft", "kl/to_sft", "gold/mean", "reward/mean"]
+    rows = [{"method": "SFT", **{k: loop.evaluate(0, loop.sft_dir, reward_model)[0][k] for k in columns}}]
     draw = sample_best_of_n(loop.sft_policy, reward_model, loop.heldout, max(best_of),
                             max_new_tokens=config.response_length, seed=config.seed + 51)
     for row in best_of_n_curve(draw, gold, loop.sft_responses, list(best_of)).to_dict("records"):
-        rows.append({"method": f"best-of-{row['n']}", "gold_win_rate_vs_sft": row["gold_win_rate"],
-                     "kl_to_sft": row["kl"], "gold_mean": row["gold_mean"], "reward_mean": row["reward_mean"]})
+        rows.append({"method": f"best-of-{row.pop('n')}", **row})
     for method in ("dpo", "ppo"):
-        policy_dir = loop.update_policy(1, loop.sft_dir, reward_dir, method=method)
-        add(method.upper(), loop.evaluate(1, policy_dir, reward_model)[0])
-    table = pd.DataFrame(rows)
+        metrics = loop.evaluate(1, loop.update_policy(1, loop.sft_dir, reward_dir, method=method), reward_model)[0]
+        rows.append({"method": method.upper(), **{k: metrics[k] for k in columns}})
+    table = pd.DataFrame(rows, columns=["method", *columns])
     table.attrs["labels"] = len(loop.store.labels())
     return table
 
 
-def active_vs_random(world, gold, config: LoopConfig, batches: int = 4) -> pd.DataFrame:
+def active_vs_random(world, gold, config: RLHFConfig, batches: int = 4) -> pd.DataFrame:
     """Reward-model agreement with gold on held-out pairs per label spent: active learning vs random picks.
 
     Both strategies draw from one pool of SFT sample pairs (`batches * labels_per_round *
@@ -367,6 +286,7 @@ def active_vs_random(world, gold, config: LoopConfig, batches: int = 4) -> pd.Da
             _, reward_model = loop.fit_reward(batch)
             accuracy = evaluate_reward_model(reward_model, heldout_pairs)["metrics"]["eval/accuracy"]
             labels = len(loop.store.labels())
-            rows.append({"strategy": strategy, "batch": batch, "labels": labels, "gold_agreement": accuracy,
+            rows.append({"strategy": strategy, "batch": batch, "labels": labels,
+                         "reward/gold_agreement_sft_samples": accuracy,
                          "decided_share": len(trl_rows(loop.store)) / labels})  # the rest: ties and 'both bad'
     return pd.DataFrame(rows)

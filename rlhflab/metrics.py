@@ -17,7 +17,7 @@ import math
 from collections import Counter, defaultdict
 from itertools import combinations
 
-from .records import comparisons
+from .exports import comparisons
 from .store import CHOICES
 
 ELO_K = 32.0  # Elo update step: rating points moved by one fully unexpected result

@@ -186,11 +186,6 @@ def precision_for(device: str | torch.device) -> Precision:
     return Precision(torch.bfloat16 if major >= 8 else torch.float16, "cuda")
 
 
-def trainer_device_args(policy: "Policy") -> dict:
-    """TrainingArguments' device and precision fields for training `policy` where its weights are."""
-    return precision_for(policy.device).trainer_args()
-
-
 def default_device() -> str:
     """This process's GPU when there is one (`accelerate launch` sets LOCAL_RANK), else the CPU."""
     if not torch.cuda.is_available():
@@ -403,7 +398,22 @@ def attach_adapter(model: PreTrainedModel, lora, adapter: str | None, quantized:
         # fp32 norms and input grads for stable k-bit training (Dettmers et al. 2023, QLoRA).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if adapter is not None:
-        return PeftModel.from_pretrained(model, adapter, is_trainable=config is not None)
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=config is not None)
+    elif config is not None:
+        model = get_peft_model(model, config)
     if config is not None:
-        return get_peft_model(model, config)
+        keep_trainable_weights_in_adapter_dtype(model)
     return model
+
+
+def keep_trainable_weights_in_adapter_dtype(model: torch.nn.Module) -> None:
+    """Trainable weights in the device's `Precision.adapter_weights`: bf16 where it is native, else fp32.
+
+    A reward model's trainable score head is a copy of the base's, fp16 on a T4, and TRL casts a
+    quantized model's adapters to bf16; a T4's GradScaler refuses to unscale either ('Attempting to
+    unscale FP16 gradients', '... not implemented for BFloat16'), and the CPU computes in fp32.
+    """
+    dtype = precision_for(next(model.parameters()).device).adapter_weights
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.to(dtype)

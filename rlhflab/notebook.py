@@ -1,6 +1,9 @@
-"""What every notebook's first cell does after its `%pip` line: one call, the choices said out loud.
+"""Notebooks: what every notebook's first cell does after its `%pip` line, and running one headless.
 
-    BASE, QUANTIZATION = setup("tiny")
+    BASE, QUANTIZATION = setup("tiny")        # the first cell of every notebook
+    run_notebook(path, workdir, settings)     # `make demo` and the tests: other sizes, no browser
+
+`setup`:
 
 - On Colab it turns on the custom widget manager, which the labeling widgets and live plots need.
 - It picks the weights: embedded models ('tiny', 'smollm2-135m') and local directories load
@@ -11,6 +14,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import sys
 from pathlib import Path
 
@@ -45,3 +49,38 @@ def setup(base: str = "tiny", quantization: str | None = "auto") -> tuple[str, s
         print("note: smollm2-135m has 53x the parameters of 'tiny': on a CPU every stage takes minutes, so "
               "start with the small settings of the parameters cell.")
     return base, quantization
+
+
+def shipped_notebook(name: str) -> Path:
+    """A notebook of the lab by file name, from the installed package (`rlhflab.notebooks`)."""
+    path = Path(str(importlib.resources.files("rlhflab.notebooks").joinpath(name)))
+    if not path.is_file():
+        raise FileNotFoundError(f"no notebook {name!r} in rlhflab.notebooks; the lab ships "
+                                f"{sorted(p.name for p in path.parent.glob('*.ipynb'))}")
+    return path
+
+
+def run_notebook(path: str | Path, workdir: str | Path, settings: str = "", timeout_s: int = 600,
+                 save_to: str | Path | None = None):
+    """Execute a notebook headless in `workdir`, with `settings` (Python lines) run right after its cell
+    tagged 'parameters' (papermill's convention), so the same notebook runs at other sizes.
+
+    Returns the executed notebook; `save_to` also writes it there, failed cells and all, when a cell raises.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
+    if not tagged:
+        raise ValueError(f"{path} has no cell tagged 'parameters' to put the settings after; tag the cell that "
+                         "holds its sizes (View > Cell toolbar > Tags in Jupyter)")
+    notebook.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(settings))
+    client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
+                            resources={"metadata": {"path": str(workdir)}})
+    try:
+        client.execute()
+    finally:
+        if save_to is not None:
+            nbformat.write(notebook, save_to)
+    return notebook

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from .live import LivePlot
 from .models import Policy, disable_dropout, left_padded_positions, precision_for, sample_tokens, token_logprobs
 from .reward import ADAPTER_WEIGHTS, checked_scores, score_weight
+from .training import refuse_to_train_quantized
 
 VALUE_ADAPTER = "value"  # the adapter name of PPOConfig(value_model='adapter')
 
@@ -280,9 +281,7 @@ class PPOTrainer:
             raise ValueError("PPO needs at least one prompt")
         if config.ptx_coef > 0 and not ptx_texts:
             raise ValueError("ptx_coef > 0 needs ptx_texts (demonstrations or pretraining text)")
-        if getattr(policy.model, "is_quantized", False) and not policy.is_lora:
-            raise ValueError("a 4-bit or 8-bit policy cannot be trained directly; load it with "
-                             "load_policy(..., lora=True) so PPO trains a LoRA adapter on the quantized base")
+        refuse_to_train_quantized(policy.model, policy.is_lora, "load_policy")
         self.policy, self.reward, self.gold = policy, reward, gold
         self.prompts, self.ptx_texts = list(prompts), ptx_texts or []
         self.output_dir = Path(config.output_dir)

@@ -29,10 +29,10 @@ from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification
 
 from .live import LivePlot
-from .models import attach_adapter, default_device, left_padded_positions, load_pretrained, precision_for, transcript_ids
-from .records import MARGINS, as_rows
+from .models import attach_adapter, default_device, left_padded_positions, load_pretrained, transcript_ids
+from .records import COMPARISON_COLUMNS, MARGINS, as_rows
+from .training import refuse_to_train_quantized, restore_adapter_dtype, trl_args
 
-PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 NORMALIZATION_FILE = "reward_normalization.json"  # mean, std and max_length, saved with the adapter
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's file of LoRA weights (and the score head)
 DEFAULT_MAX_LENGTH = 256  # tokens per prompt + response, in training and in scoring
@@ -59,7 +59,7 @@ class RewardConfig:
 
 def preference_rows(data, columns: dict | None = None) -> list[dict]:
     """prompt / chosen / rejected rows with a float margin (0 when no strength was given)."""
-    rows = as_rows(data, PREFERENCE_COLUMNS, columns, what="preferences", optional=("margin", "strength"))
+    rows = as_rows(data, COMPARISON_COLUMNS, columns, what="preferences", optional=("margin", "strength"))
     for index, row in enumerate(rows):
         margin, strength = row.pop("margin"), row.pop("strength")
         if margin is not None and not pd.isna(margin):
@@ -222,7 +222,8 @@ class SharedReward:
         self.max_length = stats.get("max_length", DEFAULT_MAX_LENGTH)
 
     @torch.no_grad()
-    def score(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
+    def score(self, prompts: list[str], responses: list[str], normalized: bool = True,
+              batch_size: int = 32) -> torch.Tensor:
         tokenizer, model = self.policy.tokenizer, self.policy.model
         was_training = model.training
         model.eval()  # peft routes per-sample adapters in eval mode only
@@ -237,7 +238,7 @@ class SharedReward:
             hidden = out.hidden_states[-1][torch.arange(len(ids)), at]  # (B, H)
             raw.append((hidden.to(self.score_weight.dtype) @ self.score_weight.T)[:, 0].float().cpu())
         model.train(was_training)
-        return (torch.cat(raw) - self.mean) / self.std
+        return (torch.cat(raw) - self.mean) / self.std if normalized else torch.cat(raw)
 
 
 def checked_scores(scores, n: int, reward) -> torch.Tensor:
@@ -282,32 +283,19 @@ def train_reward_model(reward_model: RewardModel, preferences, config: RewardCon
         columns: maps the three column names to others, e.g. {'prompt': 'question'}.
     """
     config = config or RewardConfig()
-    if getattr(reward_model.model, "is_quantized", False) and not hasattr(reward_model.model, "peft_config"):
-        raise ValueError("a 4-bit or 8-bit reward model cannot be trained directly; "
-                         "load it with load_reward_model(..., lora=True)")
+    refuse_to_train_quantized(reward_model.model, hasattr(reward_model.model, "peft_config"), "load_reward_model")
     train_rows = preference_rows(preferences, columns)
     eval_rows = preference_rows(eval_preferences, columns) if eval_preferences is not None else None
     output_dir = Path(config.output_dir)
     live = live or LivePlot(output_dir, title="Reward model")
     tokenizer = reward_model.tokenizer
-    args = trl.RewardConfig(
-        output_dir=str(output_dir), num_train_epochs=config.epochs, max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
-        learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
-        max_length=config.max_length, logging_steps=config.logging_steps, seed=config.seed,
-        save_strategy="no", report_to="none", **precision_for(reward_model.device).trainer_args(),
-    )
+    args = trl_args(trl.RewardConfig, config, reward_model.device)
     trainer = trl.RewardTrainer(
         model=reward_model.model, args=args, processing_class=tokenizer, callbacks=[live],
         train_dataset=tokenized(train_rows, tokenizer, config.max_length, config.use_margin),
         eval_dataset=tokenized(eval_rows, tokenizer, config.max_length, config.use_margin) if eval_rows else None,
     )
-    if getattr(reward_model.model, "is_quantized", False):
-        # TRL casts a quantized model's trainable weights to bf16 (QLoRA's choice), which a CPU or a
-        # T4 (fp16 with a GradScaler) cannot train: keep them in the device's adapter dtype.
-        for param in trainer.model.parameters():
-            if param.requires_grad:
-                param.data = param.data.to(precision_for(reward_model.device).adapter_weights)
+    restore_adapter_dtype(trainer)
     reward_model.max_length = config.max_length
     outcome = trainer.train()
     metrics = {"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"]}

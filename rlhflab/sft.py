@@ -14,8 +14,9 @@ import trl
 from datasets import Dataset
 
 from .live import LivePlot
-from .models import Policy, trainer_device_args
+from .models import Policy
 from .records import DEMONSTRATION_COLUMNS, as_rows
+from .training import refuse_to_train_quantized, restore_adapter_dtype, save_trained, trl_args
 
 
 @dataclass
@@ -66,26 +67,19 @@ def train_sft(policy: Policy, demonstrations, config: SFTConfig | None = None, *
         True
     """
     config = config or SFTConfig()
-    if getattr(policy.model, "is_quantized", False) and not policy.is_lora:
-        raise ValueError("a 4-bit or 8-bit policy cannot be fine-tuned directly; "
-                         "load it with load_policy(..., lora=True) to train a LoRA adapter (QLoRA)")
+    refuse_to_train_quantized(policy.model, policy.is_lora, "load_policy")
     train_rows = as_rows(demonstrations, DEMONSTRATION_COLUMNS, columns, what="demonstrations")
     eval_rows = (as_rows(eval_demonstrations, DEMONSTRATION_COLUMNS, columns, what="eval_demonstrations")
                  if eval_demonstrations is not None else None)
     output_dir = Path(config.output_dir)
     live = live or LivePlot(output_dir, title="SFT")
 
-    args = trl.SFTConfig(
-        output_dir=str(output_dir), num_train_epochs=config.epochs, max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_ratio, lr_scheduler_type="cosine", max_length=config.max_length,
-        completion_only_loss=True, logging_steps=config.logging_steps, seed=config.seed,
-        save_strategy="no", report_to="none", **trainer_device_args(policy),
-    )
+    args = trl_args(trl.SFTConfig, config, policy.device, warmup_steps=config.warmup_ratio,
+                    gradient_accumulation_steps=config.gradient_accumulation_steps, completion_only_loss=True)
     trainer = trl.SFTTrainer(model=policy.model, args=args, train_dataset=conversations(train_rows),
                              eval_dataset=conversations(eval_rows) if eval_rows else None,
                              processing_class=policy.tokenizer, callbacks=[live])
+    restore_adapter_dtype(trainer)
     metrics: dict = {}
     if eval_rows:
         metrics["eval/loss_before"] = trainer.evaluate()["eval_loss"]
@@ -94,8 +88,6 @@ def train_sft(policy: Policy, demonstrations, config: SFTConfig | None = None, *
     metrics["train/runtime_s"] = outcome.metrics["train_runtime"]
     if eval_rows:
         metrics["eval/loss_after"] = trainer.evaluate()["eval_loss"]
-    trainer.save_model(str(output_dir))  # peft adapter_model.safetensors + adapter_config.json under LoRA
-    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing of ours reads it
-    policy.tokenizer.save_pretrained(output_dir)
+    save_trained(trainer, output_dir, policy.tokenizer)
     policy.model.eval()
     return SFTResult(metrics, output_dir)

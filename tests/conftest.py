@@ -53,16 +53,21 @@ def random_models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def recipe(world, gold, tmp_path_factory):
-    """The quick tiny-world recipe's SFT adapter and reward model, shared by the reward and PPO tests.
+    """One SFT adapter and one reward model of the tiny world, shared by the reward, PPO, DPO and best-of-n tests.
 
-    Returns (config, sft_dir, reward_dir, reward evaluation).
+    The reward model learns from 600 gold-labelled comparisons: 300 of the world's candidates and
+    300 of two SFT samples. Returns (config, sft_dir, reward_dir, its agreement with gold).
     """
-    from rlhflab.tiny.recipe import RecipeConfig, reward_stage, sft_stage
+    from rlhflab.stages import RLHFConfig, reward_agreement, reward_stage, sft_baseline, sft_stage
+    from rlhflab.tiny.annotate import gold_comparisons
 
-    config = RecipeConfig.quick(str(tmp_path_factory.mktemp("recipe")))
+    config = RLHFConfig.quick(str(tmp_path_factory.mktemp("recipe")), n_demonstrations=128, n_heldout=48, ppo_steps=16)
     sft_dir = sft_stage(world, config)
-    reward_dir, evaluation = reward_stage(world, gold, sft_dir, config)
-    return config, sft_dir, reward_dir, evaluation
+    baseline = sft_baseline(world, gold, config, sft_dir)
+    reward_dir = Path(config.out_dir) / "reward"
+    rows = gold_comparisons(world, gold, baseline.policy, "train", 300, 300, seed=config.seed)
+    agreement, _ = reward_agreement(reward_stage(rows, config, baseline, reward_dir), world, gold, config, baseline)
+    return config, sft_dir, reward_dir, agreement
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from rlhflab.active import ActiveConfig, choose_items, preference_uncertainty, queue_next, review_items
-from rlhflab.labeling import label_with_gold, world_items
 from rlhflab.records import Item
 from rlhflab.store import LabelStore, StoreConfig
+from rlhflab.tiny.annotate import label_with_gold, world_items
 
 
 class LengthReward:

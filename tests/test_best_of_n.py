@@ -32,8 +32,8 @@ def test_more_samples_judged_by_gold_win_more(world, gold):
     baseline = policy.generate(prompts, max_new_tokens=32, seed=99)
     curve = best_of_n_curve(draw, gold, baseline)
     assert curve["n"].tolist() == [1, 2, 4, 8]
-    assert curve["gold_mean"].is_monotonic_increasing  # gold is the reward here, so each n can only gain
-    assert curve["gold_win_rate"].iloc[-1] > 0.75 > curve["gold_win_rate"].iloc[0] - 0.25
+    assert curve["gold/mean"].is_monotonic_increasing  # gold is the reward here, so each n can only gain
+    assert curve["gold/win_rate_vs_sft"].iloc[-1] > 0.75 > curve["gold/win_rate_vs_sft"].iloc[0] - 0.25
 
 
 def test_a_trained_reward_model_picks_better_than_chance(recipe, world, gold):
@@ -43,8 +43,8 @@ def test_a_trained_reward_model_picks_better_than_chance(recipe, world, gold):
     draw = sample_best_of_n(sft, load_reward_model(str(reward_dir)), prompts, 8, max_new_tokens=32, seed=2)
     baseline = sft.generate(prompts, max_new_tokens=32, seed=98)
     curve = best_of_n_curve(draw, gold, baseline, ns=[1, 8])
-    assert curve["gold_win_rate"].iloc[1] > 0.6
-    assert curve["reward_mean"].iloc[1] > curve["reward_mean"].iloc[0]
+    assert curve["gold/win_rate_vs_sft"].iloc[1] > 0.6
+    assert curve["reward/mean"].iloc[1] > curve["reward/mean"].iloc[0]
 
 
 def test_bad_arguments_are_refused():

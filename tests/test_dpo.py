@@ -7,9 +7,9 @@ import torch
 
 from rlhflab import load_policy
 from rlhflab.dpo import DPOConfig, dpo_rows, train_dpo
-from rlhflab.labeling import label_with_gold, world_items
 from rlhflab.live import LivePlot
 from rlhflab.store import LabelStore
+from rlhflab.tiny.annotate import label_with_gold, world_items
 
 
 @pytest.fixture(scope="module")

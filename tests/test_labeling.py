@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from rlhflab.labeling import (GenerationConfig, GenerationQueue, LabelerConfig, PairwiseLabeler, RankingLabeler,
-                              items_from, label_with_gold, render_guidelines, world_items)
-from rlhflab.records import Item, comparisons
+from rlhflab.candidates import GenerationConfig, GenerationQueue, items_from
+from rlhflab.exports import comparisons
+from rlhflab.labeling import LabelerConfig, PairwiseLabeler, RankingLabeler, render_guidelines
+from rlhflab.records import Item
 from rlhflab.store import LabelStore, StoreConfig
 from rlhflab.tiny import GoldAnnotator
+from rlhflab.tiny.annotate import label_with_gold, world_items
 
 WIDGETS = Path(__file__).parent.parent / "widgets"
 

@@ -4,14 +4,15 @@ import json
 
 import pytest
 
-from rlhflab.loop import LoopConfig, RLHFLoop
+from rlhflab.loop import RLHFLoop
 from rlhflab.metrics import leaderboard
+from rlhflab.stages import RLHFConfig
 from rlhflab.store import LabelStore
 
 
 @pytest.fixture(scope="module")
 def loop(world, gold, tmp_path_factory):
-    loop = RLHFLoop(world, gold, LoopConfig.quick(str(tmp_path_factory.mktemp("loop")), ppo_steps=6))
+    loop = RLHFLoop(world, gold, RLHFConfig.quick(str(tmp_path_factory.mktemp("loop")), ppo_steps=6))
     loop.queue_round()
     first = loop.store.next_item("you")  # a person labels one pair before the gold annotator takes over
     loop.store.record(first.item_id, "you", choice="tie")
@@ -23,12 +24,12 @@ def loop(world, gold, tmp_path_factory):
 def test_rounds_raise_the_gold_score(loop):
     table = loop.table()
     assert table["round"].tolist() == [1, 2]
-    sft_gold = table["sft/gold_mean"].iloc[0]
-    assert table["round/gold_mean"].iloc[-1] > sft_gold + 0.3
-    assert table["round/gold_mean"].iloc[-1] > table["round/gold_mean"].iloc[0]
-    assert table["round/gold_win_rate_vs_sft"].iloc[-1] > 0.5
+    sft_gold = table["gold/sft_mean"].iloc[0]
+    assert table["gold/mean"].iloc[-1] > sft_gold + 0.3
+    assert table["gold/mean"].iloc[-1] > table["gold/mean"].iloc[0]
+    assert table["gold/win_rate_vs_sft"].iloc[-1] > 0.5
     assert table["labels"].is_monotonic_increasing
-    assert (table["round/reward_gold_agreement"] > 0.6).all()
+    assert (table["reward/gold_agreement"] > 0.6).all()
 
 
 def test_a_persons_labels_are_kept_and_gold_labels_the_rest(loop):
@@ -56,9 +57,9 @@ def test_ppo_curves_join_up_over_the_rounds(loop):
 
 def test_an_earlier_run_is_never_mixed_in(loop, world, gold):
     with pytest.raises(ValueError, match="give a new out_dir"):
-        RLHFLoop(world, gold, LoopConfig.quick(str(loop.out_dir)))
-    with pytest.raises(ValueError, match="'ppo' or 'dpo'"):
-        LoopConfig(method="grpo")
+        RLHFLoop(world, gold, RLHFConfig.quick(str(loop.out_dir)))
+    with pytest.raises(ValueError, match="method must be one of ppo, dpo"):
+        RLHFConfig(method="grpo")
 
 
 def test_one_round_on_smollm2_raises_its_gold_mean(smollm2, world, gold, tmp_path):
@@ -66,11 +67,11 @@ def test_one_round_on_smollm2_raises_its_gold_mean(smollm2, world, gold, tmp_pat
     labels, a reward model and PPO must move it toward what the gold annotator wants."""
     from rlhflab import load_policy
 
-    config = LoopConfig.quick(str(tmp_path), base=smollm2, rounds=1, n_demonstrations=64, labels_per_round=16,
+    config = RLHFConfig.quick(str(tmp_path), base=smollm2, rounds=1, n_demonstrations=64, labels_per_round=16,
                               pool_per_label=1, reward_epochs=1.0, ppo_steps=1, ppo_batch_size=8, n_heldout=16,
                               response_length=16)  # about 2.5 minutes on 2 cores
     loop = RLHFLoop(world, gold, config)
     before = gold.mean_score(loop.heldout, load_policy(smollm2).generate(loop.heldout, max_new_tokens=16, seed=0))
     result = loop.run_round()
-    assert result.metrics["round/gold_mean"] > before + 0.25, (before, result.metrics)
-    assert {"round/kl_to_sft", "round/reward_gold_agreement"} <= set(result.metrics)
+    assert result.metrics["gold/mean"] > before + 0.25, (before, result.metrics)
+    assert {"kl/to_sft", "reward/gold_agreement"} <= set(result.metrics)

@@ -5,12 +5,12 @@ import random
 
 import pytest
 
-from rlhflab.labeling import label_with_gold, world_items
 from rlhflab.metrics import (agreement, binomial_two_sided, bradley_terry, cohen_kappa, disagreements, elo,
                              fleiss_kappa, leaderboard, position_bias)
 from rlhflab.records import Item
 from rlhflab.store import LabelStore, StoreConfig
 from rlhflab.tiny import GoldAnnotator
+from rlhflab.tiny.annotate import label_with_gold, world_items
 
 
 def test_cohen_kappa_matches_the_textbook_example():

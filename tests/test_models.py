@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rlhflab import load_policy
-from rlhflab.models import FALLBACK_CHAT_TEMPLATE, default_device, precision_for, sample_tokens, transcript_ids
+from rlhflab.models import (FALLBACK_CHAT_TEMPLATE, Precision, default_device, precision_for, sample_tokens,
+                            transcript_ids)
 
 MODES = {"fp32": {}, "lora": {"lora": True}, "4bit+lora": {"lora": True, "quantization": "4bit"}}
 
@@ -153,6 +154,20 @@ def test_precision_per_device(monkeypatch):
         assert gpu.weights(trained_in_full=True) == torch.float32  # master weights for full fine-tuning
         assert gpu.weights(trained_in_full=False) == compute
         assert gpu.adapter_weights == (torch.bfloat16 if mixed == "bf16" else torch.float32)
+
+
+def test_a_t4_trains_fp32_adapters_over_fp16_weights(monkeypatch):
+    """Seen on a GPU with a T4's precision: the reward model's trainable score head was an fp16 copy
+    of the base's, and the fp16 GradScaler refused it ('Attempting to unscale FP16 gradients')."""
+    import rlhflab.models
+    from rlhflab.reward import load_reward_model
+
+    monkeypatch.setattr(rlhflab.models, "precision_for", lambda device: Precision(torch.float16, "cpu"))
+    for model in (load_policy("tiny", lora=True).model, load_reward_model("tiny", lora=True).model):
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        frozen = [p for p in model.parameters() if not p.requires_grad]
+        assert trainable and {p.dtype for p in trainable} == {torch.float32}
+        assert {p.dtype for p in frozen} == {torch.float16}
 
 
 def test_each_process_takes_its_own_gpu(monkeypatch):

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from rlhflab.demo import QUICK_SETTINGS, run_quickstart
+from rlhflab.notebook import run_notebook
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 SHARED = Path(__file__).parent.parent.parent / "shared"
@@ -44,15 +44,11 @@ EXPECTED_FILES = {  # written by each notebook, relative to where it runs
 }
 
 
-def run_notebook(name: str, workdir: Path) -> nbformat.NotebookNode:
-    if name == "00_quickstart.ipynb":  # the quickstart runs the way `make demo --quick` runs it
+def run(name: str, workdir: Path) -> nbformat.NotebookNode:
+    if name == "00_quickstart.ipynb":  # the quickstart runs the way `make demo` runs it, at quick sizes
         run_quickstart(workdir, quick=True)
         return nbformat.read(workdir / "quickstart.ipynb", as_version=4)
-    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    index = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", []))
-    notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(SMALL[name]))
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
-    return notebook
+    return run_notebook(NOTEBOOKS / name, workdir, SMALL[name])
 
 
 def test_every_notebook_has_small_settings():
@@ -61,7 +57,7 @@ def test_every_notebook_has_small_settings():
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_notebook_runs(name, tmp_path):
-    notebook = run_notebook(name, tmp_path)
+    notebook = run(name, tmp_path)
     errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     text = "\n".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))

@@ -1,5 +1,6 @@
 """The project ships what it promises: matching dependency lists, and the model and widgets in the wheel."""
 
+import os
 import re
 import subprocess
 import sys
@@ -52,6 +53,15 @@ def test_wheel_holds_model_and_widgets(tmp_path):
     assert "rlhflab/tiny/model/model.safetensors" in names
     assert "rlhflab/tiny/model/tokenizer.json" in names
     assert "rlhflab/widgets/README.md" in names
+    assert "rlhflab/notebooks/00_quickstart.ipynb" in names
+    # installed from the wheel and run outside the checkout, the demo finds the quickstart inside the package
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                    str(next(tmp_path.glob("rlhflab-*.whl")))], check=True)
+    script = "from rlhflab.notebook import shipped_notebook; print(shipped_notebook('00_quickstart.ipynb'))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(target)}, check=True)
+    assert out.stdout.strip() == str(target / "rlhflab" / "notebooks" / "00_quickstart.ipynb")
 
 
 def test_tiny_model_works_offline_from_a_fresh_interpreter():

@@ -1,6 +1,7 @@
 """PPO on the tiny world: KL starts at 0, only the right parameters learn, checkpoints resume,
 NaNs stop cleanly, and a short run beats SFT on both the reward model and the gold annotator."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from rlhflab import load_policy
 from rlhflab.ppo import PPOConfig, PPOTrainer, train_ppo
 from rlhflab.reward import GoldReward, SharedReward
-from rlhflab.tiny.recipe import RecipeConfig, compare_with_sft, heldout_prompts, ppo_trainer
+from rlhflab.stages import evaluate, load, ppo_trainer, sft_baseline
 
 
 def small(tmp_path, **overrides):
@@ -122,16 +123,17 @@ def test_ptx_term_is_logged(world, gold, tmp_path):
 @pytest.mark.parametrize("mode", ["lora-shared", "4bit-shared", "lora-separate"])
 def test_short_ppo_beats_sft_on_reward_and_gold(world, gold, recipe, tmp_path, mode):
     config, sft_dir, reward_dir, _ = recipe
-    config = RecipeConfig.quick(str(tmp_path), quantization="4bit" if mode == "4bit-shared" else None)
-    trainer = ppo_trainer(world, gold, sft_dir, reward_dir, config, separate_reward=mode == "lora-separate")
+    config = replace(config, out_dir=str(tmp_path), quantization="4bit" if mode == "4bit-shared" else None)
+    trainer = ppo_trainer(world, gold, config, sft_dir, reward_dir, separate_reward=mode == "lora-separate")
     result = trainer.train()
     names = set(result.history[-1])
     assert {"objective/kl", "objective/kl_coef", "objective/scores", "objective/gold_scores", "objective/entropy",
             "val/response_length", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/value_avg",
             "val/explained_variance"} <= names
-    outcome = compare_with_sft(trainer, gold, sft_dir, heldout_prompts(world, config), config)
-    assert outcome["ppo/reward_mean"] > outcome["sft/reward_mean"], outcome
-    assert outcome["ppo/gold_mean"] > outcome["sft/gold_mean"], outcome
+    outcome, _ = evaluate(load(config, result.output_dir / "checkpoint"), sft_baseline(world, gold, config, sft_dir),
+                          gold, config, trainer.reward)
+    assert outcome["reward/mean"] > outcome["reward/sft_mean"], outcome
+    assert outcome["gold/mean"] > outcome["gold/sft_mean"], outcome
     assert (Path(tmp_path) / "ppo" / "checkpoint" / "adapter_model.safetensors").exists()
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhflab.records import (Item, comparisons, dedup, import_comparisons, import_hh_rlhf, read_comparisons,
-                             read_hh_rlhf, to_dataframe, to_jsonl, to_openrlhf, to_openrlhf_prompts,
-                             to_trl_dataset, to_verl_prompts, trl_rows)
+from rlhflab.exports import (comparisons, to_dataframe, to_jsonl, to_openrlhf, to_openrlhf_prompts, to_trl_dataset,
+                             to_verl_prompts, trl_rows)
+from rlhflab.records import Item, dedup, import_comparisons, import_hh_rlhf, read_comparisons, read_hh_rlhf
 from rlhflab.store import LabelStore
 
 HH = Path(__file__).parent.parent.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"

@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 from datasets import Dataset
 
 from rlhflab import load_policy
@@ -53,6 +54,8 @@ def test_qlora_sft_accepts_each_input_type_and_saves_the_adapter(world, tmp_path
     assert result.metrics["train/loss"] > 0
     after = dict(policy.model.named_parameters())
     assert any(not (after[n].detach() == b).all() for n, b in before.items())
+    # TRL casts QLoRA adapters to bf16; on a CPU (and a T4's GradScaler) they must stay fp32
+    assert {p.dtype for p in policy.model.parameters() if p.requires_grad} == {torch.float32}
     reloaded = load_policy("tiny", adapter=str(tmp_path), quantization="4bit")
     assert reloaded.is_lora
 

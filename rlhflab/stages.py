@@ -1,0 +1,246 @@
+"""The RLHF stages as functions, each wired here and nowhere else, and the one evaluation.
+
+    sft_stage       LoRA SFT of the base on a small demonstration budget
+    sft_baseline    SFT's answers to the held-out prompts: what every evaluation compares against
+    reward_stage    a fresh LoRA reward model on comparison rows, normalised on SFT's samples
+    ppo_trainer     PPO from an adapter against a reward model, KL to SFT (for runs that want the trainer)
+    policy_stage    one policy update, by method: 'ppo' (against a reward model) or 'dpo' (on the rows)
+    evaluate        held-out gold win-rate against SFT, gold and proxy means, KL to SFT, reward agreement
+
+Data flows one way: records -> store -> comparison rows -> trainers -> evaluation. `RLHFLoop` and
+`compare_methods` (`rlhflab.loop`), notebooks 03-05, the benchmarks and the tests' fixtures all run
+these functions, at the sizes of one `RLHFConfig`. Every number they report is named in `METRICS`,
+the lab's one vocabulary, which the README's metrics table documents.
+
+SFT gets a deliberately small demonstration budget: with 2,000 demonstrations the tiny model
+already answers almost perfectly (gold 3.7 of 4), and RLHF would have nothing left to teach.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .dpo import DPOConfig, train_dpo
+from .live import LivePlot
+from .models import Policy, load_policy
+from .ppo import PPOConfig, PPOTrainer
+from .reward import (ADAPTER_WEIGHTS, RewardConfig, RewardModel, SharedReward, evaluate_reward_model,
+                     load_reward_model, train_reward_model)
+from .sft import SFTConfig, train_sft
+from .tiny.annotate import sample_pairs
+
+METHODS = ("ppo", "dpo")  # the policy updates `policy_stage` runs
+METRICS = {  # name -> meaning; the loop, compare_methods, the benchmarks, the notebooks and the report use these
+    "gold/win_rate_vs_sft": "share of held-out prompts on which gold prefers the policy's answer to SFT's (ties: half)",
+    "gold/mean": "mean gold score of the policy's held-out answers (-4 to 4)",
+    "gold/sft_mean": "mean gold score of SFT's held-out answers, the baseline",
+    "kl/to_sft": "KL divergence of the policy from SFT, in nats per response, on the policy's own held-out samples",
+    "reward/mean": "mean proxy (reward-model) score of the policy's held-out answers; 0 is SFT's mean",
+    "reward/sft_mean": "mean proxy score of SFT's held-out answers",
+    "reward/gold_agreement": "share of held-out (policy, SFT) answer pairs on which the reward model agrees with gold",
+    "reward/gold_agreement_world": "reward-model agreement with gold on held-out pairs of the world's candidates",
+    "reward/gold_agreement_sft_samples": "reward-model agreement with gold on held-out pairs of two SFT samples",
+    "labels": "labels in the store so far (pairs, ties, 'both bad' and rankings)",
+}
+
+
+@dataclass
+class RLHFConfig:
+    """Sizes and seeds shared by every stage; `quick()` is what the tests and `make demo --quick` use."""
+
+    out_dir: str = "runs/rlhf"  # sft/, round_<r>/ (reward, policy), labels.db, rounds.jsonl
+    base: str = "tiny"  # base model of every role: 'tiny', 'smollm2-135m', a local directory or a hub id
+    quantization: str | None = None  # '4bit': every model on one nf4 base
+    seed: int = 0  # seeds prompts, sampling and training
+    # -- SFT and the reward model
+    n_demonstrations: int = 128  # SFT budget, small on purpose (see the module docstring)
+    reward_epochs: float = 2.0  # passes over the comparisons
+    # -- the policy update
+    method: str = "ppo"  # 'ppo' or 'dpo' (DPO has no reward model, so active learning falls back to random picks)
+    ppo_steps: int = 16  # PPO steps of ppo_batch_size responses (per round in the loop)
+    ppo_batch_size: int = 16  # responses per PPO step
+    ppo_learning_rate: float = 1e-4  # LoRA learning rate of PPO
+    kl_coef: float = 0.2  # initial KL penalty (adaptive toward target_kl)
+    target_kl: float = 3.0  # nats per response the adaptive controller steers to
+    dpo_epochs: float = 2.0  # DPO passes over the comparisons
+    dpo_beta: float = 0.1  # DPO's implicit KL strength
+    response_length: int = 32  # most tokens per sampled response, everywhere
+    # -- evaluation
+    n_heldout: int = 48  # held-out prompts of every evaluation
+    # -- the iterated loop (rlhflab.loop)
+    rounds: int = 3  # label -> reward -> policy rounds
+    labels_per_round: int = 300  # pairs sent to annotators per round
+    pool_per_label: int = 2  # candidate pairs generated per label spent; active learning picks among them
+    random_share: float = 0.25  # share of each round's pairs drawn at random (see rlhflab.active)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.rounds < 1 or self.labels_per_round < 1:
+            raise ValueError("the loop needs at least 1 round and 1 label per round")
+
+    @classmethod
+    def quick(cls, out_dir: str, **overrides) -> RLHFConfig:
+        settings = dict(out_dir=out_dir, rounds=2, n_demonstrations=64, labels_per_round=96, ppo_steps=4,
+                        reward_epochs=2.0, n_heldout=24)
+        return cls(**{**settings, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts, loading and sampling, the same way in every stage
+# ---------------------------------------------------------------------------------------------
+
+def heldout_prompts(world, config: RLHFConfig) -> list[str]:
+    return [q.text for q in world.questions("heldout", config.n_heldout, seed=config.seed + 11)]
+
+
+def ppo_prompts(world, config: RLHFConfig) -> list[str]:
+    return [q.text for q in world.questions("train", 2000, seed=config.seed + 13)]
+
+
+def load(config: RLHFConfig, adapter: str | Path | None = None, trainable: bool = False) -> Policy:
+    """The base with `adapter` on it; `trainable` adds (or keeps training) a LoRA adapter."""
+    return load_policy(config.base, lora=True if trainable else None, adapter=str(adapter) if adapter else None,
+                       quantization=config.quantization)
+
+
+def sample(policy: Policy, prompts: list[str], config: RLHFConfig, seed: int) -> list[str]:
+    return policy.generate(prompts, max_new_tokens=config.response_length, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stages
+# ---------------------------------------------------------------------------------------------
+
+def sft_stage(world, config: RLHFConfig, out: str | Path | None = None, live: LivePlot | None = None) -> Path:
+    """LoRA SFT of the base on `config.n_demonstrations`; returns the adapter directory (default out_dir/sft).
+
+    A directory that already holds a trained adapter is reused, so a rerun or a resumed loop starts from it.
+    """
+    out = Path(out or Path(config.out_dir) / "sft")
+    if not (out / ADAPTER_WEIGHTS).exists():
+        demonstrations = world.demonstrations("train", config.n_demonstrations, seed=config.seed)
+        train_sft(load(config, trainable=True), demonstrations,
+                  SFTConfig(output_dir=str(out), seed=config.seed, logging_steps=2), live=live)
+    return out
+
+
+@dataclass
+class Baseline:
+    """SFT's answers to the held-out prompts, and their gold scores."""
+
+    policy: Policy  # the SFT policy (frozen)
+    prompts: list[str]
+    responses: list[str]
+    gold_scores: list[float]
+
+
+def sft_baseline(world, gold, config: RLHFConfig, sft_dir: Path) -> Baseline:
+    policy = load(config, sft_dir)
+    prompts = heldout_prompts(world, config)
+    responses = sample(policy, prompts, config, seed=config.seed + 21)
+    return Baseline(policy, prompts, responses, [gold.score(p, r) for p, r in zip(prompts, responses)])
+
+
+def reward_stage(comparisons, config: RLHFConfig, baseline: Baseline, out: str | Path,
+                 live: LivePlot | None = None) -> RewardModel:
+    """A fresh LoRA reward model on comparison rows (a store, its `trl_rows`, or any prompt / chosen /
+    rejected rows), normalised to mean 0 and std 1 on SFT's held-out samples, and saved to `out`."""
+    reward_model = load_reward_model(config.base, lora=True, quantization=config.quantization)
+    train_reward_model(reward_model, comparisons, RewardConfig(output_dir=str(out), epochs=config.reward_epochs,
+                                                               seed=config.seed, logging_steps=10), live=live)
+    reward_model.normalize_on(baseline.prompts, baseline.responses)
+    reward_model.save(out)
+    return reward_model
+
+
+def reward_agreement(reward_model, world, gold, config: RLHFConfig, baseline: Baseline) -> tuple[dict, dict]:
+    """How often a reward model agrees with gold on held-out pairs it never saw: the world's candidates,
+    and two SFT samples per prompt (what PPO will first show it). Returns the metrics, and
+    `evaluate_reward_model`'s result on both sets together (calibration table, raw scores)."""
+    world_pairs = gold.preferences(*world.candidate_pairs("heldout", config.n_heldout * 2, seed=config.seed + 5))
+    sft_pairs = gold.preferences(*sample_pairs(baseline.policy, baseline.prompts, seed=config.seed + 7))
+    metrics = {f"reward/gold_agreement_{name}": evaluate_reward_model(reward_model, pairs)["metrics"]["eval/accuracy"]
+               for name, pairs in (("world", world_pairs), ("sft_samples", sft_pairs))}
+    return metrics, evaluate_reward_model(reward_model, world_pairs + sft_pairs)
+
+
+def ppo_trainer(world, gold, config: RLHFConfig, sft_dir: Path, reward_dir: Path, *, start: Path | None = None,
+                out: str | Path | None = None, first_step: int = 0, seed: int | None = None,
+                separate_reward: bool = False, ppo_fields: dict | None = None,
+                live: LivePlot | None = None) -> PPOTrainer:
+    """A PPO trainer from the `start` adapter (default SFT), with the SFT adapter as the KL reference.
+
+    By default the reward model is a third adapter on the same base (`SharedReward`); with
+    `separate_reward` it is its own model. `first_step` continues a step count (the loop's rounds
+    draw one curve), and `ppo_fields` sets further PPOConfig fields, e.g. {'value_model': 'adapter'}
+    (the value adapter then starts from the reward model).
+    """
+    policy = load(config, start or sft_dir, trainable=True)
+    reward = (load_reward_model(str(reward_dir), quantization=config.quantization) if separate_reward
+              else SharedReward(policy, reward_dir))
+    ppo_config = PPOConfig(output_dir=str(out or Path(config.out_dir) / "ppo"), steps=first_step + config.ppo_steps,
+                           batch_size=config.ppo_batch_size, mini_batch_size=config.ppo_batch_size // 2,
+                           learning_rate=config.ppo_learning_rate, kl_coef=config.kl_coef,
+                           target_kl=config.target_kl, kl_horizon=50 * config.ppo_batch_size,
+                           response_length=config.response_length, seed=config.seed if seed is None else seed,
+                           **(ppo_fields or {}))
+    trainer = PPOTrainer(policy, ppo_prompts(world, config), reward, ppo_config, gold=gold, live=live,
+                         reference_adapter=sft_dir, value_from=reward_dir)
+    trainer.step = first_step
+    return trainer
+
+
+def policy_stage(method: str, world, gold, config: RLHFConfig, *, sft_dir: Path, start: Path, out: Path,
+                 reward_dir: Path | None = None, comparisons=None, seed: int | None = None, first_step: int = 0,
+                 live: LivePlot | None = None) -> tuple[Path, int]:
+    """One policy update from the `start` adapter: PPO against the reward model at `reward_dir`, or DPO on
+    `comparisons` (its reference is `start`). Returns the new adapter's directory and the PPO step reached."""
+    seed = config.seed if seed is None else seed
+    if method == "dpo":
+        out = Path(out) / "dpo"
+        train_dpo(load(config, start, trainable=True), comparisons,
+                  DPOConfig(output_dir=str(out), epochs=config.dpo_epochs, beta=config.dpo_beta, seed=seed,
+                            logging_steps=2), live=live or LivePlot(out, title="DPO"))
+        return out, first_step
+    if method == "ppo":
+        if reward_dir is None:
+            raise ValueError("PPO needs a reward model: pass reward_dir (from reward_stage)")
+        result = ppo_trainer(world, gold, config, sft_dir, reward_dir, start=start, out=Path(out) / "ppo",
+                             first_step=first_step, seed=seed, live=live).train()
+        return result.output_dir / "checkpoint", result.step
+    raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The one evaluation
+# ---------------------------------------------------------------------------------------------
+
+def evaluate(policy: Policy, baseline: Baseline, gold, config: RLHFConfig, reward=None,
+             name: str = "policy") -> tuple[dict, pd.DataFrame]:
+    """`policy` against SFT on the held-out prompts, in METRICS' names, and a table of samples.
+
+    KL(policy || SFT) is k1 on the policy's own samples: the mean over them of log pi(y|x) - log sft(y|x).
+    `reward` (a RewardModel, SharedReward or anything with `score`) adds the proxy means and the
+    reward model's agreement with gold on (policy, SFT) answer pairs.
+    """
+    prompts = baseline.prompts
+    responses = sample(policy, prompts, config, seed=config.seed + 41)
+    kl = (policy.response_logprobs(prompts, responses) - baseline.policy.response_logprobs(prompts, responses))
+    gold_scores = [gold.score(p, r) for p, r in zip(prompts, responses)]
+    metrics = {"gold/win_rate_vs_sft": gold.win_rate(prompts, responses, baseline.responses),
+               "gold/mean": statistics.fmean(gold_scores), "gold/sft_mean": statistics.fmean(baseline.gold_scores),
+               "kl/to_sft": kl.mean().item()}
+    if reward is not None:
+        metrics["reward/mean"] = reward.score(prompts, responses).mean().item()
+        metrics["reward/sft_mean"] = reward.score(prompts, baseline.responses).mean().item()
+        pairs = gold.preferences(prompts, responses, baseline.responses)
+        if pairs:  # gold calls some pairs ties; with none decided there is nothing to agree on
+            metrics["reward/gold_agreement"] = evaluate_reward_model(reward, pairs)["metrics"]["eval/accuracy"]
+    samples = pd.DataFrame({"prompt": prompts, "SFT": baseline.responses, "SFT gold": baseline.gold_scores,
+                            name: responses, f"{name} gold": gold_scores})
+    return metrics, samples

@@ -1,0 +1,50 @@
+"""What every TRL-backed stage (SFT, reward model, DPO) shares, written once: the mapping of a stage's
+flat config onto its `trl.*Config`, the device and precision rule (also for the adapters TRL
+casts), the QLoRA refusal, and saving.
+
+A stage config has the fields below; each stage adds its own TRL fields (DPO's beta, SFT's warmup
+and gradient accumulation) through `**fields`.
+
+    output_dir, epochs, max_steps, batch_size, learning_rate, max_length, logging_steps, seed
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .models import keep_trainable_weights_in_adapter_dtype, precision_for
+
+
+def refuse_to_train_quantized(model: torch.nn.Module, is_lora: bool, loader: str) -> None:
+    """4-bit and 8-bit weights cannot take gradient steps; only a LoRA adapter on them can (QLoRA)."""
+    if getattr(model, "is_quantized", False) and not is_lora:
+        raise ValueError(f"a 4-bit or 8-bit model cannot be trained directly; load it with {loader}(..., lora=True) "
+                         "to train a LoRA adapter on it (QLoRA)")
+
+
+def trl_args(trl_config_class, config, device: str | torch.device, **fields):
+    """`trl_config_class` (e.g. `trl.DPOConfig`) from a stage config, training where the weights are and in
+    the device's precision (`rlhflab.models.precision_for`): fp32 on a CPU, bf16 on Ampere and newer,
+    fp16 with loss scaling on a T4. Checkpoints and reporting are off: the stage saves what it trained."""
+    shared = dict(output_dir=str(config.output_dir), num_train_epochs=config.epochs, max_steps=config.max_steps,
+                  per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+                  learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
+                  max_length=config.max_length, logging_steps=config.logging_steps, seed=config.seed,
+                  save_strategy="no", report_to="none", **precision_for(device).trainer_args())
+    return trl_config_class(**{**shared, **fields})
+
+
+def restore_adapter_dtype(trainer) -> None:
+    """Put a TRL trainer's trainable weights back in the device's adapter dtype: TRL casts a quantized
+    model's adapters to bf16 (QLoRA's choice), which a CPU or a T4 (fp16 with a GradScaler) cannot train."""
+    keep_trainable_weights_in_adapter_dtype(trainer.model)
+
+
+def save_trained(trainer, output_dir: Path, tokenizer) -> None:
+    """The adapter (peft's adapter_model.safetensors + adapter_config.json) or the full model, and the
+    tokenizer; TRL's training_args.bin is a pickle nothing of ours reads, so it is removed."""
+    trainer.save_model(str(output_dir))
+    (Path(output_dir) / "training_args.bin").unlink(missing_ok=True)
+    tokenizer.save_pretrained(output_dir)
