@@ -37,7 +37,8 @@ from .live import LivePlot
 from .models import Policy
 from .records import Item
 from .reward import evaluate_reward_model, load_reward_model
-from .stages import Baseline, RLHFConfig, evaluate, load, policy_stage, reward_stage, sample, sft_baseline, sft_stage
+from .stages import (Baseline, RLHFConfig, evaluate, heldout_prompts, load, policy_stage, reward_stage, sample,
+                     sft_baseline, sft_stage)
 from .store import LabelStore
 from .tiny.annotate import label_with_gold
 
@@ -79,6 +80,7 @@ class RLHFLoop:
         self.store = LabelStore(self.out_dir / "labels.db")
         self.live = live or LivePlot(self.out_dir / "ppo", title="PPO over the rounds")
         self.rounds_live = LivePlot(self.out_dir / "rounds", title="per round")
+        self.heldout = heldout_prompts(world, self.config)  # every round is scored on these
         self.sft_dir: Path | None = None  # set by sft()
         self.baseline: Baseline | None = None  # SFT's held-out answers: what every round is scored against
         self.results: list[RoundResult] = []
@@ -90,10 +92,6 @@ class RLHFLoop:
     @property
     def sft_policy(self) -> Policy:
         return self.baseline.policy
-
-    @property
-    def heldout(self) -> list[str]:
-        return self.baseline.prompts
 
     @property
     def sft_responses(self) -> list[str]:
