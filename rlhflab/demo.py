@@ -5,8 +5,10 @@
 Executes the quickstart notebook that ships in the package (`notebooks/00_quickstart.ipynb`: SFT,
 then rounds of gold labeling, reward model and PPO) with nbclient, and writes
 `<out>/quickstart.ipynb` (the executed notebook) and `<out>/quickstart.html` (the report of
-`rlhflab.report`, which the notebook's last cell writes). It works from a checkout and from an
-installed wheel alike.
+`rlhflab.report`, which the notebook's last cell writes). Where Chromium and Playwright are
+installed (`make test` installs Playwright; `apt-get install chromium`), it also writes screenshots
+of the report and of the PPO dashboard next to them, for people to look at. It works from a checkout
+and from an installed wheel alike.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .notebook import run_notebook, shipped_notebook
 from .stages import RLHFConfig
 
 QUICKSTART = "00_quickstart.ipynb"
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own browser download is the fallback
 _QUICK = RLHFConfig.quick("")
 QUICK_SETTINGS = (f"ROUNDS = {_QUICK.rounds}\nN_DEMONSTRATIONS = {_QUICK.n_demonstrations}\n"  # the notebook's
                   f"LABELS_PER_ROUND = {_QUICK.labels_per_round}\nPPO_STEPS = {_QUICK.ppo_steps}\n"  # parameters
@@ -37,9 +40,35 @@ def run_quickstart(out_dir: str | Path, quick: bool = False, timeout_s: int = 18
     run_notebook(shipped_notebook(QUICKSTART), out_dir, settings + (QUICK_SETTINGS if quick else ""),
                  timeout_s=timeout_s, save_to=out_dir / "quickstart.ipynb")
     rounds = [json.loads(line) for line in (out_dir / "runs" / "rounds.jsonl").read_text().splitlines()]
+    pictures = screenshots({out_dir / "quickstart.html": out_dir / "quickstart.png",
+                            out_dir / "runs" / "ppo" / "metrics.html": out_dir / "ppo.png"})
     return {"seconds": round(time.time() - started, 1), "report": str(out_dir / "quickstart.html"),
-            "notebook": str(out_dir / "quickstart.ipynb"),
+            "notebook": str(out_dir / "quickstart.ipynb"), "screenshots": [str(p) for p in pictures],
             "rounds": [{k: v for k, v in r.items() if k != "config"} for r in rounds]}
+
+
+def screenshots(pages: dict[Path, Path]) -> list[Path]:
+    """Full-page PNGs of HTML pages ({page: png}) in headless Chromium; none, with a note, without one."""
+    try:
+        from playwright.sync_api import Error, sync_playwright
+    except ImportError:
+        print("no screenshots: Playwright is not installed (pip install playwright)")
+        return []
+    executable = CHROMIUM if Path(CHROMIUM).exists() else None  # else Playwright's own download, if any
+    written = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+            view = browser.new_page(viewport={"width": 1200, "height": 900})
+            for html_path, png in pages.items():
+                view.goto(html_path.resolve().as_uri())
+                view.wait_for_selector(".plotly-graph-div .main-svg")  # plotly has drawn
+                view.screenshot(path=str(png), full_page=True)
+                written.append(png)
+            browser.close()
+    except Error as error:
+        print(f"no screenshots: Chromium did not start ({str(error).splitlines()[0]}); apt-get install chromium")
+    return written
 
 
 def main() -> None:

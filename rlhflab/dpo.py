@@ -91,7 +91,7 @@ def train_dpo(policy: Policy, preferences, config: DPOConfig | None = None, *, c
     refuse_to_train_quantized(policy.model, policy.is_lora, "load_policy")
     rows = dpo_rows(preferences, columns, include_flagged)
     output_dir = Path(config.output_dir)
-    live = live or LivePlot(output_dir, title="DPO")
+    live = live or LivePlot(output_dir, title="DPO", layout="dpo")
     args = trl_args(trl.DPOConfig, config, policy.device, beta=config.beta)
     trainer = trl.DPOTrainer(model=policy.model, args=args, train_dataset=conversations(rows),
                              processing_class=policy.tokenizer, callbacks=[live])

@@ -1,14 +1,22 @@
-"""Live training plots: one callback for every trainer in the lab.
+"""Live training dashboards: one callback for every trainer, one designed layout per kind of run.
 
 `LivePlot` is a transformers `TrainerCallback` (so TRL's SFT, reward and DPO trainers feed it as is)
-and has a plain `log(step, metrics)` for the lab's own loops (PPO). Metrics are grouped into
-panels by the prefix of their slash-separated name (`objective/kl` goes to the `objective` panel).
+and has a plain `log(step, metrics)` for the lab's own loops (PPO, the RLHF loop's rounds).
 
-- In a notebook kernel it shows one plotly FigureWidget per panel, updated in place. FigureWidget is
+Each chart answers one question ("Is the policy getting better?"): its axes have titles, it draws at
+most 4 curves, and every axis holds one scale. The layout is the run's kind, `LAYOUTS[kind]`: given
+(`LivePlot(..., layout="ppo")`) or recognised from the first metrics logged (PPO's `objective/kl`,
+DPO's `rewards/margins`, the reward trainer's `accuracy`, the loop's `gold/win_rate_vs_sft`, else
+SFT). A group of charts (PPO's health checks, the loop's rounds) is drawn as small multiples in one
+figure, each on its own scale. Health charts mark the published rules of thumb: points past them
+turn red. Metrics that no chart draws stay in `metrics.jsonl`.
+
+- In a notebook kernel it shows one plotly FigureWidget per chart or group, updated in place. FigureWidget is
   an anywidget, so it renders in JupyterLab 4, Notebook 7, VS Code and Colab (after
   `google.colab.output.enable_custom_widget_manager()`).
-- Everywhere, when given a `run_dir`, it appends each record to `metrics.jsonl` as it arrives and
-  writes a static `metrics.html` (plotly inlined, viewable offline) when training ends.
+- Everywhere, when given a `run_dir`, it appends each record to `metrics.jsonl` as it arrives, and
+  when training ends writes `metrics.html`: the same figures, built by the same functions, frozen,
+  with the latest samples (escaped) and self-contained CSS; plotly.js is inlined, so it works offline.
 """
 
 from __future__ import annotations
@@ -18,19 +26,126 @@ import json
 import math
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 IGNORED = {"epoch", "total_flos", "step"}  # bookkeeping the Trainer logs, not worth a curve
 HEADLESS_ENV = "RLHFLAB_HEADLESS"  # set to 1 to skip widgets even inside a kernel
+MAX_CURVES = 4  # per axis: more cannot be told apart
+WARNING = "#d62728"  # points past a rule of thumb
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")  # one per curve of a chart (plotly's first four, no red)
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
+p.summary{font-size:1.1em;background:#f4f7fb;border-left:4px solid #1f77b4;padding:.6em 1em}
+table{border-collapse:collapse;font-size:.9em;margin:.5em 0}th,td{border:1px solid #ddd;padding:.3em .6em;
+text-align:left;vertical-align:top}th{background:#f4f4f4}td{white-space:pre-wrap}"""
 
 
-def panel_of(name: str) -> str:
-    """'objective/kl' -> 'objective'; the Trainer's bare names ('loss') -> 'train', 'eval_loss' -> 'eval'."""
-    if "/" in name:
-        return name.split("/", 1)[0]
-    return "eval" if name.startswith("eval_") else "train"
+@dataclass(frozen=True)
+class Curve:
+    metric: str  # the logged name, e.g. 'objective/scores'
+    label: str  # what the legend says
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One chart: the question it answers and what it draws."""
+
+    question: str  # the chart's title
+    y_title: str  # the left axis, with its unit
+    curves: tuple[Curve, ...]  # at most MAX_CURVES, all on the left axis's scale
+    x_title: str = "step"
+    against_sqrt_of: str | None = None  # x = sqrt(this metric) at each step, instead of the step
+    y2: Curve | None = None  # one curve on a right-hand axis of its own scale
+    y2_title: str = ""
+    warn_above: float | None = None  # rule of thumb: a dashed line there, points above it in red
+    warn_below: float | None = None  # ... and below it
+    percent: bool = False  # values are shares: the axis shows percentages
+    from_first_step: bool = False  # dashed lines at each curve's first value (PPO's first rollout is SFT's)
+    group: str = ""  # charts of one group are drawn as small multiples under this heading
+
+    def __post_init__(self):
+        if not 1 <= len(self.curves) <= MAX_CURVES:
+            raise ValueError(f"a chart draws 1 to {MAX_CURVES} curves, not {len(self.curves)}: {self.question!r}")
+        if self.group and self.y2 is not None:
+            raise ValueError(f"a chart of a group has one axis: {self.question!r}")
+
+    @property
+    def metrics(self) -> list[str]:
+        return [c.metric for c in self.curves] + ([self.y2.metric] if self.y2 else [])
+
+
+HEALTH = "Is the optimisation healthy?"
+ROUNDS = "How did each round do? (held-out prompts, scored by the gold annotator)"
+
+
+def _health(metric: str, label: str, unit: str, **rules) -> Chart:
+    return Chart(label, unit, (Curve(metric, label),), group=HEALTH, **rules)
+
+
+LAYOUTS: dict[str, tuple[Chart, ...]] = {
+    # Rules of thumb: clip fraction above 0.3 and approx KL above 0.1 per update mean steps too large
+    # (Schulman et al. 2017; Huang et al. 2022, "The 37 implementation details of PPO"); explained
+    # variance below 0 means the value head predicts worse than a constant.
+    "ppo": (
+        Chart("Is the policy getting better?", "score (reward: normalised; gold: -4 to 4)",
+              (Curve("objective/scores", "proxy reward"), Curve("objective/gold_scores", "gold score")),
+              from_first_step=True),
+        Chart("Is it staying close to SFT?", "KL to SFT (nats per response)", (Curve("objective/kl", "KL"),),
+              y2=Curve("objective/kl_coef", "KL coefficient beta"), y2_title="beta"),
+        Chart("Over-optimisation: proxy and gold as KL grows", "score",
+              (Curve("objective/scores", "proxy reward"), Curve("objective/gold_scores", "gold score")),
+              x_title="sqrt(KL to SFT) (sqrt nats)", against_sqrt_of="objective/kl"),
+        _health("policy/approxkl_avg", "approx KL per update", "nats", warn_above=0.1),
+        _health("policy/clipfrac_avg", "clip fraction", "share of tokens", warn_above=0.3),
+        _health("objective/entropy", "entropy", "nats per token"),
+        _health("val/explained_variance", "value explained variance", "1 is perfect", warn_below=0.0),
+        _health("val/response_length", "response length", "tokens"),
+        _health("val/eos_rate", "responses that end with EOS", "share", percent=True),
+        _health("loss/value_avg", "value loss", "squared error"),
+    ),
+    "sft": (
+        Chart("Is it learning the demonstrations?", "loss (nats per response token)",
+              (Curve("loss", "train"), Curve("eval_loss", "held out"))),
+        Chart("How often is the next token right?", "token accuracy",
+              (Curve("mean_token_accuracy", "train"), Curve("eval_mean_token_accuracy", "held out")), percent=True),
+    ),
+    "reward": (
+        Chart("Is it learning the comparisons?", "Bradley-Terry loss",
+              (Curve("loss", "train"), Curve("eval_loss", "held out"))),
+        Chart("Does it rank chosen above rejected?", "accuracy",
+              (Curve("accuracy", "train"), Curve("eval_accuracy", "held out")), percent=True, warn_below=0.5),
+        Chart("How far apart are chosen and rejected?", "reward margin (chosen - rejected)",
+              (Curve("margin", "train"), Curve("eval_margin", "held out"))),
+    ),
+    "dpo": (
+        Chart("Is it learning the preferences?", "DPO loss", (Curve("loss", "train"),)),
+        Chart("Does the implicit reward rank chosen above rejected?", "accuracy",
+              (Curve("rewards/accuracies", "implicit-reward accuracy"),), percent=True, warn_below=0.5),
+        Chart("Implicit rewards: beta * log(policy / reference)", "implicit reward",
+              (Curve("rewards/chosen", "chosen"), Curve("rewards/rejected", "rejected"),
+               Curve("rewards/margins", "margin"))),
+    ),
+    "rounds": (
+        Chart("Is RLHF beating SFT?", "gold win-rate against SFT", (Curve("gold/win_rate_vs_sft", "win-rate"),),
+              x_title="round", percent=True, group=ROUNDS),
+        Chart("Gold score of the answers", "mean gold score (-4 to 4)", (Curve("gold/mean", "this round's policy"),),
+              x_title="round", group=ROUNDS),
+        Chart("How far has it moved from SFT?", "KL to SFT (nats per response)", (Curve("kl/to_sft", "KL"),),
+              x_title="round", group=ROUNDS),
+        Chart("Does the reward model agree with gold?", "agreement on (policy, SFT) pairs",
+              (Curve("reward/gold_agreement", "agreement"),), x_title="round", percent=True, warn_below=0.5,
+              group=ROUNDS),
+    ),
+}
+RECOGNISED_BY = (("objective/kl", "ppo"), ("gold/win_rate_vs_sft", "rounds"), ("rewards/margins", "dpo"),
+                 ("accuracy", "reward"))  # the first metric of a run that names its kind; else 'sft'
+
+
+def layout_for(metrics) -> str:
+    return next((kind for metric, kind in RECOGNISED_BY if metric in metrics), "sft")
 
 
 def in_notebook() -> bool:
@@ -44,27 +159,107 @@ def in_notebook() -> bool:
     return shell is not None and "IPKernelApp" in shell.config
 
 
+def chart_figure(chart: Chart, history: dict, references: dict | None = None):
+    """The plotly figure of one chart from a run's `history` ({metric: [(step, value), ...]}).
+
+    `references` ({metric: [(value, label), ...]}) adds dashed lines, e.g. PPO's target KL.
+    """
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    _draw_chart(figure, chart, history, references or {})
+    if chart.y2 is not None:
+        x, y = _points(chart, history, chart.y2.metric)
+        figure.add_scatter(x=x, y=y, name=chart.y2.label, mode="lines", line_dash="dash", yaxis="y2")
+        figure.update_layout(yaxis2=dict(title=chart.y2_title, overlaying="y", side="right", showgrid=False))
+    figure.update_layout(title=dict(text=chart.question, font_size=14), height=320,
+                         margin=dict(t=50, b=45, l=60, r=60 if chart.y2 else 20),
+                         showlegend=len(chart.curves) > 1 or bool(chart.y2), legend=dict(orientation="h", y=-0.25))
+    return figure
+
+
+def group_figure(title: str, charts: list[Chart], history: dict, references: dict | None = None):
+    """Small multiples: one subplot per chart of a group, each on its own scale, in one figure."""
+    from plotly.subplots import make_subplots
+
+    cols = 2 if len(charts) == 4 else min(3, len(charts))
+    rows = math.ceil(len(charts) / cols)
+    cells = [{} if i < len(charts) else None for i in range(rows * cols)]  # no axes in empty cells
+    figure = make_subplots(rows=rows, cols=cols, subplot_titles=[c.question for c in charts],
+                           specs=[cells[r * cols:(r + 1) * cols] for r in range(rows)],
+                           horizontal_spacing=0.1, vertical_spacing=0.45 / rows)
+    for index, chart in enumerate(charts):
+        _draw_chart(figure, chart, history, references or {}, row=index // cols + 1, col=index % cols + 1)
+    figure.update_layout(title=dict(text=title, font_size=15), height=250 * rows + 70, showlegend=False,
+                         margin=dict(t=70, b=45, l=60, r=20))
+    return figure
+
+
+def _draw_chart(figure, chart: Chart, history: dict, references: dict, row: int | None = None,
+                col: int | None = None) -> None:
+    at = dict(row=row, col=col) if row else {}
+    for index, curve in enumerate(chart.curves):
+        x, y = _points(chart, history, curve.metric)
+        color = COLORS[index]
+        mode = "markers" if chart.against_sqrt_of else "lines+markers"  # KL goes back and forth: no lines
+        figure.add_scatter(x=x, y=y, name=curve.label, mode=mode, line_color=color,
+                           marker_color=[color if _fine(chart, v) else WARNING for v in y], **at)
+        if chart.from_first_step and y:
+            figure.add_hline(y=y[0], line_dash="dot", annotation_text=f"{curve.label} at step {x[0]} (SFT)",
+                             annotation_position="bottom right", **at)
+    for threshold in (chart.warn_above, chart.warn_below):
+        if threshold is not None:
+            figure.add_hline(y=threshold, line_dash="dash", line_color=WARNING, annotation_text="rule of thumb",
+                             annotation_position="top left", **at)
+    for value, label in references.get(chart.curves[0].metric, []):
+        figure.add_hline(y=value, line_dash="dash", annotation_text=label, annotation_position="top left", **at)
+    figure.update_xaxes(title_text=chart.x_title, dtick=1 if chart.x_title == "round" else None, **at)
+    figure.update_yaxes(title_text=chart.y_title, tickformat=".0%" if chart.percent else None, **at)
+
+
+def _points(chart: Chart, history: dict, metric: str) -> tuple[list, list]:
+    points = history.get(metric, [])
+    if chart.against_sqrt_of is None:
+        return [s for s, _ in points], [v for _, v in points]
+    x_at = dict(history.get(chart.against_sqrt_of, []))
+    kept = [(math.sqrt(max(x_at[s], 0.0)), v) for s, v in points if s in x_at]
+    return [x for x, _ in kept], [v for _, v in kept]
+
+
+def _fine(chart: Chart, value: float) -> bool:
+    return not ((chart.warn_above is not None and value > chart.warn_above)
+                or (chart.warn_below is not None and value < chart.warn_below))
+
+
 class LivePlot(TrainerCallback):
-    """Collects metrics, draws them live in notebooks, and keeps them in JSONL and HTML.
+    """Collects metrics, draws the run's dashboard live in notebooks, and keeps it in JSONL and HTML.
 
     Args:
-        run_dir: where metrics.jsonl and metrics.html go; None keeps them in memory only.
+        run_dir: where metrics.jsonl, samples.jsonl and metrics.html go; None keeps them in memory only.
         title: heading of the dashboard and the HTML page.
         widgets: show FigureWidgets; by default only inside a notebook kernel.
+        layout: a key of LAYOUTS ('ppo', 'sft', 'reward', 'dpo', 'rounds'); by default recognised
+            from the first metrics logged.
 
     Examples:
         >>> live = LivePlot(run_dir=None, widgets=False)
         >>> live.log(1, {"objective/kl": 0.1, "objective/scores": 0.5})
-        >>> live.history["objective/kl"]
-        [(1, 0.1)]
+        >>> live.history["objective/kl"], live.layout
+        ([(1, 0.1)], 'ppo')
     """
 
-    def __init__(self, run_dir: str | Path | None = None, title: str = "training", widgets: bool | None = None):
+    def __init__(self, run_dir: str | Path | None = None, title: str = "training", widgets: bool | None = None,
+                 layout: str | None = None):
+        if layout is not None and layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.title = title
+        self.title, self.layout = title, layout
         self.widgets = in_notebook() if widgets is None else widgets
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
-        self._figures: dict = {}  # panel -> FigureWidget
+        self.references: dict[str, list[tuple[float, str]]] = defaultdict(list)
+        self.latest_samples = None  # (step, DataFrame) of the last `samples` call
+        self.calibration_table = None  # a reward model's calibration at the end of training
+        self._figures: dict = {}  # panel title -> FigureWidget
         self._box = None
         self._samples = None  # HTML widget with the latest sample table
         if self.run_dir is not None:
@@ -79,12 +274,19 @@ class LivePlot(TrainerCallback):
     def html_path(self) -> Path:
         return self.run_dir / "metrics.html"
 
-    # -- the one entry point every trainer uses ---------------------------------------------------
+    @property
+    def charts(self) -> tuple[Chart, ...]:
+        """The layout's charts that have something to draw."""
+        return tuple(c for c in LAYOUTS[self.layout or "sft"] if any(m in self.history for m in c.metrics))
+
+    # -- what trainers call ---------------------------------------------------------------------
 
     def log(self, step: int, metrics: dict) -> None:
         """Record one step's metrics (non-numeric and non-finite values are kept out of the curves)."""
         curves = {k: float(v) for k, v in metrics.items()
                   if k not in IGNORED and isinstance(v, (int, float)) and math.isfinite(v)}
+        if self.layout is None and curves:
+            self.layout = layout_for(curves)
         for name, value in curves.items():
             self.history[name].append((step, value))
         if self.run_dir is not None:
@@ -93,8 +295,13 @@ class LivePlot(TrainerCallback):
         if self.widgets and curves:
             self._draw(curves)
 
+    def reference(self, metric: str, value: float, label: str) -> None:
+        """A dashed line at `value` on the chart of `metric`, e.g. PPO's target KL."""
+        self.references[metric].append((float(value), label))
+
     def samples(self, step: int, table) -> None:
         """Show a table of samples (a DataFrame; model text is escaped) and keep it in samples.jsonl."""
+        self.latest_samples = (step, table)
         if self.run_dir is not None:
             with (self.run_dir / "samples.jsonl").open("a") as f:
                 for row in table.to_dict("records"):
@@ -106,12 +313,20 @@ class LivePlot(TrainerCallback):
             if self._samples is None:
                 self._samples = ipywidgets.HTML()
                 display(self._samples)
-            self._samples.value = f"<b>samples at step {step}</b>" + table.to_html(index=False, escape=True)
+            self._samples.value = samples_html(step, table)
+
+    def calibration(self, table) -> None:
+        """A reward model's calibration at the end of training (`evaluate_reward_model`'s table)."""
+        self.calibration_table = table
+        if self.widgets:
+            from IPython.display import display
+
+            display(calibration_figure(table, widget=True))
 
     def close(self) -> None:
-        """Write the static HTML plot; call when training ends (trainers do it for you)."""
+        """Write the static dashboard; call when training ends (trainers do it for you)."""
         if self.run_dir is not None and self.history:
-            self.figure().write_html(self.html_path, include_plotlyjs=True)
+            self.html_path.write_text(page(self.title, self.sections(include_plotlyjs=True)))
 
     # -- transformers TrainerCallback hooks --------------------------------------------------------
 
@@ -123,26 +338,37 @@ class LivePlot(TrainerCallback):
 
     # -- drawing ---------------------------------------------------------------------------------
 
-    def panels(self) -> dict[str, list[str]]:
-        grouped: dict[str, list[str]] = defaultdict(list)
-        for name in self.history:
-            grouped[panel_of(name)].append(name)
-        return dict(grouped)
+    def panels(self) -> list[tuple[str, list[Chart]]]:
+        """(title, charts) in layout order: a chart alone, or a group's charts as small multiples."""
+        panels: dict[str, list[Chart]] = {}
+        for chart in self.charts:
+            panels.setdefault(chart.group or chart.question, []).append(chart)
+        return list(panels.items())
 
-    def figure(self):
-        """A static plotly figure: one row per panel, one trace per metric."""
-        from plotly.subplots import make_subplots
+    def figures(self) -> list:
+        """One plotly figure per panel with data, in layout order."""
+        return [self._figure(title, charts) for title, charts in self.panels()]
 
-        panels = self.panels()
-        figure = make_subplots(rows=len(panels), cols=1, subplot_titles=list(panels), vertical_spacing=0.08)
-        for row, names in enumerate(panels.values(), start=1):
-            for name in names:
-                steps, values = zip(*self.history[name])
-                figure.add_scatter(x=steps, y=values, name=name, mode="lines+markers", row=row, col=1)
-        figure.update_layout(title=self.title, height=260 * len(panels) + 80)
-        return figure
+    def sections(self, include_plotlyjs: bool) -> list[str]:
+        """The dashboard as HTML pieces (the figures, the calibration, the latest samples), for a page."""
+        parts = []
+        for figure in self.figures():
+            parts.append(figure.to_html(full_html=False, include_plotlyjs=include_plotlyjs,
+                                        config={"responsive": True}))
+            include_plotlyjs = False  # plotly.js once per page
+        if self.calibration_table is not None:
+            parts.append(calibration_figure(self.calibration_table).to_html(full_html=False, include_plotlyjs=False))
+        if self.latest_samples is not None:
+            parts.append(samples_html(*self.latest_samples))
+        return parts
+
+    def _figure(self, title: str, charts: list[Chart]):
+        if len(charts) == 1 and not charts[0].group:
+            return chart_figure(charts[0], self.history, self.references)
+        return group_figure(title, charts, self.history, self.references)
 
     def _draw(self, curves: dict) -> None:
+        """Update the panels these metrics appear on; one FigureWidget per panel, made once."""
         import ipywidgets
         import plotly.graph_objects as go
         from IPython.display import display
@@ -150,17 +376,46 @@ class LivePlot(TrainerCallback):
         if self._box is None:
             self._box = ipywidgets.VBox([ipywidgets.HTML(f"<b>{html.escape(self.title)}</b>")])
             display(self._box)
-        for name in curves:
-            panel = panel_of(name)
-            if panel not in self._figures:
-                figure = go.FigureWidget(layout=dict(title=panel, height=260, margin=dict(t=40, b=30)))
-                self._figures[panel] = figure
-                self._box.children = (*self._box.children, figure)
-            figure = self._figures[panel]
-            steps, values = zip(*self.history[name])
-            trace = next((t for t in figure.data if t.name == name), None)
-            if trace is None:
-                figure.add_scatter(x=steps, y=values, name=name, mode="lines+markers")
-            else:
-                with figure.batch_update():
-                    trace.x, trace.y = steps, values
+        for title, charts in self.panels():
+            if not {m for c in charts for m in c.metrics} & set(curves):
+                continue
+            fresh = self._figure(title, charts)
+            widget = self._figures.get(title)
+            if widget is None:
+                self._figures[title] = go.FigureWidget(fresh)
+                self._box.children = (*self._box.children, self._figures[title])
+                continue
+            with widget.batch_update():  # same traces in the same order: update their data in place
+                if len(widget.data) != len(fresh.data):
+                    widget.data = ()
+                    widget.add_traces(fresh.data)
+                for trace, new in zip(widget.data, fresh.data):
+                    trace.x, trace.y, trace.marker.color = new.x, new.y, new.marker.color
+                widget.layout.shapes, widget.layout.annotations = fresh.layout.shapes, fresh.layout.annotations
+
+
+def calibration_figure(table, widget: bool = False):
+    """Is the reward model calibrated? Predicted P(first wins) against the observed share, per bin."""
+    import plotly.graph_objects as go
+
+    figure = (go.FigureWidget if widget else go.Figure)()
+    figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated", line_dash="dot")
+    figure.add_scatter(x=table["mean predicted"], y=table["observed first wins"], mode="lines+markers",
+                       name="reward model", text=[f"{n} pairs" for n in table["pairs"]])
+    figure.update_layout(title=dict(text="Is the reward model calibrated? (held-out pairs)", font_size=14), height=320,
+                         xaxis=dict(title="predicted P(first wins)", tickformat=".0%", range=[0, 1]),
+                         yaxis=dict(title="observed share of first wins", tickformat=".0%", range=[0, 1]),
+                         legend=dict(orientation="h", y=-0.25), margin=dict(t=50, b=45, l=60, r=20))
+    return figure
+
+
+def samples_html(step: int, table) -> str:
+    """The sample table as HTML; model text is escaped (pandas escape=True)."""
+    return f"<h2>Samples at step {step}</h2>" + table.to_html(index=False, escape=True, float_format="{:.2f}".format)
+
+
+def page(title: str, sections: list[str]) -> str:
+    """A self-contained HTML page: our CSS inline, no CDN."""
+    return ("<!doctype html><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style><h1>{html.escape(title)}</h1>\n"
+            + "\n".join(sections))

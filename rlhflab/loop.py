@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -78,8 +79,8 @@ class RLHFLoop:
                              "(or delete that one) so nothing of the earlier run is mixed in or lost")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.store = LabelStore(self.out_dir / "labels.db")
-        self.live = live or LivePlot(self.out_dir / "ppo", title="PPO over the rounds")
-        self.rounds_live = LivePlot(self.out_dir / "rounds", title="per round")
+        self.live = live or LivePlot(self.out_dir / "ppo", title="PPO over the rounds", layout="ppo")
+        self.rounds_live = LivePlot(self.out_dir / "rounds", title="per round", layout="rounds")
         self.heldout = heldout_prompts(world, self.config)  # every round is scored on these
         self.sft_dir: Path | None = None  # set by sft()
         self.baseline: Baseline | None = None  # SFT's held-out answers: what every round is scored against
@@ -105,6 +106,8 @@ class RLHFLoop:
         live = LivePlot(self.out_dir / "sft", title="SFT", widgets=False)
         self.sft_dir = sft_stage(self.world, self.config, live=live)
         self.baseline = sft_baseline(self.world, self.gold, self.config, self.sft_dir)
+        self.rounds_live.reference("gold/mean", statistics.fmean(self.baseline.gold_scores), "SFT")
+        self.rounds_live.reference("gold/win_rate_vs_sft", 0.5, "SFT against itself")
         return self.sft_dir
 
     def pool(self, round_number: int) -> list[Item]:

@@ -14,6 +14,7 @@ labels in force. Pair labels count here; rankings enter the leaderboard through 
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter, defaultdict
 from itertools import combinations
 
@@ -161,8 +162,31 @@ def bradley_terry(games: list[tuple[str, str, float]], iterations: int = 200, pr
     return {p: ELO_BASE + 400 * math.log10(v) for p, v in strength.items()}
 
 
-def leaderboard(store):
-    """A pandas DataFrame of sources: games, wins, ties, losses, Elo and Bradley-Terry ratings, best first."""
+def bradley_terry_intervals(games: list[tuple[str, str, float]], samples: int = 200, level: float = 0.95,
+                            seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Bootstrap intervals of the Bradley-Terry ratings: the games resampled with replacement
+    `samples` times, the central `level` share of each source's ratings (Chatbot Arena's method,
+    Chiang et al. 2024)."""
+    rng = random.Random(seed)
+    draws: dict[str, list[float]] = defaultdict(list)
+    for _ in range(samples):
+        for source, rating in bradley_terry(rng.choices(games, k=len(games))).items():
+            draws[source].append(rating)
+    tail = (1 - level) / 2
+    return {source: (_quantile(values, tail), _quantile(values, 1 - tail)) for source, values in draws.items()}
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def leaderboard(store, intervals: int = 0):
+    """A pandas DataFrame of sources: games, wins, ties, losses, Elo and Bradley-Terry ratings, best first.
+
+    `intervals` > 0 adds 95% bootstrap bounds of the Bradley-Terry rating from that many resamples
+    (`bt_low`, `bt_high`).
+    """
     import pandas as pd
 
     games = _games(store)
@@ -175,8 +199,11 @@ def leaderboard(store):
             tally[player]["games"] += 1
             tally[player]["wins" if result == 1 else "ties" if result == 0.5 else "losses"] += 1
     ratings, strengths = elo(games), bradley_terry(games)
+    bounds = bradley_terry_intervals(games, intervals) if intervals > 0 else {}
     rows = [{"source": p, "games": t["games"], "wins": t["wins"], "ties": t["ties"], "losses": t["losses"],
-             "elo": round(ratings[p], 1), "bradley_terry": round(strengths[p], 1)} for p, t in tally.items()]
+             "elo": round(ratings[p], 1), "bradley_terry": round(strengths[p], 1),
+             **({"bt_low": round(bounds[p][0], 1), "bt_high": round(bounds[p][1], 1)} if bounds else {})}
+            for p, t in tally.items()]
     return pd.DataFrame(rows).sort_values("bradley_terry", ascending=False, ignore_index=True)
 
 

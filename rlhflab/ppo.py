@@ -288,9 +288,11 @@ class PPOTrainer:
         self.accelerator = Accelerator(cpu=policy.device.type == "cpu",
                                        mixed_precision=precision_for(policy.device).mixed_precision,
                                        gradient_accumulation_steps=config.gradient_accumulation_steps)
-        self.live = live or (LivePlot(self.output_dir, title="PPO") if self.accelerator.is_main_process
+        self.live = live or (LivePlot(self.output_dir, title="PPO", layout="ppo") if self.accelerator.is_main_process
                              else LivePlot(None, widgets=False))
         self.kl_ctl = AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+        if config.adaptive_kl:
+            self.live.reference("objective/kl", config.target_kl, "target KL")
         disable_dropout(policy.model)
         # Full fine-tuning needs its own frozen reference; LoRA gets it by switching adapters off.
         self.reference = None if policy.is_lora else copy.deepcopy(policy.model).requires_grad_(False).eval()
@@ -477,8 +479,7 @@ class PPOTrainer:
                 history.append(metrics)
                 self.live.log(self.step, metrics)
                 if self.step % c.sample_every == 0 or self.step == 1:
-                    self.live.samples(self.step, pd.DataFrame({"prompt": prompts, "response": batch["decoded"],
-                                                               "reward": batch["scores"].tolist()}).head(8))
+                    self.live.samples(self.step, self.sample_table(prompts, batch))
                 if self.step % c.save_every == 0:
                     self.save_checkpoint()
                 progress.update(1)
@@ -488,6 +489,14 @@ class PPOTrainer:
         self.save_checkpoint()
         self.live.close()
         return PPOResult(self.step, history, self.output_dir, interrupted)
+
+    def sample_table(self, prompts: list[str], batch: dict, rows: int = 8) -> pd.DataFrame:
+        """What the policy says now: prompt, response, proxy reward and (when known) gold score."""
+        table = pd.DataFrame({"prompt": prompts, "response": batch["decoded"], "reward": batch["scores"].tolist()})
+        table = table.head(rows)
+        if self.gold is not None:
+            table["gold"] = [self.gold.score(p, r) for p, r in zip(table["prompt"], table["response"])]
+        return table
 
     def metrics(self, batch: dict, losses: dict, prompts: list[str]) -> dict:
         mask, returns, values = batch["mask"], batch["returns"], batch["values"]
@@ -500,6 +509,7 @@ class PPOTrainer:
             "objective/entropy": batch["entropy"],
             "val/response_length": mask.sum(1).mean(),
             "val/num_eos_tokens": batch["has_eos"].float().sum(),
+            "val/eos_rate": batch["has_eos"].float().mean(),
             "val/explained_variance": explained,
         }
         if self.gold is not None:

@@ -287,7 +287,7 @@ def train_reward_model(reward_model: RewardModel, preferences, config: RewardCon
     train_rows = preference_rows(preferences, columns)
     eval_rows = preference_rows(eval_preferences, columns) if eval_preferences is not None else None
     output_dir = Path(config.output_dir)
-    live = live or LivePlot(output_dir, title="Reward model")
+    live = live or LivePlot(output_dir, title="Reward model", layout="reward")
     tokenizer = reward_model.tokenizer
     args = trl_args(trl.RewardConfig, config, reward_model.device)
     trainer = trl.RewardTrainer(
@@ -300,7 +300,10 @@ def train_reward_model(reward_model: RewardModel, preferences, config: RewardCon
     outcome = trainer.train()
     metrics = {"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"]}
     if eval_rows:
-        metrics.update(evaluate_reward_model(reward_model, eval_rows)["metrics"])
+        evaluation = evaluate_reward_model(reward_model, eval_rows)
+        metrics.update(evaluation["metrics"])
+        live.calibration(evaluation["calibration"])
+        live.close()  # the page again, now with the calibration chart
     reward_model.save(output_dir)
     (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing of ours reads it
     return metrics

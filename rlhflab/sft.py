@@ -72,7 +72,7 @@ def train_sft(policy: Policy, demonstrations, config: SFTConfig | None = None, *
     eval_rows = (as_rows(eval_demonstrations, DEMONSTRATION_COLUMNS, columns, what="eval_demonstrations")
                  if eval_demonstrations is not None else None)
     output_dir = Path(config.output_dir)
-    live = live or LivePlot(output_dir, title="SFT")
+    live = live or LivePlot(output_dir, title="SFT", layout="sft")
 
     args = trl_args(trl.SFTConfig, config, policy.device, warmup_steps=config.warmup_ratio,
                     gradient_accumulation_steps=config.gradient_accumulation_steps, completion_only_loss=True)

@@ -205,7 +205,7 @@ def policy_stage(method: str, world, gold, config: RLHFConfig, *, sft_dir: Path,
         out = Path(out) / "dpo"
         train_dpo(load(config, start, trainable=True), comparisons,
                   DPOConfig(output_dir=str(out), epochs=config.dpo_epochs, beta=config.dpo_beta, seed=seed,
-                            logging_steps=2), live=live or LivePlot(out, title="DPO"))
+                            logging_steps=2), live=live or LivePlot(out, title="DPO", layout="dpo"))
         return out, first_step
     if method == "ppo":
         if reward_dir is None:

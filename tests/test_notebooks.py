@@ -1,11 +1,14 @@
-"""Every notebook runs headless, top to bottom, with small settings."""
+"""Every notebook runs headless, top to bottom, with small settings; the quickstart's report reads well
+in a real browser."""
 
+import os
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from rlhflab.demo import QUICK_SETTINGS, run_quickstart
+from rlhflab.demo import CHROMIUM, QUICK_SETTINGS, run_quickstart
 from rlhflab.notebook import run_notebook
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
@@ -44,11 +47,11 @@ EXPECTED_FILES = {  # written by each notebook, relative to where it runs
 }
 
 
-def run(name: str, workdir: Path) -> nbformat.NotebookNode:
-    if name == "00_quickstart.ipynb":  # the quickstart runs the way `make demo` runs it, at quick sizes
-        run_quickstart(workdir, quick=True)
-        return nbformat.read(workdir / "quickstart.ipynb", as_version=4)
-    return run_notebook(NOTEBOOKS / name, workdir, SMALL[name])
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    """The quickstart run the way `make demo --quick` runs it: (its directory, run_quickstart's summary)."""
+    workdir = tmp_path_factory.mktemp("quickstart")
+    return workdir, run_quickstart(workdir, quick=True)
 
 
 def test_every_notebook_has_small_settings():
@@ -56,8 +59,12 @@ def test_every_notebook_has_small_settings():
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
-def test_notebook_runs(name, tmp_path):
-    notebook = run(name, tmp_path)
+def test_notebook_runs(name, tmp_path, request):
+    if name == "00_quickstart.ipynb":
+        tmp_path = request.getfixturevalue("quickstart")[0]
+        notebook = nbformat.read(tmp_path / "quickstart.ipynb", as_version=4)
+    else:
+        notebook = run_notebook(NOTEBOOKS / name, tmp_path, SMALL[name])
     errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     text = "\n".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
@@ -68,6 +75,36 @@ def test_notebook_runs(name, tmp_path):
     assert widgets, "the notebook's widgets (live plot, labelers) did not render inside the kernel"
     for path in EXPECTED_FILES[name]:
         assert (tmp_path / path).exists()
+
+
+def test_report_and_ppo_dashboard_read_well_in_a_browser(quickstart):
+    """The quickstart report opens with its summary sentence, every chart draws, no script fails, and
+    `make demo` wrote a screenshot of each page."""
+    if not Path(CHROMIUM).exists() and os.environ.get("CI") != "true":
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium) and not in CI")
+    from playwright.sync_api import sync_playwright
+
+    workdir, summary = quickstart
+    report, dashboard = workdir / "quickstart.html", workdir / "runs" / "ppo" / "metrics.html"
+    assert report.stat().st_size < 5 * 2**20
+    assert summary["screenshots"] == [str(workdir / "quickstart.png"), str(workdir / "ppo.png")]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        problems = []
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("console", lambda message: message.type == "error" and problems.append(message.text))
+        for html_path, least_charts in ((report, 8), (dashboard, 10)):
+            page.goto(html_path.as_uri())
+            page.wait_for_selector(".plotly-graph-div .main-svg")
+            drawn = page.locator(".plotly-graph-div .main-svg").count()
+            assert page.locator(".plotly-graph-div").count() >= least_charts and drawn >= least_charts, html_path
+        page.goto(report.as_uri())
+        sentence = page.locator("p.summary").inner_text()
+        browser.close()
+    assert re.fullmatch(r"2 rounds, [\d,]+ labels: gold win-rate against SFT (rose|fell) from 50% to \d+% at "
+                        r"[\d.]+ nats of KL; the reward model agreed with gold on \d+% of pairs\.", sentence), sentence
+    assert not problems, problems
 
 
 def test_setup_says_which_model_device_and_precision(capsys, monkeypatch):
