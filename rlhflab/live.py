@@ -379,19 +379,23 @@ class LivePlot(TrainerCallback):
         for title, charts in self.panels():
             if not {m for c in charts for m in c.metrics} & set(curves):
                 continue
-            fresh = self._figure(title, charts)
             widget = self._figures.get(title)
-            if widget is None:
-                self._figures[title] = go.FigureWidget(fresh)
+            if widget is None:  # the whole figure once; afterwards only its curves' data change
+                self._figures[title] = go.FigureWidget(self._figure(title, charts))
                 self._box.children = (*self._box.children, self._figures[title])
                 continue
-            with widget.batch_update():  # same traces in the same order: update their data in place
-                if len(widget.data) != len(fresh.data):
-                    widget.data = ()
-                    widget.add_traces(fresh.data)
-                for trace, new in zip(widget.data, fresh.data):
-                    trace.x, trace.y, trace.marker.color = new.x, new.y, new.marker.color
-                widget.layout.shapes, widget.layout.annotations = fresh.layout.shapes, fresh.layout.annotations
+            with widget.batch_update():
+                for trace, (chart, metric) in zip(widget.data, _traced(charts)):
+                    x, y = _points(chart, self.history, metric)
+                    trace.x, trace.y = x, y
+                    if chart.y2 is None or metric != chart.y2.metric:
+                        color = COLORS[chart.metrics.index(metric)]
+                        trace.marker.color = [color if _fine(chart, v) else WARNING for v in y]
+
+
+def _traced(charts: list[Chart]) -> list[tuple[Chart, str]]:
+    """(chart, metric) of each trace, in the order the figures add them: a chart's curves, then its y2."""
+    return [(chart, metric) for chart in charts for metric in chart.metrics]
 
 
 def calibration_figure(table, widget: bool = False):

@@ -164,9 +164,11 @@ def reward_agreement(reward_model, world, gold, config: RLHFConfig, baseline: Ba
     `evaluate_reward_model`'s result on both sets together (calibration table, raw scores)."""
     world_pairs = gold.preferences(*world.candidate_pairs("heldout", config.n_heldout * 2, seed=config.seed + 5))
     sft_pairs = gold.preferences(*sample_pairs(baseline.policy, baseline.prompts, seed=config.seed + 7))
-    metrics = {f"reward/gold_agreement_{name}": evaluate_reward_model(reward_model, pairs)["metrics"]["eval/accuracy"]
-               for name, pairs in (("world", world_pairs), ("sft_samples", sft_pairs))}
-    return metrics, evaluate_reward_model(reward_model, world_pairs + sft_pairs)
+    evaluation = evaluate_reward_model(reward_model, world_pairs + sft_pairs)  # every pair scored once
+    agrees = (evaluation["chosen"] > evaluation["rejected"]).float()
+    metrics = {"reward/gold_agreement_world": agrees[:len(world_pairs)].mean().item(),
+               "reward/gold_agreement_sft_samples": agrees[len(world_pairs):].mean().item()}
+    return metrics, evaluation
 
 
 def ppo_trainer(world, gold, config: RLHFConfig, sft_dir: Path, reward_dir: Path, *, start: Path | None = None,
