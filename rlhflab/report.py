@@ -39,8 +39,9 @@ def summary(table: pd.DataFrame) -> str:
     last = table.iloc[-1]
     rounds = f"{len(table)} round{'s' if len(table) > 1 else ''}"
     trend = "rose" if last["gold/win_rate_vs_sft"] >= 0.5 else "fell"
+    kl = max(last["kl/to_sft"], 0.0)  # k1 on a few dozen samples can dip below 0; KL itself cannot
     sentence = (f"{rounds}, {last['labels']:,.0f} labels: gold win-rate against SFT {trend} from 50% to "
-                f"{last['gold/win_rate_vs_sft']:.0%} at {last['kl/to_sft']:.1f} nats of KL")
+                f"{last['gold/win_rate_vs_sft']:.0%} at {kl:.1f} nats of KL")
     if "reward/gold_agreement" in table and pd.notna(last.get("reward/gold_agreement")):
         sentence += f"; the reward model agreed with gold on {last['reward/gold_agreement']:.0%} of pairs"
     return sentence + "."

@@ -120,3 +120,15 @@ def test_setup_says_which_model_device_and_precision(capsys, monkeypatch):
     monkeypatch.setattr("torch.cuda.get_device_capability", lambda *a: (7, 5))  # a T4
     assert setup(hub) == (hub, "4bit")
     assert "device: cuda:0 | precision: fp16 with loss scaling | weights: 4-bit nf4" in capsys.readouterr().out
+
+
+def test_summary_never_reports_negative_kl():
+    """Seen in a quick run: k1 on 24 samples gave -0.03 nats, and the report said '-0.0 nats of KL'."""
+    import pandas as pd
+
+    from rlhflab.report import summary
+
+    table = pd.DataFrame([{"round": 1, "labels": 95, "gold/win_rate_vs_sft": 0.54, "kl/to_sft": -0.03,
+                           "reward/gold_agreement": 0.71}])
+    assert summary(table) == ("1 round, 95 labels: gold win-rate against SFT rose from 50% to 54% at 0.0 nats of "
+                              "KL; the reward model agreed with gold on 71% of pairs.")
