@@ -1,10 +1,13 @@
-"""SFT, best-of-n, DPO and PPO at an equal label budget on the tiny world, and active vs random labeling.
+"""Every method at an equal label budget on the tiny world, over seeds; and active vs random labeling.
 
     .venv/bin/python benchmarks/rlhf_methods.py [--labels 800] [--ppo-steps 60] [--heldout 128]
+        [--seeds 0 1 2] [--methods dpo kto ilql ppo] [--no-active]
 
 Every method learns from the same gold-labelled pairs of SFT samples (`rlhflab.loop.compare_methods`);
-the gold annotator then scores each on held-out prompts: win-rate against SFT (ties count half) and
-KL to SFT in nats per response (measured for DPO and PPO, the closed form for best-of-n). The
+'KTO (ratings)' learns from as many gold thumbs ratings of single SFT samples instead. The gold
+annotator then scores each on held-out prompts: win-rate against SFT (ties count half) and KL to
+SFT in nats per response (measured, best-of-n's in closed form). Each seed redraws SFT, the labels,
+the training and the held-out samples; the table gives the median and the range over seeds. The
 learning curve (`rlhflab.loop.active_vs_random`) spends the same labels in batches, picked at
 random or by reward-model uncertainty, and measures the reward model's agreement with gold on
 held-out pairs after each batch. Prints Markdown tables and writes benchmarks/results/rlhf_methods.json.
@@ -15,17 +18,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rlhflab import GoldAnnotator, TinyWorld  # noqa: E402
-from rlhflab.loop import active_vs_random, compare_methods  # noqa: E402
-from rlhflab.stages import RLHFConfig  # noqa: E402
+import pandas as pd
+
+from rlhflab import GoldAnnotator, TinyWorld
+from rlhflab.loop import active_vs_random, compare_methods
+from rlhflab.stages import RLHFConfig
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def spread(values, percent: bool = False) -> str:
+    """'median (min-max)' of one metric over seeds."""
+    shown = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.2f}")
+    values = list(values)
+    if len(values) == 1:
+        return shown(values[0])
+    return f"{shown(statistics.median(values))} ({shown(min(values))}-{shown(max(values))})"
 
 
 def main() -> None:
@@ -34,39 +49,52 @@ def main() -> None:
     parser.add_argument("--ppo-steps", type=int, default=60, help="PPO steps of 16 responses")
     parser.add_argument("--heldout", type=int, default=128, help="held-out prompts")
     parser.add_argument("--batches", type=int, default=4, help="batches of the active-vs-random curve")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=["dpo", "kto", "ilql", "ppo"])
+    parser.add_argument("--no-active", action="store_true", help="skip the active-vs-random curve")
     args = parser.parse_args()
 
-    world, started = TinyWorld(seed=0), time.time()
+    world = TinyWorld(seed=0)
     gold = GoldAnnotator(world)
+    tables, curves, seconds = [], [], {}
     with tempfile.TemporaryDirectory() as scratch:
-        config = RLHFConfig(out_dir=f"{scratch}/methods", labels_per_round=args.labels, ppo_steps=args.ppo_steps,
-                            n_heldout=args.heldout, seed=args.seed)
-        methods = compare_methods(world, gold, config, best_of=(4, 16))
-        methods_seconds = time.time() - started
-        curve = active_vs_random(world, gold, RLHFConfig(out_dir=f"{scratch}/active", n_heldout=args.heldout,
-                                                         labels_per_round=args.labels // args.batches, seed=args.seed),
-                                 batches=args.batches)
-    seconds = time.time() - started
-
-    print(f"\n## Methods at an equal budget of {methods.attrs['labels']} gold labels "
-          f"({args.heldout} held-out prompts, {methods_seconds:.0f} s)\n")
-    print("| method | gold win-rate vs SFT | KL to SFT (nats) | gold mean | reward mean |\n|---|---|---|---|---|")
-    for row in methods.to_dict("records"):
-        print(f"| {row['method']} | {row['gold/win_rate_vs_sft']:.1%} | {row['kl/to_sft']:.2f} | {row['gold/mean']:.2f} | "
-              f"{row['reward/mean']:.2f} |")
-    table = curve.pivot(index="batch", columns="strategy", values="reward/gold_agreement_sft_samples")
-    decided = curve.pivot(index="batch", columns="strategy", values="decided_share")
-    labels = curve.groupby("batch")["labels"].max()
-    print(f"\n## Reward-model agreement with gold per label spent ({seconds - methods_seconds:.0f} s)\n")
-    print("| labels | random | active | decided pairs: random | decided pairs: active |\n|---|---|---|---|---|")
-    for batch, row in table.iterrows():
-        print(f"| {labels[batch]} | {row['random']:.1%} | {row['active']:.1%} | {decided['random'][batch]:.1%} | "
-              f"{decided['active'][batch]:.1%} |")
+        for seed in args.seeds:
+            started = time.time()
+            config = RLHFConfig(out_dir=f"{scratch}/methods-{seed}", labels_per_round=args.labels,
+                                ppo_steps=args.ppo_steps, n_heldout=args.heldout, seed=seed)
+            table = compare_methods(world, gold, config, best_of=(4, 16), methods=tuple(args.methods))
+            tables.append(table.assign(seed=seed, labels=table.attrs["labels"]))
+            seconds[f"methods seed {seed}"] = round(time.time() - started, 1)
+            if not args.no_active:
+                started = time.time()
+                curve = active_vs_random(world, gold, RLHFConfig(out_dir=f"{scratch}/active-{seed}", seed=seed,
+                                                                 n_heldout=args.heldout,
+                                                                 labels_per_round=args.labels // args.batches),
+                                         batches=args.batches)
+                curves.append(curve.assign(seed=seed))
+                seconds[f"active seed {seed}"] = round(time.time() - started, 1)
+    methods = pd.concat(tables)
+    order = list(dict.fromkeys(methods["method"]))
+    print(f"\n## Methods at an equal budget of {args.labels} gold labels, {len(args.seeds)} seeds "
+          f"({args.heldout} held-out prompts; median (range))\n")
+    print("| method | gold win-rate vs SFT | KL to SFT (nats) | gold mean |\n|---|---|---|---|")
+    for name in order:
+        rows = methods[methods["method"] == name]
+        print(f"| {name} | {spread(rows['gold/win_rate_vs_sft'], percent=True)} | {spread(rows['kl/to_sft'])} | "
+              f"{spread(rows['gold/mean'])} |")
+    result = {"args": vars(args), "seconds": seconds, "methods": methods.to_dict("records")}
+    if curves:
+        curve = pd.concat(curves)
+        print("\n## Reward-model agreement with gold per label spent (median (range) over seeds)\n")
+        print("| labels | random | active | decided pairs: random | decided pairs: active |\n|---|---|---|---|---|")
+        for batch, rows in curve.groupby("batch"):
+            cells = [spread(rows[rows["strategy"] == s][column], percent=True)
+                     for column in ("reward/gold_agreement_sft_samples", "decided_share") for s in ("random", "active")]
+            print(f"| {int(rows['labels'].median())} | " + " | ".join(cells) + " |")
+        result["active_vs_random"] = curve.to_dict("records")
+    print("\nseconds:", seconds)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "rlhf_methods.json").write_text(json.dumps({
-        "args": vars(args), "seconds": round(seconds, 1), "labels": methods.attrs["labels"],
-        "methods": methods.to_dict("records"), "active_vs_random": curve.to_dict("records")}, indent=2) + "\n")
+    (RESULTS / "rlhf_methods.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     items_from        a DataFrame, Dataset, JSONL file or list of dicts with K response columns
     GenerationQueue   K responses per prompt from one or two policies, made in background batches
                       ahead of labeling; `answer` is the playground's: replies to a typed prompt
+                      (two to compare, or one to rate up or down)
 
 The tiny world's own candidates come from `rlhflab.tiny.annotate.world_items`.
 """
@@ -114,10 +115,10 @@ class GenerationQueue:
             for listener in self.listeners:
                 listener()
 
-    def generate(self, prompts: list[str], seed: int = 0) -> list[Item]:
-        """K responses for each prompt, response i from policy i % len(policies)."""
+    def generate(self, prompts: list[str], seed: int = 0, k: int | None = None) -> list[Item]:
+        """K responses for each prompt (`k`, else config.k), response i from policy i % len(policies)."""
         columns, sources = [], []
-        for i in range(self.config.k):
+        for i in range(self.config.k if k is None else k):
             index = i % len(self.policies)
             policy = self.policies[index]
             columns.append(policy.generate(prompts, max_new_tokens=self.config.max_new_tokens,
@@ -127,11 +128,17 @@ class GenerationQueue:
                            else policy.name)
         return [Item(p, tuple(col[j] for col in columns), tuple(sources)) for j, p in enumerate(prompts)]
 
-    def answer(self, prompt: str, seed: int) -> Item:
-        """The playground: K fresh replies to a prompt a person typed, stored like any other item."""
+    def answer(self, prompt: str, seed: int, k: int | None = None) -> Item:
+        """The playground: K fresh replies to a prompt a person typed, stored like any other item.
+
+        Args:
+            k: how many replies; 1 gives a reply to rate up or down, None the config's K to compare.
+        """
         if not prompt.strip():
             raise ValueError("type a prompt first")
-        [item] = self.generate([prompt.strip()], seed=seed)
+        if k is not None and k < 1:
+            raise ValueError(f"ask for at least one reply (k=1 to rate, k=2 to compare), not k={k}")
+        [item] = self.generate([prompt.strip()], seed=seed, k=k)
         item = Item(item.prompt, item.responses, item.sources, meta={"playground": True})
         self.store.add_items([item])
         return item

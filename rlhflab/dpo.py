@@ -29,7 +29,7 @@ from .live import LivePlot
 from .models import Policy
 from .records import COMPARISON_COLUMNS, as_rows
 from .store import LabelStore
-from .training import refuse_to_train_quantized, restore_adapter_dtype, save_trained, trl_args
+from .training import last_logged, refuse_to_train_quantized, train_against_reference, trl_args
 
 
 @dataclass
@@ -95,14 +95,6 @@ def train_dpo(policy: Policy, preferences, config: DPOConfig | None = None, *, c
     args = trl_args(trl.DPOConfig, config, policy.device, beta=config.beta)
     trainer = trl.DPOTrainer(model=policy.model, args=args, train_dataset=conversations(rows),
                              processing_class=policy.tokenizer, callbacks=[live])
-    restore_adapter_dtype(trainer)
-    outcome = trainer.train()
-    if policy.is_lora and "ref" in policy.model.peft_config:  # TRL's frozen copy of the starting adapter
-        policy.model.delete_adapter("ref")
-    save_trained(trainer, output_dir, policy.tokenizer)
-    policy.model.eval()
-    logged = [entry for entry in trainer.state.log_history if "rewards/margins" in entry]
-    metrics = {"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"],
-               "rewards/margins": logged[-1]["rewards/margins"] if logged else float("nan"),
-               "rewards/accuracies": logged[-1]["rewards/accuracies"] if logged else float("nan")}
-    return DPOResult(metrics, output_dir)
+    outcome = train_against_reference(trainer, policy, output_dir)
+    return DPOResult({"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"],
+                      **last_logged(trainer, ("rewards/margins", "rewards/accuracies"))}, output_dir)

@@ -1,8 +1,11 @@
-"""Labels out of the lab: the comparisons the labels in force decide, as rows for TRL, OpenRLHF and verl.
+"""Labels out of the lab: the comparisons and ratings the labels in force give, as rows for TRL, OpenRLHF and verl.
 
     comparison   one row per ordered pair a label decides: prompt / chosen / rejected, the margin,
                  the annotator and the flags; rankings of K expand into K(K-1)/2 of them
+    rating       one row per thumbs up or down on a single response: prompt / response / label
     TRL rows     prompt / chosen / rejected (+ margin), what TRL's RewardTrainer and DPOTrainer read
+    KTO rows     prompt / completion / label (True = desirable), what TRL's KTOTrainer reads: every
+                 rating, and both sides of every decided pair (chosen up, rejected down)
 
 Every function reads a `LabelStore` (or anything with its `items()` and `labels()`), never writes it.
 """
@@ -15,6 +18,7 @@ from itertools import combinations
 from pathlib import Path
 
 from .records import MARGINS, letter
+from .store import RATINGS
 
 
 def comparisons(store) -> list[dict]:
@@ -23,11 +27,14 @@ def comparisons(store) -> list[dict]:
     A pair label gives one row; a ranking of K responses gives K(K-1)/2 rows. `label` is
     'preferred' (chosen beat rejected), 'tie' or 'both_bad'; for the latter two chosen/rejected
     are simply the stored order. `shown_left` says whether chosen was displayed on the left.
+    Ratings (thumbs up or down on one response) decide no pair and are left to `ratings`.
     """
     items = store.items()
     rows = []
     for label in store.labels():
         item = items[label["item_id"]]
+        if label["choice"] in RATINGS or len(item.responses) < 2:  # one response: nothing to compare
+            continue
         flags = label["flags"] or {}
         left = (label["shown_order"] or [None])[0]
         for winner, loser, kind, margin in _decided_pairs(label, len(item.responses)):
@@ -61,6 +68,48 @@ def _decided_pairs(label: dict, k: int):
         yield winner, 1 - winner, "preferred", MARGINS[label["strength"]]
     else:
         yield 0, 1, choice, 0.0
+
+
+def ratings(store) -> list[dict]:
+    """Every rating in force (thumbs up or down on an item's one response), oldest first.
+
+    `label` is True for up; `flags` are the response's flags.
+    """
+    items = store.items()
+    rows = []
+    for label in store.labels():
+        if label["choice"] not in RATINGS:
+            continue
+        item = items[label["item_id"]]
+        rows.append({
+            "item_id": item.item_id, "prompt": item.prompt, "response": item.responses[0],
+            "label": label["choice"] == "up", "annotator": label["annotator"], "rationale": label["rationale"],
+            "flags": sorted((label["flags"] or {}).get(letter(0), [])),
+            "created_at": label["created_at"], "event_id": label["event_id"],
+        })
+    return rows
+
+
+def kto_rows(store, include_flagged: bool = True) -> list[dict]:
+    """prompt / completion / label / source rows for TRL's KTOTrainer, which learns from unpaired verdicts.
+
+    Every rating gives one row (`source` 'rating'); every decided pair gives two (`source` 'pair'):
+    chosen as desirable (True) and rejected as undesirable (False), as KTO's paper turns preference
+    data into its binary signal (Ethayarajh et al. 2024, "KTO"). Ties and 'both bad' give none.
+
+    Args:
+        include_flagged: keep rows whose completion was flagged (say, harmful); False drops them.
+    """
+    out = [{"prompt": r["prompt"], "completion": r["response"], "label": r["label"], "source": "rating",
+            "flagged": bool(r["flags"])} for r in ratings(store)]
+    for row in comparisons(store):
+        if row["label"] != "preferred":
+            continue
+        for side, label in (("chosen", True), ("rejected", False)):
+            out.append({"prompt": row["prompt"], "completion": row[side], "label": label, "source": "pair",
+                        "flagged": any(f.startswith(f"{side}:") for f in row["flags"])})
+    return [{k: r[k] for k in ("prompt", "completion", "label", "source")}
+            for r in out if include_flagged or not r["flagged"]]
 
 
 def to_dataframe(store):
@@ -110,6 +159,11 @@ def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
 def to_jsonl(store, path: str | Path) -> Path:
     """All comparisons as JSON lines (UTF-8); returns the path."""
     return write_jsonl(comparisons(store), path)
+
+
+def to_kto_jsonl(store, path: str | Path, include_flagged: bool = True) -> Path:
+    """KTO rows (see `kto_rows`) as JSON lines (UTF-8) for TRL's KTOTrainer; returns the path."""
+    return write_jsonl(kto_rows(store, include_flagged), path)
 
 
 # -- for RL frameworks that scale further: OpenRLHF and verl ------------------------------------

@@ -1,6 +1,9 @@
 """The labeling widgets, Python side: `PairwiseLabeler` (two responses side by side) and `RankingLabeler`
 (K responses, ties allowed). `PairwiseLabeler(..., playground=[policy])` lets a person type a prompt
-and judge two fresh replies. What to label comes from the store, filled by `rlhflab.candidates`.
+and either compare two fresh replies or rate one reply thumbs up or down, with an optional reason.
+What to label comes from the store, filled by `rlhflab.candidates`; an item with a single response
+is always rated rather than compared. A rating is a label event like any other (choice 'up' or
+'down'): durable, undoable, and exported for KTO by `rlhflab.exports.kto_rows`.
 
 The widget only collects: it sends "label / skip / flag / undo / edit" messages. Python decides which
 item to show, in which left/right order (random per item, recorded with the label), commits each
@@ -22,7 +25,7 @@ from markdown_it import MarkdownIt
 
 from .candidates import GenerationQueue
 from .records import Item, letter
-from .store import LabelStore
+from .store import RATINGS, LabelStore
 
 # InstructGPT's labelers flagged each response for, among others, harm and made-up facts (Ouyang et al.
 # 2022, appendix B.2); these four are the ones every project needs.
@@ -36,10 +39,11 @@ Prefer the response that is **helpful**, **truthful** and **harmless**, in that 
 3. Is it polite and to the point? Rambling and repetition lose.
 
 Choose *tie* when neither is better, and *both bad* when neither is acceptable.
+A reply shown on its own gets 👍 *good* when it passes all three checks, else 👎 *bad*.
 Flag a response for anything harmful or false, and flag the prompt if it cannot be answered.
 
 Keys: `A` / `←` left better, `B` / `→` right better, `1` `2` `3` strength, `T` tie, `X` both bad,
-`S` skip, `U` undo.
+`+` / `↑` good, `-` / `↓` bad (one reply), `S` skip, `U` undo.
 """
 
 
@@ -163,7 +167,7 @@ class _Labeler(anywidget.AnyWidget):
             self.show(self.store.item(event["item_id"]), previous=event)
             return
         if action == "prompt":
-            self.play(message.get("text", ""))
+            self.play(message.get("text", ""), message.get("mode", "compare"))
             return
         if not self.item or message.get("item_id") != self.item["item_id"]:
             self.say("that item is no longer on screen; nothing was saved")
@@ -187,20 +191,23 @@ class _Labeler(anywidget.AnyWidget):
     def labeled(self, message: dict, order: list[int]) -> dict:
         raise NotImplementedError
 
-    def play(self, prompt: str):
+    def play(self, prompt: str, mode: str = "compare"):
         raise ValueError("this labeler has no playground; create it with playground=[policy]")
 
 
 class PairwiseLabeler(_Labeler):
-    """Two responses side by side: A / B better (slightly, clearly, much), tie, or both bad.
+    """Two responses side by side: A / B better (slightly, clearly, much), tie, or both bad; an item
+    with one response is rated on its own, thumbs up or down.
 
     Args:
         store: the LabelStore to read items from and write labels to.
         annotator: who is labeling.
         config: flags, guidelines, history length, order seed.
         queue: a running GenerationQueue to wait for when the store runs dry.
-        playground: one or two policies; shows a prompt box, and each typed prompt gets two fresh
-            replies (one per policy, or two samples of one) to judge like any other item.
+        playground: one or two policies; shows a prompt box with two modes. "compare two": each
+            typed prompt gets two fresh replies (one per policy, or two samples of one) to judge like
+            any other item. "rate one": it gets one reply (from the first policy) to rate thumbs up
+            or down, with an optional reason; the rating is stored as choice 'up' or 'down'.
 
     Examples:
         >>> PairwiseLabeler(LabelStore("labels.db"), annotator="ada")  # doctest: +SKIP
@@ -213,6 +220,12 @@ class PairwiseLabeler(_Labeler):
 
     def labeled(self, message: dict, order: list[int]) -> dict:
         choice, strength = message.get("choice"), message.get("strength")
+        if len(order) == 1:  # one reply, rated on its own
+            if choice not in RATINGS:
+                raise ValueError(f"this reply is rated on its own: choice must be 'up' or 'down', not {choice!r}")
+            return {"choice": choice}
+        if choice in RATINGS:
+            raise ValueError(f"{choice!r} rates a single reply; for a pair choose left, right, tie or both_bad")
         if choice in ("left", "right"):
             stored = order[0 if choice == "left" else 1]
             return {"choice": "ab"[stored], "strength": strength or "clearly"}
@@ -220,11 +233,14 @@ class PairwiseLabeler(_Labeler):
             return {"choice": choice}
         raise ValueError(f"choice must be left, right, tie or both_bad, not {choice!r}")
 
-    def play(self, prompt: str):
+    def play(self, prompt: str, mode: str = "compare"):
+        """Answer a typed prompt and show it: two replies to compare, or (mode "rate") one to rate."""
         if self._playground is None:
-            super().play(prompt)
+            super().play(prompt, mode)
+        if mode not in ("compare", "rate"):
+            raise ValueError(f"playground mode must be 'compare' (two replies) or 'rate' (one), not {mode!r}")
         self.status = "generating..."
-        item = self._playground.answer(prompt, seed=self._rng.randrange(2**31))
+        item = self._playground.answer(prompt, seed=self._rng.randrange(2**31), k=1 if mode == "rate" else None)
         self.status = ""
         self.show(self.store.item(item.item_id))
 
@@ -272,6 +288,8 @@ def _summary(event: dict) -> str:
         return event["action"].replace("_", " ")
     if event["ranking"]:
         return "ranked " + " ".join(map(str, event["ranking"]))
+    if event["choice"] in RATINGS:
+        return f"rated {event['choice']}"
     return " ".join(x for x in (event["choice"].replace("_", " "), event["strength"]) if x)
 
 

@@ -1,13 +1,13 @@
 """Live training dashboards: one callback for every trainer, one designed layout per kind of run.
 
-`LivePlot` is a transformers `TrainerCallback` (so TRL's SFT, reward and DPO trainers feed it as is)
-and has a plain `log(step, metrics)` for the lab's own loops (PPO, the RLHF loop's rounds).
+`LivePlot` is a transformers `TrainerCallback` (so TRL's SFT, reward, DPO and KTO trainers feed it as
+is) and has a plain `log(step, metrics)` for the lab's own loops (PPO, ILQL, the RLHF loop's rounds).
 
 Each chart answers one question ("Is the policy getting better?"): its axes have titles, it draws at
 most 4 curves, and every axis holds one scale. The layout is the run's kind, `LAYOUTS[kind]`: given
 (`LivePlot(..., layout="ppo")`) or recognised from the first metrics logged (PPO's `objective/kl`,
-DPO's `rewards/margins`, the reward trainer's `accuracy`, the loop's `gold/win_rate_vs_sft`, else
-SFT). A group of charts (PPO's health checks, the loop's rounds) is drawn as small multiples in one
+KTO's `kl`, DPO's `rewards/margins`, ILQL's `loss/q`, the reward trainer's `accuracy`, the loop's
+`gold/win_rate_vs_sft`, else SFT). A group of charts (PPO's health checks, the loop's rounds) is drawn as small multiples in one
 figure, each on its own scale. Health charts mark the published rules of thumb: points past them
 turn red. Metrics that no chart draws stay in `metrics.jsonl`.
 
@@ -128,6 +128,21 @@ LAYOUTS: dict[str, tuple[Chart, ...]] = {
               (Curve("rewards/chosen", "chosen"), Curve("rewards/rejected", "rejected"),
                Curve("rewards/margins", "margin"))),
     ),
+    "kto": (
+        Chart("Is it learning the verdicts?", "KTO loss", (Curve("loss", "train"),)),
+        Chart("Implicit rewards: beta * log(policy / reference)", "implicit reward",
+              (Curve("rewards/chosen", "thumbs up"), Curve("rewards/rejected", "thumbs down"),
+               Curve("rewards/margins", "margin"))),
+        Chart("How far has it moved from the reference?", "KL estimate z (nats per response)", (Curve("kl", "KL"),)),
+    ),
+    "ilql": (
+        Chart("Are the Q and V heads fitting?", "loss", (Curve("loss/q", "Q (TD error)"), Curve("loss/v", "V (expectile)"))),
+        Chart("Is the LM staying with the data?", "loss (nats per token)",
+              (Curve("loss/awac", "behaviour cloning (AWAC)"), Curve("loss/cql", "CQL (both Q heads)"))),
+        Chart("What do the heads expect?", "value (standardised reward)",
+              (Curve("values/terminal_q", "Q of the last token (the reward)"), Curve("values/v", "V"),
+               Curve("values/advantage", "advantage target Q - V"))),
+    ),
     "rounds": (
         Chart("Is RLHF beating SFT?", "gold win-rate against SFT", (Curve("gold/win_rate_vs_sft", "win-rate"),),
               x_title="round", percent=True, group=ROUNDS),
@@ -140,8 +155,8 @@ LAYOUTS: dict[str, tuple[Chart, ...]] = {
               group=ROUNDS),
     ),
 }
-RECOGNISED_BY = (("objective/kl", "ppo"), ("gold/win_rate_vs_sft", "rounds"), ("rewards/margins", "dpo"),
-                 ("accuracy", "reward"))  # the first metric of a run that names its kind; else 'sft'
+RECOGNISED_BY = (("objective/kl", "ppo"), ("gold/win_rate_vs_sft", "rounds"), ("kl", "kto"), ("rewards/margins", "dpo"),
+                 ("loss/q", "ilql"), ("accuracy", "reward"))  # the first metric of a run that names its kind; else 'sft'
 
 
 def layout_for(metrics) -> str:
@@ -238,7 +253,7 @@ class LivePlot(TrainerCallback):
         run_dir: where metrics.jsonl, samples.jsonl and metrics.html go; None keeps them in memory only.
         title: heading of the dashboard and the HTML page.
         widgets: show FigureWidgets; by default only inside a notebook kernel.
-        layout: a key of LAYOUTS ('ppo', 'sft', 'reward', 'dpo', 'rounds'); by default recognised
+        layout: a key of LAYOUTS ('ppo', 'sft', 'reward', 'dpo', 'kto', 'ilql', 'rounds'); by default recognised
             from the first metrics logged.
 
     Examples:

@@ -9,7 +9,7 @@ Llama 2 ran five such rounds (Touvron et al. 2023, sec. 3.2.2). One round here i
     3. label    people label the store's queue in the widgets; the gold annotator labels what is left
     4. reward   a fresh LoRA reward model on every label so far, normalised on SFT samples
     5. policy   PPO from the current policy against that reward, KL to SFT (a fresh value head and KL
-                controller each round); or DPO on all labels (iterated DPO: each round's
+                controller each round); or DPO, KTO or ILQL on all labels (iterated: each round's
                 reference is the policy it starts from)
     6. evaluate held-out prompts: gold win-rate against SFT, gold and proxy means, KL to SFT
 
@@ -41,7 +41,7 @@ from .reward import evaluate_reward_model, load_reward_model
 from .stages import (Baseline, RLHFConfig, evaluate, heldout_prompts, load, policy_stage, reward_stage, sample,
                      sft_baseline, sft_stage)
 from .store import LabelStore
-from .tiny.annotate import label_with_gold
+from .tiny.annotate import gold_ratings, label_with_gold
 
 SFT_SOURCE = "sft"
 
@@ -143,10 +143,10 @@ class RLHFLoop:
         return reward_dir, reward_stage(trl_rows(self.store), self.config, self.baseline, reward_dir, live=live)
 
     def update_policy(self, round_number: int, start: Path, reward_dir: Path | None, method: str | None = None) -> Path:
-        """Step 5: PPO or DPO (`config.method` unless given) from the `start` adapter; returns the new adapter."""
+        """Step 5: `config.method` (or `method`) from the `start` adapter; returns the new policy's directory."""
         method = method or self.config.method
-        live = self.live if method == "ppo" else LivePlot(self.out_dir / f"round_{round_number}" / "dpo",
-                                                          title=f"DPO, round {round_number}")
+        live = self.live if method == "ppo" else LivePlot(self.out_dir / f"round_{round_number}" / method,
+                                                          title=f"{method.upper()}, round {round_number}", layout=method)
         policy_dir, self.ppo_steps_done = policy_stage(
             method, self.world, self.gold, self.config, sft_dir=self.sft_dir, start=start,
             out=self.out_dir / f"round_{round_number}", reward_dir=reward_dir, comparisons=self.store,
@@ -231,13 +231,17 @@ class RLHFLoop:
 # Measurements on the tiny world (notebook 05 and benchmarks/rlhf_methods.py)
 # ---------------------------------------------------------------------------------------------
 
-def compare_methods(world, gold, config: RLHFConfig, best_of: tuple[int, ...] = (4, 16)) -> pd.DataFrame:
-    """SFT, best-of-n, DPO and PPO from the same labels (`config.labels_per_round`), on held-out prompts.
+def compare_methods(world, gold, config: RLHFConfig, best_of: tuple[int, ...] = (4, 16),
+                    methods: tuple[str, ...] = ("dpo", "kto", "ilql", "ppo"), kto_ratings: bool = True) -> pd.DataFrame:
+    """SFT, best-of-n and each method of `methods` from the same labels (`config.labels_per_round`), on
+    held-out prompts.
 
-    Every method sees the same gold-labelled pairs of SFT samples: DPO learns from them directly,
-    best-of-n and PPO through one reward model trained on them. One row per method, in METRICS'
-    names: gold win-rate against SFT (ties count half), KL to SFT in nats per response (measured;
-    best-of-n's is its closed form), gold and proxy means.
+    Every method sees the same gold-labelled pairs of SFT samples: DPO, KTO (chosen up, rejected
+    down) and ILQL (+1 / -1) learn from them directly, best-of-n and PPO through one reward model
+    trained on them. With `kto_ratings`, 'KTO (ratings)' learns from as many gold thumbs ratings of
+    single SFT samples instead: a rating reads one response where a comparison reads two. One row
+    per method, in METRICS' names: gold win-rate against SFT (ties count half), KL to SFT in nats
+    per response (measured; best-of-n's is its closed form), gold and proxy means.
     """
     loop = RLHFLoop(world, gold, config)
     loop.sft()
@@ -246,13 +250,20 @@ def compare_methods(world, gold, config: RLHFConfig, best_of: tuple[int, ...] = 
     reward_dir, reward_model = loop.fit_reward(1)
     columns = ["gold/win_rate_vs_sft", "kl/to_sft", "gold/mean", "reward/mean"]
     rows = [{"method": "SFT", **{k: loop.evaluate(0, loop.sft_dir, reward_model)[0][k] for k in columns}}]
-    draw = sample_best_of_n(loop.sft_policy, reward_model, loop.heldout, max(best_of),
-                            max_new_tokens=config.response_length, seed=config.seed + 51)
-    for row in best_of_n_curve(draw, gold, loop.sft_responses, list(best_of)).to_dict("records"):
-        rows.append({"method": f"best-of-{row.pop('n')}", **row})
-    for method in ("dpo", "ppo"):
+    if best_of:
+        draw = sample_best_of_n(loop.sft_policy, reward_model, loop.heldout, max(best_of),
+                                max_new_tokens=config.response_length, seed=config.seed + 51)
+        for row in best_of_n_curve(draw, gold, loop.sft_responses, list(best_of)).to_dict("records"):
+            rows.append({"method": f"best-of-{row.pop('n')}", **row})
+    for method in methods:
         metrics = loop.evaluate(1, loop.update_policy(1, loop.sft_dir, reward_dir, method=method), reward_model)[0]
         rows.append({"method": method.upper(), **{k: metrics[k] for k in columns}})
+    if kto_ratings:
+        ratings = gold_ratings(world, gold, loop.sft_policy, "train", config.labels_per_round, seed=config.seed + 71)
+        policy_dir, _ = policy_stage("kto", world, gold, config, sft_dir=loop.sft_dir, start=loop.sft_dir,
+                                     out=loop.out_dir / "ratings", comparisons=ratings, seed=config.seed)
+        metrics = loop.evaluate(1, policy_dir, reward_model)[0]
+        rows.append({"method": "KTO (ratings)", **{k: metrics[k] for k in columns}})
     table = pd.DataFrame(rows, columns=["method", *columns])
     table.attrs["labels"] = len(loop.store.labels())
     return table

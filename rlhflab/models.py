@@ -75,7 +75,7 @@ class Policy:
         for start in tqdm(batches, desc="generating", disable=len(batches) < 4, leave=False):
             texts = [self.chat_prompt(p) for p in prompts[start: start + batch_size]]
             inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            output = sample_tokens(self.model, self.tokenizer, inputs, max_new_tokens, temperature, do_sample)
+            output = self.sample_tokens(inputs, max_new_tokens, temperature, do_sample)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, T_new)
             replies += [r.strip() for r in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         self.model.train(was_training)
@@ -99,13 +99,23 @@ class Policy:
                                                           ["input_ids"]) for i, p in zip(ids, batch_prompts)])
             keep = int(response_lengths.max())  # positions predicting the longest response's tokens
             batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding_side="left").to(self.device)
-            logits = self.model(**batch, position_ids=left_padded_positions(batch["attention_mask"]),
-                                logits_to_keep=keep + 1).logits[:, :-1]  # (B, keep, V)
+            logits = self.response_logits(batch, keep)  # (B, keep, V)
             logprobs = token_logprobs(logits, batch["input_ids"][:, -keep:]).cpu()  # (B, keep)
             in_response = torch.arange(keep)[None, :] >= keep - response_lengths[:, None]
-            totals.append((logprobs * in_response).sum(1))
+            totals.append(torch.where(in_response, logprobs, 0.0).sum(1))  # padding may be -inf under top-k
         self.model.train(was_training)
         return torch.cat(totals)
+
+    def sample_tokens(self, inputs: dict, max_new_tokens: int, temperature: float, do_sample: bool) -> torch.Tensor:
+        """Prompt and sampled ids, (B, Q + T_new): the distribution `generate` draws from."""
+        return sample_tokens(self.model, self.tokenizer, inputs, max_new_tokens, temperature, do_sample)
+
+    def response_logits(self, batch: dict, keep: int) -> torch.Tensor:
+        """Logits at the `keep` positions that predict a left-padded batch's last `keep` tokens: (B, keep, V).
+        A policy that decodes another way (`rlhflab.ilql.ILQLPolicy`) overrides this and `sample_tokens`
+        together, so that `response_logprobs` scores what `generate` samples."""
+        return self.model(**batch, position_ids=left_padded_positions(batch["attention_mask"]),
+                          logits_to_keep=keep + 1).logits[:, :-1]
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:

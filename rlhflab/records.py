@@ -4,7 +4,7 @@ Every stage accepts a pandas DataFrame, a `datasets.Dataset`, or a list of dicts
 any of them into a list of plain dicts with the columns a stage needs, renaming through an
 optional `columns` mapping, and says exactly what is missing and how to fix it.
 
-An `Item` is a prompt and K responses to compare (K = 2 for a pair), with the source of each; the
+An `Item` is a prompt and K responses (K = 1 to rate, 2 for a pair), with the source of each; the
 store keeps items and labels, and `rlhflab.exports` turns labels back into rows.
 
 Imports (HH-RLHF, generic JSONL or CSV) are read and checked completely before anything is
@@ -91,7 +91,7 @@ def _not_a_record(row, what: str):
 
 @dataclass(frozen=True)
 class Item:
-    """Something to label: a prompt and the responses to compare (2 for a pair, K for a ranking)."""
+    """Something to label: a prompt and its responses (1 to rate up or down, 2 for a pair, K for a ranking)."""
 
     prompt: str
     responses: tuple[str, ...]
@@ -103,8 +103,8 @@ class Item:
     def __post_init__(self):
         object.__setattr__(self, "responses", tuple(self.responses))
         object.__setattr__(self, "sources", tuple(self.sources) or ("",) * len(self.responses))
-        if len(self.responses) < 2:
-            raise ValueError(f"an item needs at least 2 responses to compare, got {len(self.responses)}")
+        if not self.responses:
+            raise ValueError("an item needs at least one response: 1 to rate, 2 or more to compare")
         if len(self.sources) != len(self.responses):
             raise ValueError(f"{len(self.sources)} sources for {len(self.responses)} responses; give one per response")
         if not self.item_id:

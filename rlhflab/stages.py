@@ -4,7 +4,8 @@
     sft_baseline    SFT's answers to the held-out prompts: what every evaluation compares against
     reward_stage    a fresh LoRA reward model on comparison rows, normalised on SFT's samples
     ppo_trainer     PPO from an adapter against a reward model, KL to SFT (for runs that want the trainer)
-    policy_stage    one policy update, by method: 'ppo' (against a reward model) or 'dpo' (on the rows)
+    policy_stage    one policy update, by method: 'ppo' (against a reward model), or 'dpo', 'kto' or 'ilql'
+                    (on the labels themselves)
     evaluate        held-out gold win-rate against SFT, gold and proxy means, KL to SFT, reward agreement
 
 Data flows one way: records -> store -> comparison rows -> trainers -> evaluation. `RLHFLoop` and
@@ -25,6 +26,8 @@ from pathlib import Path
 import pandas as pd
 
 from .dpo import DPOConfig, train_dpo
+from .ilql import HEADS_WEIGHTS, ILQLConfig, load_ilql, train_ilql
+from .kto import KTOConfig, train_kto
 from .live import LivePlot
 from .models import Policy, load_policy
 from .ppo import PPOConfig, PPOTrainer
@@ -33,7 +36,7 @@ from .reward import (ADAPTER_WEIGHTS, RewardConfig, RewardModel, SharedReward, e
 from .sft import SFTConfig, train_sft
 from .tiny.annotate import sample_pairs
 
-METHODS = ("ppo", "dpo")  # the policy updates `policy_stage` runs
+METHODS = ("ppo", "dpo", "kto", "ilql")  # the policy updates `policy_stage` runs
 METRICS = {  # name -> meaning; the loop, compare_methods, the benchmarks, the notebooks and the report use these
     "gold/win_rate_vs_sft": "share of held-out prompts on which gold prefers the policy's answer to SFT's (ties: half)",
     "gold/mean": "mean gold score of the policy's held-out answers (-4 to 4)",
@@ -60,7 +63,8 @@ class RLHFConfig:
     n_demonstrations: int = 128  # SFT budget, small on purpose (see the module docstring)
     reward_epochs: float = 2.0  # passes over the comparisons
     # -- the policy update
-    method: str = "ppo"  # 'ppo' or 'dpo' (DPO has no reward model, so active learning falls back to random picks)
+    method: str = "ppo"  # 'ppo', 'dpo', 'kto' or 'ilql'; all but PPO learn from the labels without a reward
+    # model, so active learning falls back to random picks
     ppo_steps: int = 16  # PPO steps of ppo_batch_size responses (per round in the loop)
     ppo_batch_size: int = 16  # responses per PPO step
     ppo_learning_rate: float = 1e-4  # LoRA learning rate of PPO
@@ -68,6 +72,10 @@ class RLHFConfig:
     target_kl: float = 3.0  # nats per response the adaptive controller steers to
     dpo_epochs: float = 2.0  # DPO passes over the comparisons
     dpo_beta: float = 0.1  # DPO's implicit KL strength
+    kto_epochs: float = 2.0  # KTO passes over its rows (two per decided pair, one per rating)
+    kto_beta: float = 0.1  # KTO's implicit KL strength
+    ilql_steps: int = 150  # ILQL steps of 16 responses
+    ilql_beta: float = 1.0  # ILQL's decoding weight on the advantage Q - V
     response_length: int = 32  # most tokens per sampled response, everywhere
     # -- evaluation
     n_heldout: int = 48  # held-out prompts of every evaluation
@@ -103,7 +111,10 @@ def ppo_prompts(world, config: RLHFConfig) -> list[str]:
 
 
 def load(config: RLHFConfig, adapter: str | Path | None = None, trainable: bool = False) -> Policy:
-    """The base with `adapter` on it; `trainable` adds (or keeps training) a LoRA adapter."""
+    """The base with `adapter` on it; `trainable` adds (or keeps training) a LoRA adapter. A directory
+    that ILQL wrote gives a policy that decodes with its heads (`rlhflab.ilql.ILQLPolicy`)."""
+    if adapter is not None and (Path(adapter) / HEADS_WEIGHTS).exists() and not trainable:
+        return load_ilql(config.base, adapter, quantization=config.quantization)
     return load_policy(config.base, lora=True if trainable else None, adapter=str(adapter) if adapter else None,
                        quantization=config.quantization)
 
@@ -200,22 +211,30 @@ def ppo_trainer(world, gold, config: RLHFConfig, sft_dir: Path, reward_dir: Path
 def policy_stage(method: str, world, gold, config: RLHFConfig, *, sft_dir: Path, start: Path, out: Path,
                  reward_dir: Path | None = None, comparisons=None, seed: int | None = None, first_step: int = 0,
                  live: LivePlot | None = None) -> tuple[Path, int]:
-    """One policy update from the `start` adapter: PPO against the reward model at `reward_dir`, or DPO on
-    `comparisons` (its reference is `start`). Returns the new adapter's directory and the PPO step reached."""
+    """One policy update from the `start` adapter: PPO against the reward model at `reward_dir`, or DPO,
+    KTO or ILQL on `comparisons` (a store or rows; DPO's and KTO's reference is `start`). Returns the new
+    policy's directory and the PPO step reached."""
     seed = config.seed if seed is None else seed
-    if method == "dpo":
-        out = Path(out) / "dpo"
-        train_dpo(load(config, start, trainable=True), comparisons,
-                  DPOConfig(output_dir=str(out), epochs=config.dpo_epochs, beta=config.dpo_beta, seed=seed,
-                            logging_steps=2), live=live or LivePlot(out, title="DPO", layout="dpo"))
-        return out, first_step
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     if method == "ppo":
         if reward_dir is None:
             raise ValueError("PPO needs a reward model: pass reward_dir (from reward_stage)")
         result = ppo_trainer(world, gold, config, sft_dir, reward_dir, start=start, out=Path(out) / "ppo",
                              first_step=first_step, seed=seed, live=live).train()
         return result.output_dir / "checkpoint", result.step
-    raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    out = Path(out) / method
+    policy = load(config, start, trainable=True)
+    if method == "dpo":
+        train_dpo(policy, comparisons, DPOConfig(output_dir=str(out), epochs=config.dpo_epochs, beta=config.dpo_beta,
+                                                 seed=seed, logging_steps=2), live=live)
+    elif method == "kto":
+        train_kto(policy, comparisons, KTOConfig(output_dir=str(out), epochs=config.kto_epochs, beta=config.kto_beta,
+                                                 seed=seed, logging_steps=2), live=live)
+    else:
+        train_ilql(policy, comparisons, ILQLConfig(output_dir=str(out), steps=config.ilql_steps, beta=config.ilql_beta,
+                                                   seed=seed), live=live)
+    return out, first_step
 
 
 # ---------------------------------------------------------------------------------------------

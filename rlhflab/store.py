@@ -5,9 +5,11 @@ JupyterHub disk; a Postgres URL lets annotators on separate machines (Colab) lab
 
 Three tables, all insert-only:
 
-    items    what can be labeled: a prompt and K responses (K = 2 for pairs), the policy that
-             wrote each response, and optionally a gold answer for calibration items
-    events   one row per action: label, skip, flag_prompt (a bad prompt), undo
+    items    what can be labeled: a prompt and K responses (K = 2 for pairs, 1 for a reply to rate
+             up or down), the policy that wrote each response, and optionally a gold answer for
+             calibration items
+    events   one row per action: label (a choice, a ranking or a rating), skip, flag_prompt (a bad
+             prompt), undo
     leases   "annotator X is looking at item Y until time T", so that an abandoned item goes back
              to the queue when its lease runs out
 
@@ -37,7 +39,10 @@ from sqlalchemy.engine import Connection, Engine
 from .records import Item
 
 ACTIONS = ("label", "skip", "flag_prompt", "undo")
-CHOICES = ("a", "b", "tie", "both_bad")  # 'a' / 'b' name the responses as stored, never as shown
+CHOICES = ("a", "b", "tie", "both_bad")  # of a pair; 'a' / 'b' name the responses as stored, never as shown
+# A rating is a label too: thumbs up or down on an item with exactly one response. It decides no pair;
+# KTO learns from it (rlhflab.exports.kto_rows). Undo and edit work on it as on any other label.
+RATINGS = ("up", "down")
 STRENGTHS = ("slightly", "clearly", "much")
 
 
@@ -78,7 +83,7 @@ events_table = Table(
     Column("annotator", String(200), nullable=False),
     Column("session", String(64)),  # which widget instance or script wrote it
     Column("action", String(16), nullable=False),  # label | skip | flag_prompt | undo
-    Column("choice", String(16)),  # a | b | tie | both_bad (pairs)
+    Column("choice", String(16)),  # a | b | tie | both_bad (pairs), up | down (a rating of one response)
     Column("strength", String(16)),  # slightly | clearly | much (when a or b won)
     Column("ranking", JSON),  # ranks per response, 1 = best, equal ranks = tie (rankings)
     Column("flags", JSON),  # {"a": ["harmful", ...], "b": [...]} per response
@@ -222,7 +227,8 @@ class LabelStore:
         """Append one event and commit it; returns its event_id once it is durable.
 
         A label of a pair gives `choice` (and `strength` when 'a' or 'b' won); a label of a ranking
-        gives `ranking`. Labeling an item again is an edit: the newest label counts.
+        gives `ranking`; a rating of a one-response item gives `choice='up'` or `'down'`. Labeling an
+        item again is an edit: the newest label counts.
         """
         return self.record_many([dict(
             item_id=item_id, annotator=annotator, action=action, choice=choice, strength=strength, ranking=ranking,
@@ -237,10 +243,24 @@ class LabelStore:
             choice=e.get("choice"), strength=e.get("strength"), ranking=e.get("ranking"), flags=e.get("flags") or None,
             rationale=e.get("rationale") or None, shown_order=e.get("shown_order"), target=e.get("target"),
             created_at=time.time())) for e in events]
+        rated = {r["item_id"] for r in rows if r["action"] == "label" and r["choice"] in RATINGS}
         if rows:
             with self._write(serialise=False) as conn:
+                if rated:  # only ratings need their item: pairs and imports append without reading
+                    self._check_rated(conn, rated)
                 conn.execute(insert(events_table), rows)
         return [r["event_id"] for r in rows]
+
+    def _check_rated(self, conn: Connection, item_ids: set[str]):
+        """Refuse a rating of anything but a stored item with exactly one response."""
+        responses = dict(conn.execute(select(items_table.c.item_id, items_table.c.responses).where(
+            items_table.c.project == self.project, items_table.c.item_id.in_(item_ids))).all())
+        for item_id in sorted(item_ids):
+            if item_id not in responses:
+                raise KeyError(f"no item {item_id!r} in {self!r}; add it with store.add_items([...]) before rating it")
+            if len(responses[item_id]) != 1:
+                raise ValueError(f"item {item_id!r} has {len(responses[item_id])} responses; 'up' / 'down' rate an "
+                                 f"item with exactly one, so give a pair choice {CHOICES} or a ranking instead")
 
     def skip(self, item_id: str, annotator: str, **kwargs) -> str:
         return self.record(item_id, annotator, action="skip", **kwargs)
@@ -415,9 +435,11 @@ def _checked_event(event: dict) -> dict:
         raise ValueError("every event needs an annotator name; pass annotator='your-name'")
     if action == "label":
         if (event["choice"] is None) == (event["ranking"] is None):
-            raise ValueError("a label needs exactly one of choice= (pairs) or ranking= (rankings)")
-        if event["choice"] is not None and event["choice"] not in CHOICES:
-            raise ValueError(f"choice must be one of {CHOICES}, not {event['choice']!r}")
+            raise ValueError("a label needs exactly one of choice= (pairs, ratings) or ranking= (rankings)")
+        if event["choice"] is not None and event["choice"] not in CHOICES + RATINGS:
+            raise ValueError(f"choice must be one of {CHOICES} (pairs) or {RATINGS} (ratings), not {event['choice']!r}")
+        if event["strength"] is not None and event["choice"] in RATINGS:
+            raise ValueError(f"a rating ({event['choice']!r}) has no strength; leave strength=None, or compare a pair")
         if event["strength"] is not None and (event["strength"] not in STRENGTHS or event["choice"] not in ("a", "b")):
             raise ValueError(f"strength must be one of {STRENGTHS}, and only when 'a' or 'b' won")
         if event["ranking"] is not None and not all(isinstance(r, int) and r >= 1 for r in event["ranking"]):

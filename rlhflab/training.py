@@ -1,6 +1,6 @@
-"""What every TRL-backed stage (SFT, reward model, DPO) shares, written once: the mapping of a stage's
-flat config onto its `trl.*Config`, the device and precision rule (also for the adapters TRL
-casts), the QLoRA refusal, and saving.
+"""What every TRL-backed stage (SFT, reward model, DPO, KTO) shares, written once: the mapping of a
+stage's flat config onto its `trl.*Config`, the device and precision rule (also for the adapters TRL
+casts), the QLoRA refusal, training against a frozen copy of the starting adapter, and saving.
 
 A stage config has the fields below; each stage adds its own TRL fields (DPO's beta, SFT's warmup
 and gradient accumulation) through `**fields`.
@@ -48,3 +48,24 @@ def save_trained(trainer, output_dir: Path, tokenizer) -> None:
     trainer.save_model(str(output_dir))
     (Path(output_dir) / "training_args.bin").unlink(missing_ok=True)
     tokenizer.save_pretrained(output_dir)
+
+
+def train_against_reference(trainer, policy, output_dir: Path):
+    """Train a TRL preference trainer (DPO, KTO) and save what it trained; returns TRL's TrainOutput.
+
+    With a LoRA policy loaded on a trained adapter, TRL keeps a frozen copy of that adapter, named
+    'ref', as the reference; it is dropped before saving, so only the trained adapter is written.
+    """
+    restore_adapter_dtype(trainer)
+    outcome = trainer.train()
+    if policy.is_lora and "ref" in policy.model.peft_config:
+        policy.model.delete_adapter("ref")
+    save_trained(trainer, output_dir, policy.tokenizer)
+    policy.model.eval()
+    return outcome
+
+
+def last_logged(trainer, names: tuple[str, ...]) -> dict:
+    """The last logged value of each metric (NaN when it was never logged)."""
+    return {name: next((entry[name] for entry in reversed(trainer.state.log_history) if name in entry), float("nan"))
+            for name in names}

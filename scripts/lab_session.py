@@ -79,7 +79,10 @@ class JupyterLab:
         nbformat.write(notebook, self.workdir / name)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(timeout_ms)
-        page.goto(f"{self.url}/lab/tree/{name}?token={self.token}")
+        # A workspace of its own per notebook: a second page would otherwise restore the first one's tabs,
+        # and 'run all cells' below could run that notebook instead of this one.
+        workspace = Path(name).stem
+        page.goto(f"{self.url}/lab/workspaces/{workspace}/tree/{name}?token={self.token}")
         page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
                                "&& window.jupyterapp.shell.currentWidget.sessionContext "
                                "&& window.jupyterapp.shell.currentWidget.sessionContext.session "

@@ -1,8 +1,9 @@
 """The labeling widget in a real browser: JupyterLab on localhost, headless Debian Chromium via Playwright.
 
-One server and one page serve every check: label by click and by keyboard, undo, flags and rationale,
-the exact events in the store, and XSS payloads in model text (and in the guidelines) that must do
-nothing.
+One server serves every check. One page labels by click and by keyboard, with undo, flags and rationale,
+checks the exact events in the store, and shows XSS payloads in model text (and in the guidelines) that
+must do nothing. A second page uses the playground on the tiny policy: rates replies thumbs up and down,
+then compares two, and the store holds exactly those events.
 """
 
 import os
@@ -15,6 +16,7 @@ ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from lab_session import CHROMIUM, CHROMIUM_ARGS, LABELER, JupyterLab  # noqa: E402
 
+from rlhflab.exports import kto_rows, ratings  # noqa: E402
 from rlhflab.records import Item  # noqa: E402
 from rlhflab.store import LabelStore  # noqa: E402
 
@@ -36,25 +38,49 @@ ITEMS = [Item(f"Question {i}: what does {PAYLOADS[i % 5]} do?",
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory):
-    """(page, store path): the notebook has run and the labeler shows its first item."""
+def lab(tmp_path_factory):
+    """(JupyterLab, browser, workdir): one server and one Chromium for every page of this module."""
     from playwright.sync_api import sync_playwright
 
     workdir = tmp_path_factory.mktemp("browser")
-    store_path = workdir / "labels.db"
-    LabelStore(store_path).add_items(ITEMS)
-    cells = ["from rlhflab.store import LabelStore\n"
-             "from rlhflab.labeling import PairwiseLabeler, LabelerConfig",
-             f"labeler = PairwiseLabeler(LabelStore({str(store_path)!r}), 'browser', "
-             f"LabelerConfig(seed=0, guidelines={GUIDELINES!r}))\nlabeler"]
-    with JupyterLab(workdir) as lab, sync_playwright() as playwright:
+    with JupyterLab(workdir) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = lab.open_notebook("label.ipynb", cells, browser)
-        page.dialogs = []
-        page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
-        page.wait_for_selector(LABELER)
-        yield page, store_path
+        yield server, browser, workdir
         browser.close()
+
+
+def open_labeler(lab, name: str, store_path: Path, arguments: str):
+    """A page whose notebook runs `PairwiseLabeler(LabelStore(store_path), 'browser', <arguments>)`."""
+    server, browser, _ = lab
+    cells = ["from rlhflab import load_policy\n"
+             "from rlhflab.store import LabelStore\n"
+             "from rlhflab.labeling import PairwiseLabeler, LabelerConfig",
+             f"labeler = PairwiseLabeler(LabelStore({str(store_path)!r}), 'browser', {arguments})\nlabeler"]
+    page = server.open_notebook(name, cells, browser)
+    page.dialogs = []
+    page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
+    return page
+
+
+@pytest.fixture(scope="module")
+def session(lab):
+    """(page, store path): the notebook has run and the labeler shows its first item."""
+    store_path = lab[2] / "labels.db"
+    LabelStore(store_path).add_items(ITEMS)
+    page = open_labeler(lab, "label.ipynb", store_path, f"LabelerConfig(seed=0, guidelines={GUIDELINES!r})")
+    page.wait_for_selector(LABELER)
+    yield page, store_path
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def playground(lab):
+    """(page, store path): a labeler with a playground on the tiny policy, over an empty store."""
+    store_path = lab[2] / "playground.db"
+    page = open_labeler(lab, "playground.ipynb", store_path, "LabelerConfig(seed=0), playground=[load_policy('tiny')]")
+    page.wait_for_selector(".rlhflab-labeler .rl-playground:visible")
+    yield page, store_path
+    page.close()
 
 
 def shown(page) -> tuple[str, str]:
@@ -134,3 +160,56 @@ def test_model_text_and_guidelines_payloads_run_nothing(session):
     prompt = root.locator(".rl-prompt .rl-text").inner_text()
     assert any(p in prompt for p in PAYLOADS)
     assert root.locator(".rl-guidelines-body strong").inner_text() == "helpful"  # markdown still renders
+
+
+def ask(page, prompt: str, replies: int):
+    """Type a prompt into the playground, generate, and wait until its `replies` replies are on screen."""
+    root = page.locator(".rlhflab-labeler")
+    root.locator(".rl-prompt-input").fill(prompt)
+    root.get_by_role("button", name="Generate one reply" if replies == 1 else "Generate two replies").click()
+    page.wait_for_function("() => document.querySelector('.rlhflab-labeler').dataset.itemId !== ''")
+    assert root.locator(".rl-response").count() == replies
+    return root.get_attribute("data-item-id")
+
+
+def test_playground_rates_replies_thumbs_up_and_down_and_still_compares_two(playground):
+    from playwright.sync_api import expect
+
+    page, store_path = playground
+    root = page.locator(".rlhflab-labeler")
+    button = lambda name: root.get_by_role("button", name=name, exact=True)  # noqa: E731
+    saved = "() => document.querySelector('.rlhflab-labeler').dataset.itemId === ''"  # nothing else to label
+
+    button("rate one").click()
+    assert button("rate one").get_attribute("aria-pressed") == "true"
+    liked = ask(page, "What sound does the cow make?", replies=1)
+    assert root.get_by_role("button", name="A is better").count() == 0  # a lone reply is rated, not compared
+    root.locator(".rl-rationale").fill("it says moo")
+    button("👍 good").click()
+    page.wait_for_function(saved)
+    expect(root.locator(".rl-history-summary").first).to_have_text("rated up")  # in the folded history list
+    disliked = ask(page, f"What does the bee make? {PAYLOADS[1]}", replies=1)  # typed text is shown as text too
+    assert PAYLOADS[1] in root.locator(".rl-prompt .rl-text").inner_text()
+    root.locator(".rl-rationale").fill("not about bees")
+    button("👎 bad").click()
+    page.wait_for_function(saved)
+
+    button("compare two").click()
+    compared = ask(page, "Where does the owl live?", replies=2)
+    button("A is better").click()
+    page.wait_for_function(saved)
+
+    store = LabelStore(store_path)
+    events = store.events()
+    assert [(e["item_id"], e["action"], e["choice"], e["strength"], e["rationale"]) for e in events] == [
+        (liked, "label", "up", None, "it says moo"), (disliked, "label", "down", None, "not about bees"),
+        (compared, "label", "ab"[events[2]["shown_order"][0]], "clearly", None)]
+    items = store.items()
+    assert [len(items[i].responses) for i in (liked, disliked, compared)] == [1, 1, 2]
+    assert [(r["item_id"], r["label"]) for r in ratings(store)] == [(liked, True), (disliked, False)]
+    chosen = items[compared].responses[events[2]["shown_order"][0]]
+    assert [(r["completion"], r["label"], r["source"]) for r in kto_rows(store)] == [
+        (items[liked].responses[0], True, "rating"), (items[disliked].responses[0], False, "rating"),
+        (chosen, True, "pair"), (items[compared].responses[events[2]["shown_order"][1]], False, "pair")]
+    assert page.evaluate("() => window.__pwned") is None and page.dialogs == []
+    assert root.locator("img, script, [onerror]").count() == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rlhflab.candidates import GenerationConfig, GenerationQueue, items_from
-from rlhflab.exports import comparisons
+from rlhflab.exports import comparisons, kto_rows, ratings
 from rlhflab.labeling import LabelerConfig, PairwiseLabeler, RankingLabeler, render_guidelines
 from rlhflab.records import Item
 from rlhflab.store import LabelStore, StoreConfig
@@ -168,6 +168,53 @@ def test_playground_judges_two_fresh_replies_to_a_typed_prompt(tmp_path, tiny_po
     assert store.item(label["item_id"]).meta == {"playground": True}
 
 
+def test_playground_rates_one_reply_up_or_down_with_a_reason_and_undo_takes_a_rating_back(tmp_path, tiny_policy):
+    store = LabelStore(tmp_path / "l.db")
+    labeler = PairwiseLabeler(store, "ada", playground=[tiny_policy])
+    labeler.handle({"action": "prompt", "text": "What sound does the cow make?", "mode": "rate"})
+    first = labeler.item
+    assert len(first["responses"]) == 1 and store.item(first["item_id"]).meta == {"playground": True}
+    labeler._on_message(labeler, {"action": "label", "item_id": first["item_id"], "choice": "left"}, [])
+    assert labeler.status == "not saved: this reply is rated on its own: choice must be 'up' or 'down', not 'left'"
+    assert store.events() == []
+    labeler.handle({"action": "label", "item_id": first["item_id"], "choice": "up", "rationale": "says moo",
+                    "flags": {}})
+    assert labeler.history[0]["summary"] == "rated up"
+    labeler.handle({"action": "prompt", "text": "What does the bee make?", "mode": "rate"})
+    second = labeler.item
+    labeler.handle({"action": "label", "item_id": second["item_id"], "choice": "down", "rationale": "off-topic",
+                    "flags": {"0": ["off-topic"]}})
+    assert [(r["item_id"], r["label"], r["rationale"], r["flags"]) for r in ratings(store)] == [
+        (first["item_id"], True, "says moo", []), (second["item_id"], False, "off-topic", ["off-topic"])]
+    assert [r["source"] for r in kto_rows(store)] == ["rating", "rating"] and comparisons(store) == []
+
+    labeler.handle({"action": "undo"})  # the down rating goes, and its reply is back on screen
+    assert [r["item_id"] for r in ratings(store)] == [first["item_id"]]
+    assert labeler.item["item_id"] == second["item_id"] and labeler.item["previous"]["choice"] == "down"
+    assert [e["action"] for e in store.events()] == ["label", "label", "undo"]
+
+    labeler.handle({"action": "prompt", "text": "Where does the owl live?"})  # compare two, as before
+    pair = labeler.item
+    assert len(pair["responses"]) == 2
+    labeler._on_message(labeler, {"action": "label", "item_id": pair["item_id"], "choice": "up"}, [])
+    assert labeler.status == "not saved: 'up' rates a single reply; for a pair choose left, right, tie or both_bad"
+    labeler._on_message(labeler, {"action": "prompt", "text": "Hi?", "mode": "thumbs"}, [])
+    assert labeler.status.startswith("not saved: playground mode must be 'compare'")
+    assert len(store.events()) == 3
+    labeler.handle({"action": "label", "item_id": pair["item_id"], "choice": "tie"})
+    assert [r["label"] for r in comparisons(store)] == ["tie"] and len(ratings(store)) == 1
+
+
+def test_an_item_with_one_response_in_the_store_is_rated_not_compared(tmp_path):
+    store = LabelStore(tmp_path / "l.db")
+    store.add_items([Item("What color is the fox?", ("The fox is red.",), ("sft",))])
+    labeler = PairwiseLabeler(store, "ada")
+    assert labeler.item["responses"] == ["The fox is red."] and labeler.item["shown_order"] == [0]
+    labeler.handle({"action": "label", "item_id": labeler.item["item_id"], "choice": "down", "strength": "much"})
+    [label] = store.labels()
+    assert (label["choice"], label["strength"]) == ("down", None) and labeler.item == {}
+
+
 def test_guidelines_markdown_is_rendered_without_raw_html_or_unsafe_links():
     html = render_guidelines("**bold** <script>alert(1)</script> <img src=x onerror=alert(2)> "
                              "[bad](javascript:alert(3)) [good](https://example.org)")
@@ -188,6 +235,9 @@ def test_front_end_key_map_and_ranking_logic_under_node():
       u: m.actionForKey("u", "pairwise", 2), q: m.actionForKey("q", "pairwise", 2),
       rank2: m.actionForKey("2", "ranking", 4), rank5: m.actionForKey("5", "ranking", 4),
       enter: m.actionForKey("Enter", "ranking", 4),
+      plus: m.actionForKey("+", "pairwise", 1), up: m.actionForKey("ArrowUp", "pairwise", 1),
+      minus: m.actionForKey("-", "pairwise", 1), down: m.actionForKey("ArrowDown", "pairwise", 1),
+      aOnOne: m.actionForKey("a", "pairwise", 1), uOnOne: m.actionForKey("u", "pairwise", 1),
       ranks: m.assignRank(m.assignRank(m.assignRank([null, null, null], 2, false), 0, true), 1, false),
     };
     console.log(JSON.stringify(out));
@@ -202,4 +252,7 @@ def test_front_end_key_map_and_ranking_logic_under_node():
     assert out["three"] == {"type": "strength", "value": "much"} and out["u"] == {"type": "undo"}
     assert out["q"] is None and out["rank5"] is None
     assert out["rank2"] == {"type": "rank", "value": 1} and out["enter"] == {"type": "submit"}
+    assert out["plus"] == out["up"] == {"type": "choice", "value": "up"}
+    assert out["minus"] == out["down"] == {"type": "choice", "value": "down"}
+    assert out["aOnOne"] is None and out["uOnOne"] == {"type": "undo"}  # a lone reply has no left or right
     assert out["ranks"] == [1, 3, 1]  # third first, first tied with it, second next ("1, 1, 3" ranking)

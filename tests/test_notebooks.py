@@ -15,8 +15,9 @@ NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 SHARED = Path(__file__).parent.parent.parent / "shared"
 SMALL = {  # overrides of each notebook's parameters cell
     "00_quickstart.ipynb": QUICK_SETTINGS,
-    "05_dpo_best_of_n.ipynb": "N_DEMONSTRATIONS = 64\nLABELS = 96\nPPO_STEPS = 4\nBEST_OF = (1, 4)\n"
-                              "ACTIVE_BATCHES = 2\nN_HELDOUT = 24",
+    "05_dpo_best_of_n.ipynb": "N_DEMONSTRATIONS = 64\nLABELS = 96\nPPO_STEPS = 4\nILQL_STEPS = 8\nBEST_OF = (1, 4)\n"
+                              "ACTIVE_BATCHES = 2\nN_HELDOUT = 24\nHH_PAIRS = 48\nHH_STEPS = 4\n"
+                              f"HH_RLHF = {str(SHARED / 'data/hh-rlhf/harmless-base-test.jsonl.gz')!r}",
     "01_sft.ipynb": "N_DEMONSTRATIONS = 64\nN_HELDOUT = 8\nEPOCHS = 1.0",
     "02_label.ipynb": f"N_ITEMS = 24\nN_GOLD = 4\nN_GENERATED = 4\nMAX_NEW_TOKENS = 24\n"
                       f"HH_RLHF = {str(SHARED / 'data/hh-rlhf/harmless-base-test.jsonl.gz')!r}",
@@ -27,7 +28,8 @@ SMALL = {  # overrides of each notebook's parameters cell
 EXPECTED_TEXT = {  # printed by each notebook when it worked
     "00_quickstart.ipynb": ["SFT done", "pairs queued for round 1", "rounds in", "report written"],
     "05_dpo_best_of_n.ipynb": ["every method learned from the same", "highest gold win-rate against SFT",
-                               "reward-model agreement with gold per label spent"],
+                               "reward-model agreement with gold per label spent",
+                               "HH-RLHF pairs: its Q-values rank chosen" if SHARED.exists() else "skipping ILQL"],
     "01_sft.ipynb": ["mean gold score: base"],
     "02_label.ipynb": ["raw agreement", "position bias: left won", "exported",
                        "HH-RLHF comparisons ready" if SHARED.exists() else "skipping the import"],
@@ -38,6 +40,9 @@ EXPECTED_TEXT = {  # printed by each notebook when it worked
 EXPECTED_FILES = {  # written by each notebook, relative to where it runs
     "00_quickstart.ipynb": ["quickstart.html", "quickstart.ipynb", "runs/rounds.jsonl"],  # through `make demo`
     "05_dpo_best_of_n.ipynb": ["runs/05_compare/methods/round_1/dpo/adapter_model.safetensors",
+                               "runs/05_compare/methods/round_1/kto/adapter_model.safetensors",
+                               "runs/05_compare/methods/round_1/ilql/ilql_heads.safetensors",
+                               "runs/05_compare/methods/ratings/kto/metrics.html",
                                "runs/05_compare/active/active/round_2/reward/adapter_model.safetensors"],
     "01_sft.ipynb": ["runs/01_sft/adapter_model.safetensors"],
     "02_label.ipynb": ["labels/02_label.db", "labels/02_label.jsonl"],

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhflab.exports import (comparisons, to_dataframe, to_jsonl, to_openrlhf, to_openrlhf_prompts, to_trl_dataset,
-                             to_verl_prompts, trl_rows)
+from rlhflab.exports import (comparisons, kto_rows, ratings, to_dataframe, to_jsonl, to_kto_jsonl, to_openrlhf,
+                             to_openrlhf_prompts, to_trl_dataset, to_verl_prompts, trl_rows)
 from rlhflab.records import Item, dedup, import_comparisons, import_hh_rlhf, read_comparisons, read_hh_rlhf
 from rlhflab.store import LabelStore
 
@@ -119,6 +119,35 @@ def test_export_keeps_margins_flags_annotators_and_expands_rankings(tmp_path, st
     assert len(to_dataframe(store)) == 4
     lines = to_jsonl(store, tmp_path / "out/labels.jsonl").read_text().splitlines()
     assert [json.loads(line)["label"] for line in lines] == ["preferred", "preferred", "tie", "preferred"]
+
+
+def test_ratings_decide_no_pair_and_kto_rows_hold_ratings_and_both_sides_of_pairs(tmp_path, store):
+    pair = Item("What color is the fox?", ("The fox is red.", "Go away."), ("sft", "ppo"))
+    tie = Item("Where does the owl live?", ("In the forest.", "In a tree."), ("sft", "ppo"))
+    good = Item("What sound does the cow make?", ("Moo.",), ("sft",))
+    bad = Item("What does the bee make?", ("Go away, human.",), ("sft",))
+    store.add_items([pair, tie, good, bad])
+    store.record(good.item_id, "ada", choice="up", rationale="right and short")
+    store.record(pair.item_id, "ada", choice="b", strength="clearly", flags={"b": ["harmful"]}, shown_order=[0, 1])
+    store.record(tie.item_id, "ada", choice="tie")
+    store.record(bad.item_id, "bob", choice="down", flags={"a": ["unhelpful"]})
+    assert [(r["chosen"], r["label"]) for r in comparisons(store)] == [("Go away.", "preferred"),
+                                                                       ("In the forest.", "tie")]
+    assert len(trl_rows(store)) == 1
+    rows = ratings(store)
+    assert [(r["prompt"], r["response"], r["label"], r["annotator"], r["rationale"], r["flags"]) for r in rows] == [
+        (good.prompt, "Moo.", True, "ada", "right and short", []),
+        (bad.prompt, "Go away, human.", False, "bob", None, ["unhelpful"])]
+    assert rows[0]["item_id"] == good.item_id and rows[0]["event_id"] == store.labels()[0]["event_id"]
+    kto = kto_rows(store)
+    assert kto == [
+        {"prompt": good.prompt, "completion": "Moo.", "label": True, "source": "rating"},
+        {"prompt": bad.prompt, "completion": "Go away, human.", "label": False, "source": "rating"},
+        {"prompt": pair.prompt, "completion": "Go away.", "label": True, "source": "pair"},
+        {"prompt": pair.prompt, "completion": "The fox is red.", "label": False, "source": "pair"}]
+    assert kto_rows(store, include_flagged=False) == [kto[0], kto[3]]  # the flagged completions are left out
+    lines = to_kto_jsonl(store, tmp_path / "out/kto.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == kto
 
 
 def test_empty_store_export_says_what_to_do(store):

@@ -75,6 +75,29 @@ def test_bad_events_are_refused_and_nothing_is_written(store):
     assert store.events() == []
 
 
+def test_a_rating_is_up_or_down_on_a_one_response_item_without_strength(store):
+    reply = Item("rate me?", ("a single reply",), ("sft",))
+    store.add_items([reply])
+    pair_id = next(iter(store.items()))
+    for item_id, kwargs, error, message in [
+            (reply.item_id, {"choice": "up", "strength": "much"}, ValueError, "a rating \\('up'\\) has no strength"),
+            (pair_id, {"choice": "down"}, ValueError, "has 2 responses; 'up' / 'down' rate an item with exactly one"),
+            ("no-such-item", {"choice": "up"}, KeyError, "no item 'no-such-item'"),
+            (reply.item_id, {"choice": "meh"}, ValueError, "or \\('up', 'down'\\) \\(ratings\\)")]:
+        with pytest.raises(error, match=message):
+            store.record(item_id, "ada", **kwargs)
+    with pytest.raises(ValueError, match="has 2 responses"):  # one bad rating refuses the whole batch
+        store.record_many([{"item_id": reply.item_id, "annotator": "ada", "choice": "up"},
+                           {"item_id": pair_id, "annotator": "ada", "choice": "up"}])
+    assert store.events() == []
+    up = store.record(reply.item_id, "ada", choice="up", rationale="answers it")
+    down = store.record(reply.item_id, "ada", choice="down")  # an edit, like any label
+    assert [(label["event_id"], label["choice"]) for label in store.labels()] == [(down, "down")]
+    store.undo("ada")
+    [label] = store.labels()
+    assert (label["event_id"], label["choice"], label["rationale"]) == (up, "up", "answers it")
+
+
 def test_in_memory_sqlite_is_refused(tmp_path):
     with pytest.raises(ValueError, match="file path"):
         LabelStore("sqlite://")

@@ -2,10 +2,12 @@
 //
 // It renders what Python puts in the `item` trait and sends back what the person chose:
 //   {action: "label", item_id, choice: "left"|"right"|"tie"|"both_bad", strength, flags, rationale}  (pairs)
+//   {action: "label", item_id, choice: "up"|"down", flags, rationale}                                  (one reply)
 //   {action: "label", item_id, ranks: [rank per shown position], flags, rationale}                     (rankings)
 //   {action: "skip" | "flag_prompt", item_id, rationale}, {action: "undo"}, {action: "edit", event_id},
-//   {action: "prompt", text}                                                                            (playground)
-// Python maps shown positions back to stored responses, commits, then sends the next item.
+//   {action: "prompt", text, mode: "compare"|"rate"}                                                   (playground)
+// Python maps shown positions back to stored responses, commits, then sends the next item. Any item with
+// a single response (the playground's "rate one" mode, or one from the store) is rated thumbs up or down.
 //
 // Prompts and responses are untrusted model text: they are only ever set with textContent. The one
 // innerHTML is the guidelines panel, which Python renders from the project's own markdown with raw
@@ -17,7 +19,7 @@ const STRENGTHS = ["slightly", "clearly", "much"];
  * What a key press means, or null. Pure, so node can test it.
  * @param {string} key  KeyboardEvent.key
  * @param {"pairwise"|"ranking"} kind
- * @param {number} k  responses on screen
+ * @param {number} k  responses on screen (1: a reply to rate up or down)
  * @returns {{type: string, value?: any} | null}
  */
 export function actionForKey(key, kind, k) {
@@ -25,6 +27,11 @@ export function actionForKey(key, kind, k) {
   if (lower === "s") return { type: "skip" };
   if (lower === "u") return { type: "undo" };
   if (lower === "p") return { type: "flag_prompt" };
+  if (kind === "pairwise" && k === 1) {
+    if (key === "+" || key === "ArrowUp") return { type: "choice", value: "up" };
+    if (key === "-" || key === "ArrowDown") return { type: "choice", value: "down" };
+    return null;
+  }
   if (kind === "pairwise") {
     if (lower === "a" || key === "ArrowLeft") return { type: "choice", value: "left" };
     if (lower === "b" || key === "ArrowRight") return { type: "choice", value: "right" };
@@ -93,13 +100,20 @@ function render({ model, el }) {
   const guidelinesBody = element("div", "rl-guidelines-body");
   guidelines.append(guidelinesBody);
 
+  // The playground: "compare two" asks for two replies to judge side by side, "rate one" for one to rate.
   const playground = element("div", "rl-playground");
+  const modes = element("div", "rl-modes");
+  let playMode = "compare";
+  [["compare", "compare two", "two fresh replies side by side: which is better?"],
+   ["rate", "rate one", "one fresh reply: thumbs up or down"]].forEach(([mode, name, title]) => {
+    const b = button(name, title, () => setPlayMode(mode));
+    b.dataset.mode = mode;
+    modes.append(b);
+  });
   const promptInput = element("textarea", "rl-prompt-input");
-  promptInput.placeholder = "Type a prompt to see two fresh replies";
   promptInput.rows = 2;
-  playground.append(promptInput, button("Generate two replies", "ask the model(s)", () => {
-    send({ action: "prompt", text: promptInput.value });
-  }));
+  const ask = button("", "ask the model(s)", () => send({ action: "prompt", text: promptInput.value, mode: playMode }));
+  playground.append(modes, promptInput, ask);
 
   const promptBox = element("div", "rl-prompt");
   const responses = element("div", "rl-responses");
@@ -141,6 +155,17 @@ function render({ model, el }) {
     if (item.item_id) send({ action, item_id: item.item_id, rationale: rationale.value });
   }
 
+  function setPlayMode(mode) {
+    playMode = mode;
+    modes.querySelectorAll("[data-mode]").forEach((b) => {
+      b.classList.toggle("rl-selected", b.dataset.mode === mode);
+      b.setAttribute("aria-pressed", String(b.dataset.mode === mode));
+    });
+    const rate = mode === "rate";
+    promptInput.placeholder = rate ? "Type a prompt to rate one fresh reply" : "Type a prompt to see two fresh replies";
+    ask.textContent = rate ? "Generate one reply" : "Generate two replies";
+  }
+
   // -- drawing ---------------------------------------------------------------------------------
   function drawItem() {
     const item = model.get("item");
@@ -158,11 +183,13 @@ function render({ model, el }) {
     promptBox.append(element("div", "rl-heading", item.editing ? "Prompt (editing your earlier label)" : "Prompt"),
                      element("div", "rl-text", item.prompt));
     const k = item.responses.length;
+    const rating = kind === "pairwise" && k === 1; // one reply, rated on its own
     ranks = item.previous && item.previous.ranks ? item.previous.ranks.slice() : new Array(k).fill(null);
     item.responses.forEach((text, position) => {
       const card = element("div", "rl-response");
       card.dataset.position = String(position);
-      const name = kind === "pairwise" ? (position === 0 ? "A (left)" : "B (right)") : `Response ${position + 1}`;
+      const name = rating ? "Reply" : kind === "pairwise" ? (position === 0 ? "A (left)" : "B (right)")
+        : `Response ${position + 1}`;
       card.append(element("div", "rl-heading", name), element("div", "rl-text", text));
       const flags = element("div", "rl-flags");
       model.get("flag_names").forEach((flag) => {
@@ -182,7 +209,12 @@ function render({ model, el }) {
       responses.append(card);
     });
 
-    if (kind === "pairwise") {
+    if (rating) {
+      const thumbs = element("div", "rl-thumbs");
+      thumbs.append(button("👍 good", "a good reply (key + or ↑)", () => label({ choice: "up" })),
+                    button("👎 bad", "a bad reply (key - or ↓)", () => label({ choice: "down" })));
+      controls.append(thumbs);
+    } else if (kind === "pairwise") {
       const strengths = element("div", "rl-strengths");
       STRENGTHS.forEach((name, i) => {
         const b = button(`${i + 1} ${name}`, `strength: ${name} better (key ${i + 1})`, () => setStrength(name));
@@ -285,6 +317,7 @@ function render({ model, el }) {
                     ["change:history", drawHistory], ["change:guidelines_html", drawFrame]];
   handlers.forEach(([name, handler]) => model.on(name, handler));
   drawFrame();
+  setPlayMode(playMode);
   drawProgress();
   drawHistory();
   drawItem();

@@ -4,6 +4,7 @@ API, and gold-labelled comparison rows.
     world_items       items of the world's own candidates, from 'policies' of known quality
     label_with_gold   labels a store's queue as the gold annotator would, through the same API people use
     gold_comparisons  gold-labelled rows of world candidates plus a policy's own sample pairs
+    gold_ratings      thumbs up / down rows of a policy's own samples, one per prompt
 
 Nothing here trains: a policy is only asked to `generate`.
 """
@@ -36,7 +37,7 @@ def label_with_gold(store: LabelStore, gold, annotator: str = "gold", n: int | N
     """Label up to `n` items (all available when None) as the gold annotator would, through the store API.
 
     Pairs are shown in a random left/right order and judged by `gold.compare` (whose `noise` flips
-    some verdicts); rankings sort by gold score. Response flags follow the gold score's parts
+    some verdicts); rankings sort by gold score; a lone response is rated by `gold.rate`. Response flags follow the gold score's parts
     (a wrong fact -> 'false fact', another topic -> 'off-topic'). Returns the event ids.
     """
     rng = random.Random(f"label_with_gold:{seed}:{annotator}")
@@ -49,7 +50,10 @@ def label_with_gold(store: LabelStore, gold, annotator: str = "gold", n: int | N
         rng.shuffle(order)
         flags = {letter(i): _gold_flags(gold, item.prompt, r) for i, r in enumerate(item.responses)}
         common = {"session": session, "shown_order": order, "flags": {k: v for k, v in flags.items() if v}}
-        if len(item.responses) == 2:
+        if len(item.responses) == 1:
+            choice = "up" if gold.rate(item.prompt, item.responses[0]) else "down"
+            events.append(store.record(item.item_id, annotator, choice=choice, **common))
+        elif len(item.responses) == 2:
             verdict = gold.compare(item.prompt, item.responses[order[0]], item.responses[order[1]])
             if verdict.choice in ("a", "b"):  # gold's 'a' is the left response
                 stored = "ab"[order[0 if verdict.choice == "a" else 1]]
@@ -87,6 +91,14 @@ def gold_comparisons(world: TinyWorld, gold: GoldAnnotator, policy, split: str, 
     policy_prompts = [q.text for q in world.questions(split, n_policy, seed=seed + 1)]
     return (gold.preferences(*world.candidate_pairs(split, n_world, seed=seed))
             + gold.preferences(*sample_pairs(policy, policy_prompts, seed=seed + 2)))
+
+
+def gold_ratings(world: TinyWorld, gold: GoldAnnotator, policy, split: str, n: int, seed: int) -> list[dict]:
+    """prompt / completion / label rows: one sample of `policy` per prompt, rated by `gold.rate`.
+    A rating reads one response where a comparison reads two: KTO's cheaper signal."""
+    prompts = [q.text for q in world.questions(split, n, seed=seed + 3)]
+    return [{"prompt": p, "completion": r, "label": gold.rate(p, r)}
+            for p, r in zip(prompts, policy.generate(prompts, seed=seed + 4))]
 
 
 def calibration_items(world: TinyWorld, gold: GoldAnnotator, n: int, seed: int = 99) -> list[Item]:

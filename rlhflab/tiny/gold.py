@@ -13,10 +13,12 @@ the response as a documented sum over the quality axes of `rlhflab.tiny.world`:
            - 3.0  x the share of words the world does not know            (gibberish)
 
 So a fact counts only in a response on topic, and an on-topic answer with a wrong fact (0.5)
-still beats an off-topic one (0.0) of the same length. An empty response scores EMPTY_SCORE. A comparison prefers the higher score; scores within
-TIE_WIDTH are a tie, and when both are below BOTH_BAD_BELOW the verdict is "both_bad". With
-`noise` > 0 a share of the decided comparisons is flipped, to mimic annotators who disagree
-(about 27% of InstructGPT's comparisons, Ouyang et al. 2022, sec. 5.1 / appendix B).
+still beats an off-topic one (0.0) of the same length. An empty response scores EMPTY_SCORE. A
+comparison prefers the higher score; scores within TIE_WIDTH are a tie, and when both are below
+BOTH_BAD_BELOW the verdict is "both_bad". A thumbs rating of one response is up from
+THUMBS_UP_FROM: on topic and right, and not rude. With `noise` > 0 a share of the decided
+comparisons and of the ratings is flipped, to mimic annotators who disagree (about 27% of
+InstructGPT's comparisons, Ouyang et al. 2022, sec. 5.1 / appendix B).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .world import (ATTRIBUTES, POLITE_CLOSERS, POLITE_OPENERS, QUESTIONS, RUDE_
 EMPTY_SCORE = -4.0  # an empty response is worse than any rude, wrong one
 TIE_WIDTH = 0.25  # |score difference| below this is a tie
 BOTH_BAD_BELOW = -1.0  # both scores below this: "both_bad"
+THUMBS_UP_FROM = 2.0  # a rating is 'up' from this score: on topic and right (3.0), and not rude (1.5)
 CONCISE_WORDS = 20  # words a complete, polite answer needs at most
 STRENGTHS = ((1.0, "slightly"), (2.5, "clearly"), (float("inf"), "much"))  # |difference| upper bounds
 
@@ -130,6 +133,10 @@ class GoldAnnotator:
         a_wins = (difference > 0) != flipped
         strength = next(name for bound, name in STRENGTHS if abs(difference) < bound)
         return Verdict("a" if a_wins else "b", strength, score_a, score_b, flipped)
+
+    def rate(self, prompt: str, response: str) -> bool:
+        """Thumbs up (True) or down for one response; `noise` flips a share of the ratings."""
+        return (self.score(prompt, response) >= THUMBS_UP_FROM) != (self._rng.random() < self.noise)
 
     def mean_score(self, prompts: list[str], responses: list[str]) -> float:
         """Mean gold score of `responses` to `prompts`."""

@@ -1,0 +1,122 @@
+"""Kahneman-Tversky Optimisation (Ethayarajh et al. 2024): learn from unpaired thumbs up / down.
+
+A chat product collects one verdict per answer, not comparisons. KTO learns from such rows
+(prompt, completion, desirable or not) with the loss, per row,
+
+    desirable:    w_D (1 - sigmoid(beta (log pi(y|x) / ref(y|x) - z)))
+    undesirable:  w_U (1 - sigmoid(beta (z - log pi(y|x) / ref(y|x))))
+
+where z is an estimate of KL(pi || ref) from mismatched prompt / completion pairs of the batch
+(Ethayarajh et al. 2024, eq. 8). We build on TRL's KTOTrainer:
+
+- Rows come from a `LabelStore` (`rlhflab.exports.kto_rows`): every thumbs rating of the playground,
+  and every decided pair as chosen = desirable, rejected = undesirable. Or from any DataFrame,
+  Dataset or list of rows with prompt / completion / label.
+- As for DPO, a LoRA policy loaded on a trained adapter keeps a frozen copy of it as the reference,
+  and a 4-bit base needs LoRA (QLoRA).
+- The paper asks for w_D n_D / (w_U n_U) in [1, 4/3] (sec. 4.2); `balance` sets w_D from the counts
+  so that ratings with more downs than ups still train.
+- TRL's `rewards/chosen`, `rewards/rejected`, `rewards/margins` and `kl` go to the live plot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import trl
+from datasets import Dataset
+
+from .exports import kto_rows
+from .live import LivePlot
+from .models import Policy
+from .records import as_rows
+from .store import LabelStore
+from .training import last_logged, refuse_to_train_quantized, train_against_reference, trl_args
+
+LOGGED = ("rewards/chosen", "rewards/rejected", "rewards/margins", "kl")
+
+
+@dataclass
+class KTOConfig:
+    """Settings of one KTO run."""
+
+    output_dir: str = "runs/kto"  # the adapter (peft format) or full model, tokenizer and metrics
+    epochs: float = 1.0  # passes over the rows
+    max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
+    batch_size: int = 16  # rows per device per step; the KL estimate pairs each row with another of its batch
+    learning_rate: float = 5e-4  # peak rate; LoRA takes ~5e-4 here, full fine-tuning ~5e-7
+    beta: float = 0.1  # strength of the implicit KL penalty to the reference (Ethayarajh et al. used 0.1)
+    balance: bool = True  # weigh desirable rows by n_undesirable / n_desirable when there are fewer of them
+    max_length: int = 256  # tokens per prompt + completion; longer ones are truncated
+    logging_steps: int = 5  # log (and plot) every this many steps
+    seed: int = 0  # seeds the shuffling
+
+
+@dataclass
+class KTOResult:
+    metrics: dict  # 'train/loss', 'train/runtime_s', 'rows/desirable', 'rows/undesirable' and the last LOGGED values
+    output_dir: Path  # where the adapter (peft format) or full model was saved
+
+
+def kto_data(feedback, columns: dict | None = None, include_flagged: bool = True) -> list[dict]:
+    """prompt / completion / label rows from a LabelStore or from rows a user hands in."""
+    if isinstance(feedback, LabelStore):
+        feedback = kto_rows(feedback, include_flagged)
+        if not feedback:
+            raise ValueError("the label store holds no thumbs ratings or decided pairs yet; rate answers in the "
+                             "playground (PairwiseLabeler(..., playground=[policy])) or label some pairs first")
+    columns = dict(columns or {})
+    label = columns.pop("label", "label")
+    rows = as_rows(feedback, ["prompt", "completion"], columns, what="KTO rows", optional=[label])
+    for index, row in enumerate(rows):
+        if not isinstance(row[label], bool):
+            raise ValueError(f"KTO rows row {index}: {label!r} must be True (thumbs up) or False (thumbs down), not "
+                             f"{row[label]!r}; pass columns={{'label': ...}} to name the column that holds it")
+    return [{"prompt": r["prompt"], "completion": r["completion"], "label": r[label]} for r in rows]
+
+
+def conversations(rows: list[dict]) -> Dataset:
+    """Chat-form rows, so TRL applies the policy's chat template to every prompt."""
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+                               "completion": [{"role": "assistant", "content": r["completion"]}],
+                               "label": r["label"]} for r in rows])
+
+
+def train_kto(policy: Policy, feedback, config: KTOConfig | None = None, *, columns: dict | None = None,
+              include_flagged: bool = True, live: LivePlot | None = None) -> KTOResult:
+    """Train `policy` in place with KTO on thumbs up / down rows, save it, and return its metrics.
+
+    Args:
+        policy: from `load_policy`, usually `load_policy(base, lora=True, adapter=sft_dir)`, so the
+            adapter starts from SFT and a frozen copy of it is the reference.
+        feedback: a `LabelStore` (ratings and decided pairs), or a DataFrame / Dataset / list of dicts
+            with prompt, completion and label (True: thumbs up).
+        columns: maps the column names to others, e.g. {'completion': 'response', 'label': 'thumbs_up'}.
+        include_flagged: from a store, keep rows whose completion was flagged.
+        live: a LivePlot for the implicit rewards and the KL estimate; by default one writing to `output_dir`.
+
+    Examples:
+        >>> policy = load_policy("tiny", lora=True, adapter="runs/sft")  # doctest: +SKIP
+        >>> result = train_kto(policy, store, KTOConfig(max_steps=20))  # doctest: +SKIP
+    """
+    config = config or KTOConfig()
+    refuse_to_train_quantized(policy.model, policy.is_lora, "load_policy")
+    rows = kto_data(feedback, columns, include_flagged)
+    desirable = sum(r["label"] for r in rows)
+    undesirable = len(rows) - desirable
+    if not desirable or not undesirable:
+        raise ValueError(f"KTO needs both thumbs up and thumbs down; these rows hold {desirable} up and "
+                         f"{undesirable} down. Rate some answers the other way, or add decided pairs")
+    if config.batch_size < 2:
+        raise ValueError("KTO estimates its KL term from other rows of the batch: batch_size must be 2 or more")
+    output_dir = Path(config.output_dir)
+    live = live or LivePlot(output_dir, title="KTO", layout="kto")
+    weight = max(1.0, undesirable / desirable) if config.balance else 1.0
+    args = trl_args(trl.KTOConfig, config, policy.device, beta=config.beta, desirable_weight=weight)
+    trainer = trl.KTOTrainer(model=policy.model, args=args, train_dataset=conversations(rows),
+                             processing_class=policy.tokenizer, callbacks=[live])
+    outcome = train_against_reference(trainer, policy, output_dir)
+    return KTOResult({"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"],
+                      "rows/desirable": desirable, "rows/undesirable": undesirable,
+                      **last_logged(trainer, LOGGED)}, output_dir)

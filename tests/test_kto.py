@@ -1,0 +1,53 @@
+"""KTO: trains from thumbs events in the label store; refuses rows it cannot learn from, naming the fix."""
+
+import json
+
+import pytest
+import torch
+
+from rlhflab.exports import kto_rows
+from rlhflab.kto import KTOConfig, kto_data, train_kto
+from rlhflab.models import load_policy
+from rlhflab.records import Item
+from rlhflab.stages import sample
+from rlhflab.store import LabelStore
+from rlhflab.tiny.annotate import label_with_gold
+
+
+def test_kto_trains_from_thumbs_events_in_the_store(recipe, world, gold, tmp_path):
+    config, sft_dir, _, _ = recipe
+    policy = load_policy(config.base, lora=True, adapter=str(sft_dir))
+    prompts = [q.text for q in world.questions("train", 48, seed=3)]
+    store = LabelStore(tmp_path / "labels.db")
+    store.add_items([Item(p, (r,), ("sft",), meta={"playground": True})
+                     for p, r in zip(prompts, sample(policy, prompts, config, seed=4))])
+    events = label_with_gold(store, gold, annotator="gold")  # a thumbs rating per answer, as a person gives them
+    assert {store.events()[0]["choice"], store.events()[-1]["choice"]} <= {"up", "down"}
+    rows = kto_rows(store)
+    assert len(rows) == len(events) == 48 and {r["source"] for r in rows} == {"rating"}
+    ups = sum(r["label"] for r in rows)
+    assert 0 < ups < 48, "the gold annotator should rate some SFT answers up and some down"
+    before = {n: p.detach().clone() for n, p in policy.model.named_parameters() if p.requires_grad}
+    result = train_kto(policy, store, KTOConfig(output_dir=str(tmp_path / "kto"), max_steps=6, batch_size=8,
+                                                logging_steps=2))
+    changed = [n for n, p in policy.model.named_parameters() if n in before and not torch.equal(p, before[n])]
+    assert changed, "KTO left every adapter weight where it was"
+    assert result.metrics["rows/desirable"] == ups and result.metrics["rows/undesirable"] == 48 - ups
+    assert result.metrics["kl"] == result.metrics["kl"]  # TRL's KL estimate was logged (not NaN)
+    assert (result.output_dir / "adapter_model.safetensors").exists()
+    assert "ref" not in json.dumps(sorted(policy.model.peft_config))  # TRL's frozen reference copy is gone
+    logged = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("rewards/margins" in entry for entry in logged)
+
+
+def test_kto_refuses_rows_it_cannot_learn_from(tmp_path):
+    with pytest.raises(ValueError, match="'label' must be True"):
+        kto_data([{"prompt": "p", "completion": "c", "label": "yes"}])
+    assert kto_data([{"prompt": "p", "answer": "c", "thumbs": False}],
+                    columns={"completion": "answer", "label": "thumbs"}) == [{"prompt": "p", "completion": "c",
+                                                                               "label": False}]
+    policy = load_policy("tiny", lora=True)
+    with pytest.raises(ValueError, match="2 up and 0 down"):
+        train_kto(policy, [{"prompt": "p", "completion": "c", "label": True}] * 2, KTOConfig(output_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="no thumbs ratings or decided pairs"):
+        train_kto(policy, LabelStore(tmp_path / "empty.db"), KTOConfig(output_dir=str(tmp_path)))
