@@ -25,11 +25,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pandas as pd
+import pandas as pd  # noqa: E402
 
-from rlhflab import GoldAnnotator, TinyWorld
-from rlhflab.loop import active_vs_random, compare_methods
-from rlhflab.stages import RLHFConfig
+from rlhflab import GoldAnnotator, TinyWorld  # noqa: E402
+from rlhflab.loop import active_vs_random, compare_methods  # noqa: E402
+from rlhflab.stages import RLHFConfig  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

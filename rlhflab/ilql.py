@@ -279,7 +279,8 @@ def ilql_rows(data, reward=None, columns: dict | None = None) -> list[dict]:
         rows = kto_rows(data)
         if not rows:
             raise ValueError("the label store holds no ratings or decided pairs yet; label some items first")
-        return [{"prompt": r["prompt"], "response": r["completion"], "reward": 1.0 if r["label"] else -1.0} for r in rows]
+        return [{"prompt": r["prompt"], "response": r["completion"], "reward": 1.0 if r["label"] else -1.0}
+                for r in rows]
     columns = dict(columns or {})
     if as_rows(data, ["prompt"], columns, what="ILQL data", optional=["chosen", "rejected"])[0]["chosen"] is not None:
         return [{"prompt": r["prompt"], "response": r[side], "reward": value}
@@ -374,7 +375,8 @@ class ILQLModule(torch.nn.Module):
                  "loss/v": expectile_loss(target_q, v, config.tau),
                  "loss/cql": cql_loss(q_all, taken),
                  "loss/awac": awac_loss(lm_logits, taken, target_q - v, config.awac_beta)}
-        loss = terms["loss/q"] + terms["loss/v"] + config.cql_scale * terms["loss/cql"] + config.awac_scale * terms["loss/awac"]
+        loss = (terms["loss/q"] + terms["loss/v"] + config.cql_scale * terms["loss/cql"]
+                + config.awac_scale * terms["loss/awac"])
         with torch.no_grad():
             stats = {"loss/total": loss, **terms, "values/v": v.mean(), "values/q": q_taken[0].mean(),
                      "values/advantage": (target_q - v).mean(),
@@ -408,7 +410,8 @@ def train_ilql(policy: Policy, data, config: ILQLConfig | None = None, *, reward
     examples = tokenized(policy.tokenizer, [{**r, "reward": s} for r, s in zip(rows, rewards)], config.max_length)
     output_dir = Path(config.output_dir)
     live = live or LivePlot(output_dir, title="ILQL", layout="ilql")
-    accelerator = Accelerator(cpu=policy.device.type == "cpu", mixed_precision=precision_for(policy.device).mixed_precision)
+    accelerator = Accelerator(cpu=policy.device.type == "cpu",
+                              mixed_precision=precision_for(policy.device).mixed_precision)
     disable_dropout(policy.model)
     torch.manual_seed(config.seed)
     hidden = policy.model.config.get_text_config().hidden_size
