@@ -35,6 +35,7 @@ std 1, as trlX did.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import random
@@ -137,15 +138,22 @@ def awac_loss(lm_logits: torch.Tensor, actions: torch.Tensor, advantages: torch.
     return (F.cross_entropy(lm_logits.float(), actions, reduction="none") * weights).mean()
 
 
-def decoding_logits(lm_logits: torch.Tensor, q: torch.Tensor, v: torch.Tensor, beta: float, top_k: int) -> torch.Tensor:
+def decoding_logits(lm_logits: torch.Tensor, q: torch.Tensor, v: torch.Tensor, beta: float, top_k: int,
+                    scored: torch.Tensor | None = None) -> torch.Tensor:
     """log pi + beta (Q - V), with every token outside the top k at -inf: (..., V) from (..., V), (..., V), (..., 1).
 
     Sampling draws from softmax(this / T); `ILQLPolicy.response_logprobs` scores with the same logits.
+    `scored` (...,) tokens stay in the kept set whatever their rank: a sampled token is in the top k
+    anyway, and the EOS that scoring appends to a reply cut at max_new_tokens gets a finite log-prob
+    (in a k + 1 token distribution) instead of an infinite KL.
     """
     logits = F.log_softmax(lm_logits.float(), dim=-1) + beta * (q.float() - v.float())
     if 0 < top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        outside = logits < kth
+        if scored is not None:
+            outside.scatter_(-1, scored.unsqueeze(-1), False)
+        logits = logits.masked_fill(outside, float("-inf"))
     return logits
 
 
@@ -198,15 +206,21 @@ class ILQLPolicy(Policy):
     beta: float = 1.0
     top_k: int = 20
 
-    def trunk(self, **inputs) -> tuple[torch.Tensor, torch.Tensor, object]:
-        """The LM's logits and last hidden state at the last `logits_to_keep` positions, and the cache."""
-        keep = inputs.pop("logits_to_keep")
-        out = self.model(**inputs, logits_to_keep=keep, output_hidden_states=True)
-        return out.logits, out.hidden_states[-1][:, -keep:], out.cache
+    def trunk(self, cache=None, **inputs) -> tuple[torch.Tensor, torch.Tensor, object]:
+        """The LM's logits and last hidden state at the last `logits_to_keep` positions, and the KV cache.
 
-    def next_token_logits(self, lm_logits: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        transformers 5.2x calls the cache `cache`; earlier 5.x releases call it `past_key_values`.
+        """
+        keep = inputs.pop("logits_to_keep")
+        backbone = self.model.get_base_model() if self.is_lora else self.model
+        name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+        out = self.model(**inputs, **{name: cache}, logits_to_keep=keep, output_hidden_states=True)
+        return out.logits, out.hidden_states[-1][:, -keep:], getattr(out, name)
+
+    def next_token_logits(self, lm_logits: torch.Tensor, hidden: torch.Tensor,
+                          scored: torch.Tensor | None = None) -> torch.Tensor:
         _, target_q, v = self.heads(hidden)
-        return decoding_logits(lm_logits, target_q, v, self.beta, self.top_k)
+        return decoding_logits(lm_logits, target_q, v, self.beta, self.top_k, scored)
 
     @torch.no_grad()
     def sample_tokens(self, inputs: dict, max_new_tokens: int, temperature: float, do_sample: bool) -> torch.Tensor:
@@ -233,7 +247,7 @@ class ILQLPolicy(Policy):
     def response_logits(self, batch: dict, keep: int) -> torch.Tensor:
         lm_logits, hidden, _ = self.trunk(**batch, position_ids=left_padded_positions(batch["attention_mask"]),
                                           use_cache=False, logits_to_keep=keep + 1)
-        return self.next_token_logits(lm_logits[:, :-1], hidden[:, :-1])
+        return self.next_token_logits(lm_logits[:, :-1], hidden[:, :-1], scored=batch["input_ids"][:, -keep:])
 
 
     @torch.no_grad()

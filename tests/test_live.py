@@ -26,10 +26,11 @@ def test_log_keeps_only_finite_numbers_and_recognises_the_run(tmp_path):
     assert live.layout == "ppo"
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[0] == {"step": 1, "objective/kl": 0.5, "objective/scores": 1.0, "policy/clipfrac_avg": 0.1}
-    assert [layout_for(m) for m in ({"rewards/margins": 1}, {"accuracy": 1}, {"loss": 1}, {"gold/mean": 1})] == [
-        "dpo", "reward", "sft", "sft"]
+    assert [layout_for(m) for m in ({"rewards/margins": 1}, {"rewards/margins": 1, "kl": 0.1}, {"loss/q": 1},
+                                    {"accuracy": 1}, {"loss": 1}, {"gold/mean": 1})] == [
+        "dpo", "kto", "ilql", "reward", "sft", "sft"]
     with pytest.raises(ValueError, match="layout must be one of"):
-        LivePlot(None, layout="ilql")
+        LivePlot(None, layout="nlpo")
     with pytest.raises(ValueError, match="1 to 4 curves"):
         Chart("too much", "y", tuple(Curve(f"m{i}", f"m{i}") for i in range(5)))
 

@@ -16,7 +16,7 @@ SHARED = Path(__file__).parent.parent.parent / "shared"
 SMALL = {  # overrides of each notebook's parameters cell
     "00_quickstart.ipynb": QUICK_SETTINGS,
     "05_dpo_best_of_n.ipynb": "N_DEMONSTRATIONS = 64\nLABELS = 96\nPPO_STEPS = 4\nILQL_STEPS = 8\nBEST_OF = (1, 4)\n"
-                              "ACTIVE_BATCHES = 2\nN_HELDOUT = 24\nHH_PAIRS = 48\nHH_STEPS = 4\n"
+                              "ACTIVE_BATCHES = 1\nN_HELDOUT = 24\nHH_PAIRS = 32\nHH_HELDOUT = 32\nHH_STEPS = 4\n"
                               f"HH_RLHF = {str(SHARED / 'data/hh-rlhf/harmless-base-test.jsonl.gz')!r}",
     "01_sft.ipynb": "N_DEMONSTRATIONS = 64\nN_HELDOUT = 8\nEPOCHS = 1.0",
     "02_label.ipynb": f"N_ITEMS = 24\nN_GOLD = 4\nN_GENERATED = 4\nMAX_NEW_TOKENS = 24\n"
@@ -43,7 +43,7 @@ EXPECTED_FILES = {  # written by each notebook, relative to where it runs
                                "runs/05_compare/methods/round_1/kto/adapter_model.safetensors",
                                "runs/05_compare/methods/round_1/ilql/ilql_heads.safetensors",
                                "runs/05_compare/methods/ratings/kto/metrics.html",
-                               "runs/05_compare/active/active/round_2/reward/adapter_model.safetensors"],
+                               "runs/05_compare/active/active/round_1/reward/adapter_model.safetensors"],
     "01_sft.ipynb": ["runs/01_sft/adapter_model.safetensors"],
     "02_label.ipynb": ["labels/02_label.db", "labels/02_label.jsonl"],
     "06_team_labeling.ipynb": ["team_labels.db"],
