@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trl
-from datasets import Dataset
 
 from .exports import trl_rows
 from .live import LivePlot
 from .models import Policy
 from .records import COMPARISON_COLUMNS, as_rows
 from .store import LabelStore
-from .training import last_logged, refuse_to_train_quantized, train_against_reference, trl_args
+from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
 
 
 @dataclass
@@ -63,13 +62,6 @@ def dpo_rows(preferences, columns: dict | None = None, include_flagged: bool = T
     return as_rows(preferences, COMPARISON_COLUMNS, columns, what="preferences")
 
 
-def conversations(rows: list[dict]) -> Dataset:
-    """Chat-form rows, so TRL applies the policy's chat template to every prompt."""
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
-                               "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                               "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
-
-
 def train_dpo(policy: Policy, preferences, config: DPOConfig | None = None, *, columns: dict | None = None,
               include_flagged: bool = True, live: LivePlot | None = None) -> DPOResult:
     """Train `policy` in place with DPO on comparisons, save it, and return its metrics.
@@ -93,7 +85,7 @@ def train_dpo(policy: Policy, preferences, config: DPOConfig | None = None, *, c
     output_dir = Path(config.output_dir)
     live = live or LivePlot(output_dir, title="DPO", layout="dpo")
     args = trl_args(trl.DPOConfig, config, policy.device, beta=config.beta)
-    trainer = trl.DPOTrainer(model=policy.model, args=args, train_dataset=conversations(rows),
+    trainer = trl.DPOTrainer(model=policy.model, args=args, train_dataset=chat_dataset(rows, ("chosen", "rejected")),
                              processing_class=policy.tokenizer, callbacks=[live])
     outcome = train_against_reference(trainer, policy, output_dir)
     return DPOResult({"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"],

@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trl
-from datasets import Dataset
 
 from .exports import kto_rows
 from .live import LivePlot
 from .models import Policy
 from .records import as_rows
 from .store import LabelStore
-from .training import last_logged, refuse_to_train_quantized, train_against_reference, trl_args
+from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
 
 LOGGED = ("rewards/chosen", "rewards/rejected", "rewards/margins", "kl")
 
@@ -76,13 +75,6 @@ def kto_data(feedback, columns: dict | None = None, include_flagged: bool = True
     return [{"prompt": r["prompt"], "completion": r["completion"], "label": r[label]} for r in rows]
 
 
-def conversations(rows: list[dict]) -> Dataset:
-    """Chat-form rows, so TRL applies the policy's chat template to every prompt."""
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
-                               "completion": [{"role": "assistant", "content": r["completion"]}],
-                               "label": r["label"]} for r in rows])
-
-
 def train_kto(policy: Policy, feedback, config: KTOConfig | None = None, *, columns: dict | None = None,
               include_flagged: bool = True, live: LivePlot | None = None) -> KTOResult:
     """Train `policy` in place with KTO on thumbs up / down rows, save it, and return its metrics.
@@ -114,7 +106,7 @@ def train_kto(policy: Policy, feedback, config: KTOConfig | None = None, *, colu
     live = live or LivePlot(output_dir, title="KTO", layout="kto")
     weight = max(1.0, undesirable / desirable) if config.balance else 1.0
     args = trl_args(trl.KTOConfig, config, policy.device, beta=config.beta, desirable_weight=weight)
-    trainer = trl.KTOTrainer(model=policy.model, args=args, train_dataset=conversations(rows),
+    trainer = trl.KTOTrainer(model=policy.model, args=args, train_dataset=chat_dataset(rows, ("completion",), keep=("label",)),
                              processing_class=policy.tokenizer, callbacks=[live])
     outcome = train_against_reference(trainer, policy, output_dir)
     return KTOResult({"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"],

@@ -182,3 +182,18 @@ def test_ilql_from_gold_pairs_beats_sft_on_gold_and_scores_what_it_samples(recip
     assert torch.allclose(without_heads.response_logprobs(baseline.prompts[:8], responses),
                           load(config, result.output_dir, trainable=True).response_logprobs(baseline.prompts[:8],
                                                                                             responses), atol=1e-4)
+
+
+@pytest.mark.parametrize("quantization", [None, "4bit"])
+def test_ilql_on_lora_or_qlora_saves_adapter_and_heads_that_reload_and_decode(tmp_path, quantization):
+    rows = [{"prompt": "What color is the fox?", "response": "The fox is red.", "reward": 1.0},
+            {"prompt": "What color is the fox?", "response": "Go away.", "reward": -1.0}] * 4
+    policy = load_policy("tiny", lora=True, quantization=quantization)
+    result = train_ilql(policy, rows, ILQLConfig(output_dir=str(tmp_path), steps=3, batch_size=4, logging_steps=1))
+    assert [h["step"] for h in result.history] == [1, 2, 3] and all(math.isfinite(h["loss/total"]) for h in result.history)
+    assert {"adapter_model.safetensors", "ilql_heads.safetensors", "ilql.json"} <= {p.name for p in tmp_path.iterdir()}
+    reloaded = load_ilql("tiny", tmp_path, quantization=quantization)
+    [reply] = reloaded.generate(["What color is the fox?"], max_new_tokens=8, seed=0)
+    assert isinstance(reply, str)
+    with pytest.raises(ValueError, match="lora=True"):
+        train_ilql(load_policy("tiny"), rows, ILQLConfig(output_dir=str(tmp_path / "full")))

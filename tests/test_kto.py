@@ -51,3 +51,11 @@ def test_kto_refuses_rows_it_cannot_learn_from(tmp_path):
         train_kto(policy, [{"prompt": "p", "completion": "c", "label": True}] * 2, KTOConfig(output_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="no thumbs ratings or decided pairs"):
         train_kto(policy, LabelStore(tmp_path / "empty.db"), KTOConfig(output_dir=str(tmp_path)))
+
+
+def test_kto_trains_a_lora_adapter_on_a_4bit_base(tmp_path):
+    rows = [{"prompt": "What color is the fox?", "completion": "The fox is red.", "label": True},
+            {"prompt": "What color is the fox?", "completion": "Go away.", "label": False}] * 4
+    policy = load_policy("tiny", lora=True, quantization="4bit")
+    result = train_kto(policy, rows, KTOConfig(output_dir=str(tmp_path), max_steps=2, batch_size=4, logging_steps=1))
+    assert (result.output_dir / "adapter_model.safetensors").exists() and result.metrics["rows/desirable"] == 4
