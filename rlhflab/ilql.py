@@ -297,9 +297,10 @@ def ilql_rows(data, reward=None, columns: dict | None = None) -> list[dict]:
                 for r in rows]
     columns = dict(columns or {})
     if as_rows(data, ["prompt"], columns, what="ILQL data", optional=["chosen", "rejected"])[0]["chosen"] is not None:
+        pairs = as_rows(data, COMPARISON_COLUMNS, columns, what="ILQL data",
+                        allow_empty=["chosen", "rejected"])  # an empty reply is real data in HH-RLHF
         return [{"prompt": r["prompt"], "response": r[side], "reward": value}
-                for r in as_rows(data, COMPARISON_COLUMNS, columns, what="ILQL data")
-                for side, value in (("chosen", 1.0), ("rejected", -1.0))]
+                for r in pairs for side, value in (("chosen", 1.0), ("rejected", -1.0))]
     reward_column = columns.pop("reward", "reward")
     rows = as_rows(data, ["prompt", "response"], columns, what="ILQL data", allow_empty=["response"],
                    optional=[reward_column])

@@ -106,7 +106,8 @@ def train_kto(policy: Policy, feedback, config: KTOConfig | None = None, *, colu
     live = live or LivePlot(output_dir, title="KTO", layout="kto")
     weight = max(1.0, undesirable / desirable) if config.balance else 1.0
     args = trl_args(trl.KTOConfig, config, policy.device, beta=config.beta, desirable_weight=weight)
-    trainer = trl.KTOTrainer(model=policy.model, args=args, train_dataset=chat_dataset(rows, ("completion",), keep=("label",)),
+    trainer = trl.KTOTrainer(model=policy.model, args=args,
+                             train_dataset=chat_dataset(rows, ("completion",), keep=("label",)),
                              processing_class=policy.tokenizer, callbacks=[live])
     outcome = train_against_reference(trainer, policy, output_dir)
     return KTOResult({"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"],

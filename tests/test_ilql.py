@@ -137,8 +137,9 @@ def test_actions_are_the_response_tokens_and_the_reward_sits_on_the_last():
 
 
 def test_rows_from_pairs_ratings_columns_and_callables_and_errors_that_name_the_reward(tmp_path):
-    pairs = ilql_rows([{"prompt": "p", "chosen": "good", "rejected": "bad"}])
-    assert [(r["response"], r["reward"]) for r in pairs] == [("good", 1.0), ("bad", -1.0)]
+    pairs = ilql_rows([{"prompt": "p", "chosen": "good", "rejected": "bad"},
+                       {"prompt": "q", "chosen": "ok", "rejected": ""}])  # HH-RLHF holds a few empty replies
+    assert [(r["response"], r["reward"]) for r in pairs] == [("good", 1.0), ("bad", -1.0), ("ok", 1.0), ("", -1.0)]
     rated = ilql_rows([{"prompt": "p", "answer": "a", "score": 0.5}], columns={"response": "answer", "reward": "score"})
     assert rated == [{"prompt": "p", "response": "a", "reward": 0.5}]
     called = ilql_rows([{"prompt": "p", "response": "abc"}], reward=lambda ps, rs: [len(r) for r in rs])
@@ -190,7 +191,8 @@ def test_ilql_on_lora_or_qlora_saves_adapter_and_heads_that_reload_and_decode(tm
             {"prompt": "What color is the fox?", "response": "Go away.", "reward": -1.0}] * 4
     policy = load_policy("tiny", lora=True, quantization=quantization)
     result = train_ilql(policy, rows, ILQLConfig(output_dir=str(tmp_path), steps=3, batch_size=4, logging_steps=1))
-    assert [h["step"] for h in result.history] == [1, 2, 3] and all(math.isfinite(h["loss/total"]) for h in result.history)
+    assert [h["step"] for h in result.history] == [1, 2, 3]
+    assert all(math.isfinite(h["loss/total"]) for h in result.history)
     assert {"adapter_model.safetensors", "ilql_heads.safetensors", "ilql.json"} <= {p.name for p in tmp_path.iterdir()}
     reloaded = load_ilql("tiny", tmp_path, quantization=quantization)
     [reply] = reloaded.generate(["What color is the fox?"], max_new_tokens=8, seed=0)
