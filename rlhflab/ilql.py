@@ -62,7 +62,6 @@ from .models import (
 )
 from .records import COMPARISON_COLUMNS, as_rows
 from .store import LabelStore
-from .training import refuse_to_train_quantized
 
 HEADS_WEIGHTS = "ilql_heads.safetensors"  # next to the adapter: a directory holding it is an ILQL policy
 SETTINGS = "ilql.json"
@@ -249,7 +248,6 @@ class ILQLPolicy(Policy):
                                           use_cache=False, logits_to_keep=keep + 1)
         return self.next_token_logits(lm_logits[:, :-1], hidden[:, :-1], scored=batch["input_ids"][:, -keep:])
 
-
     @torch.no_grad()
     def response_values(self, prompts: list[str], responses: list[str], batch_size: int = 16,
                         max_length: int = 256) -> torch.Tensor:
@@ -418,8 +416,8 @@ def train_ilql(policy: Policy, data, config: ILQLConfig | None = None, *, reward
     """
     config = config or ILQLConfig()
     if not policy.is_lora:
-        raise ValueError("ILQL trains a LoRA adapter under its heads: load_policy(..., lora=True, adapter=sft_dir)")
-    refuse_to_train_quantized(policy.model, policy.is_lora, "load_policy")
+        raise ValueError("ILQL trains a LoRA adapter under its heads (on a 4-bit base too): "
+                         "load_policy(..., lora=True, adapter=sft_dir)")
     rows = ilql_rows(data, reward, columns)
     rewards = standardised([r["reward"] for r in rows])
     examples = tokenized(policy.tokenizer, [{**r, "reward": s} for r, s in zip(rows, rewards)], config.max_length)
