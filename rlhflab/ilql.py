@@ -205,16 +205,16 @@ class ILQLPolicy(Policy):
     beta: float = 1.0
     top_k: int = 20
 
-    def trunk(self, cache=None, **inputs) -> tuple[torch.Tensor, torch.Tensor, object]:
-        """The LM's logits and last hidden state at the last `logits_to_keep` positions, and the KV cache.
-
-        transformers 5.2x calls the cache `cache`; earlier 5.x releases call it `past_key_values`.
-        """
-        keep = inputs.pop("logits_to_keep")
+    def __post_init__(self):
+        # transformers 5.2x calls the KV cache `cache`; earlier 5.x releases call it `past_key_values`
         backbone = self.model.get_base_model() if self.is_lora else self.model
-        name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
-        out = self.model(**inputs, **{name: cache}, logits_to_keep=keep, output_hidden_states=True)
-        return out.logits, out.hidden_states[-1][:, -keep:], getattr(out, name)
+        self._cache_name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+    def trunk(self, cache=None, **inputs) -> tuple[torch.Tensor, torch.Tensor, object]:
+        """The LM's logits and last hidden state at the last `logits_to_keep` positions, and the KV cache."""
+        keep = inputs.pop("logits_to_keep")
+        out = self.model(**inputs, **{self._cache_name: cache}, logits_to_keep=keep, output_hidden_states=True)
+        return out.logits, out.hidden_states[-1][:, -keep:], getattr(out, self._cache_name)
 
     def next_token_logits(self, lm_logits: torch.Tensor, hidden: torch.Tensor,
                           scored: torch.Tensor | None = None) -> torch.Tensor:
@@ -378,7 +378,8 @@ class ILQLModule(torch.nn.Module):
         states, next_states = hidden[:, :-1][actions], hidden[:, 1:][actions]  # (N, H)
         taken = batch["input_ids"][:, 1:][actions]  # (N,)
         terminal, rewards = batch["terminal"][actions], batch["rewards"][actions]  # (N,)
-        lm_logits = self.model.get_output_embeddings()(states.to(self.model.get_output_embeddings().weight.dtype))
+        lm_head = self.model.get_output_embeddings()
+        lm_logits = lm_head(states.to(lm_head.weight.dtype))  # the LM head on the N states only: (N, V)
         q_all, target_q_all, v = self.heads(states)  # [(N, V)] * 2, (N, V), (N, 1)
         v = v.squeeze(-1)
         next_v = self.heads.v(next_states.to(v.dtype)).squeeze(-1) * (1 - terminal)
