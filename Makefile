@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)            ## the main job on the embedded tiny world; writes reports/
 	HF_HUB_OFFLINE=1 $(BIN)/python -m rlhflab.demo --out reports
 
-test: $(STAMP)            ## the test suite
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+test: $(STAMP)            ## the test suite, one worker per core (tests/conftest.py keeps costly fixtures on one)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 lab: $(STAMP)             ## JupyterLab on the notebooks
 	$(BIN)/jupyter lab notebooks/

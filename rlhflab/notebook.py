@@ -77,6 +77,7 @@ def run_notebook(path: str | Path, workdir: str | Path, settings: str = "", time
                          "holds its sizes (View > Cell toolbar > Tags in Jupyter)")
     notebook.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(settings))
     client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
+                            startup_timeout=180,  # 60 s was too short for a kernel start on 2 busy cores
                             resources={"metadata": {"path": str(workdir)}})
     try:
         client.execute()

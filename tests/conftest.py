@@ -8,8 +8,33 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest-xdist workers on two cores: one thread each, kernels and launched
+    # scripts included, since two torch processes with a thread per core slow each other ~5x.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 from rlhflab.tiny import GoldAnnotator, TinyWorld  # noqa: E402
+
+SHARED_FIXTURES = ("smollm2", "recipe", "quickstart", "loop", "lab")  # costly to build, each built once
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items):
+    """The tests that share a costly fixture run on one xdist worker, and those groups start first.
+
+    Only with `--dist loadgroup` (as `make test` runs) does the group mean anything; without xdist
+    the order is the only change.
+    """
+    def shared(item):
+        return next((name for name in SHARED_FIXTURES if name in item.fixturenames), None)
+
+    for item in items:
+        if group := shared(item):
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: SHARED_FIXTURES.index(shared(item)) if shared(item) else len(SHARED_FIXTURES))
 
 
 @pytest.fixture(scope="session")

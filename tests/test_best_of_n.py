@@ -38,7 +38,7 @@ def test_more_samples_judged_by_gold_win_more(world, gold):
 
 def test_a_trained_reward_model_picks_better_than_chance(recipe, world, gold):
     config, sft_dir, reward_dir, _ = recipe
-    prompts = [q.text for q in world.questions("heldout", 32, seed=4)]
+    prompts = [q.text for q in world.questions("heldout", 64, seed=4)]  # 32 gave 0.59 once against ~0.7 typical
     sft = load_policy("tiny", adapter=str(sft_dir))
     draw = sample_best_of_n(sft, load_reward_model(str(reward_dir)), prompts, 8, max_new_tokens=32, seed=2)
     baseline = sft.generate(prompts, max_new_tokens=32, seed=98)
