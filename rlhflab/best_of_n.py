@@ -18,6 +18,8 @@ import pandas as pd
 import torch
 
 from .models import Policy
+from .reward import checked_scores
+from .reward_functions import as_reward
 
 
 @dataclass
@@ -52,7 +54,8 @@ def sample_best_of_n(policy: Policy, reward, prompts: list[str], n: int, *, max_
 
     Args:
         policy: the policy to sample from (its weights are not changed).
-        reward: anything with `score(prompts, responses) -> Tensor`: a `RewardModel`, `SharedReward`, ...
+        reward: a `RewardModel`, `SharedReward`, the gold annotator, a function f(prompts, responses)
+            -> list[float], or a `WeightedReward` (`rlhflab.reward_functions`).
         n: samples per prompt; `BestOfN.best(k)` then gives best-of-k for every k <= n from one draw.
 
     Examples:
@@ -66,7 +69,9 @@ def sample_best_of_n(policy: Policy, reward, prompts: list[str], n: int, *, max_
     repeated = [p for p in prompts for _ in range(n)]  # prompt-major: row i * n + j is sample j of prompt i
     responses = policy.generate(repeated, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                                 batch_size=batch_size)
-    scores = reward.score(repeated, responses).float().view(len(prompts), n)  # (P, n)
+    reward = as_reward(reward)
+    scores = checked_scores(reward.score(repeated, responses), len(responses), reward)
+    scores = scores.view(len(prompts), n)  # (P, n)
     return BestOfN(list(prompts), [responses[i * n:(i + 1) * n] for i in range(len(prompts))], scores)
 
 

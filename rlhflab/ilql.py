@@ -61,6 +61,8 @@ from .models import (
     transcript_ids,
 )
 from .records import COMPARISON_COLUMNS, as_rows
+from .reward import checked_scores
+from .reward_functions import as_reward
 from .store import LabelStore
 
 HEADS_WEIGHTS = "ilql_heads.safetensors"  # next to the adapter: a directory holding it is an ILQL policy
@@ -285,7 +287,7 @@ def ilql_rows(data, reward=None, columns: dict | None = None) -> list[dict]:
     - a `LabelStore`: +1 for every chosen and thumbs-up response, -1 for every rejected and thumbs-down one
     - rows with prompt / chosen / rejected: +1 chosen, -1 rejected (trlX's HH-RLHF example)
     - rows with prompt / response / reward
-    - rows with prompt / response, and `reward`: a callable f(prompts, responses) or anything with `score`
+    - rows with prompt / response, and `reward`: anything `rlhflab.reward_functions.as_reward` takes
     """
     if isinstance(data, LabelStore):
         rows = kto_rows(data)
@@ -304,7 +306,7 @@ def ilql_rows(data, reward=None, columns: dict | None = None) -> list[dict]:
                    optional=[reward_column])
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
     if reward is not None:
-        values = checked_rewards(reward, prompts, responses)
+        values = checked_scores(as_reward(reward).score(prompts, responses), len(responses), reward).tolist()
     elif all(isinstance(r[reward_column], (int, float)) and math.isfinite(r[reward_column]) for r in rows):
         values = [float(r[reward_column]) for r in rows]
     else:
@@ -312,16 +314,6 @@ def ilql_rows(data, reward=None, columns: dict | None = None) -> list[dict]:
                          "prompt / chosen / rejected, or reward=a callable f(prompts, responses)); pass "
                          "columns={'reward': ...} to name the column that holds it")
     return [{"prompt": p, "response": r, "reward": v} for p, r, v in zip(prompts, responses, values)]
-
-
-def checked_rewards(reward, prompts: list[str], responses: list[str]) -> list[float]:
-    """One finite float per response from a callable f(prompts, responses) or anything with `score`."""
-    scores = reward.score(prompts, responses) if hasattr(reward, "score") else reward(prompts, responses)
-    values = [float(s) for s in scores]
-    if len(values) != len(responses) or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"the reward {reward!r} returned {len(values)} scores for {len(responses)} responses, or a "
-                         "NaN / inf among them; it must return one finite number per response")
-    return values
 
 
 def standardised(rewards: list[float]) -> list[float]:

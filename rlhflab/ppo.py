@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from .live import LivePlot
 from .models import Policy, disable_dropout, left_padded_positions, precision_for, sample_tokens, token_logprobs
 from .reward import ADAPTER_WEIGHTS, checked_scores, score_weight
+from .reward_functions import as_reward
 from .training import refuse_to_train_quantized
 
 VALUE_ADAPTER = "value"  # the adapter name of PPOConfig(value_model='adapter')
@@ -256,8 +257,9 @@ class PPOTrainer:
         policy: from `load_policy`, usually `load_policy(base, lora=True, adapter=sft_dir)` so the
             trainable adapter starts from SFT.
         prompts: the prompts to sample from (a list of strings).
-        reward: anything with `score(prompts, responses) -> Tensor` (normalised), e.g. a
-            `RewardModel`, a `SharedReward` or a `GoldReward`.
+        reward: a `RewardModel` or `SharedReward` (normalised), the gold annotator, a function
+            f(prompts, responses) -> list[float], or a `WeightedReward` of these
+            (`rlhflab.reward_functions`).
         config: PPOConfig.
         gold: optional GoldAnnotator; its mean score is logged next to the proxy reward.
         ptx_texts: demonstration or pretraining texts for the ptx term (needs ptx_coef > 0).
@@ -282,7 +284,7 @@ class PPOTrainer:
         if config.ptx_coef > 0 and not ptx_texts:
             raise ValueError("ptx_coef > 0 needs ptx_texts (demonstrations or pretraining text)")
         refuse_to_train_quantized(policy.model, policy.is_lora, "load_policy")
-        self.policy, self.reward, self.gold = policy, reward, gold
+        self.policy, self.reward, self.gold = policy, as_reward(reward), gold
         self.prompts, self.ptx_texts = list(prompts), ptx_texts or []
         self.output_dir = Path(config.output_dir)
         self.accelerator = Accelerator(cpu=policy.device.type == "cpu",
