@@ -9,14 +9,23 @@ Three tables, all insert-only:
              up or down), the policy that wrote each response, and optionally a gold answer for
              calibration items
     events   one row per action: label (a choice, a ranking or a rating), skip, flag_prompt (a bad
-             prompt), undo
+             prompt), undo, and decide (a reviewer's verdict on an item the annotators disagree on;
+             see `rlhflab.exports.adjudication_queue`)
     leases   "annotator X is looking at item Y until time T", so that an abandoned item goes back
              to the queue when its lease runs out
 
-Nothing is updated in place or deleted. An edit is a new label for the same item; an undo is an
-event naming the event it cancels. The current view (`labels()`) is derived by folding the log, so
+Nothing in them is updated in place or deleted. An edit is a new label for the same item; an undo is
+an event naming the event it cancels. The current view (`labels()`) is derived by folding the log, so
 every state the project ever had can be reconstructed. `record` returns only after the commit, so a
 label is durable before the widget shows the next item.
+
+Two more tables hold derived state, kept in step with the log inside every write transaction, so that
+a click reads a few indexed rows instead of replaying the whole log (`next_item`, `progress`,
+`recent`); both are rebuilt from the log when a store written before them is opened:
+
+    in_force   (item, annotator) -> the event in force: that annotator's answer on that item
+    coverage   per item: its queue position, whether it is gold, and how many annotators' answers
+               in force are labels
 
 Assignment: each item should get `overlap` annotators. `next_item` hands an annotator the oldest item
 they have not labeled whose labels plus live leases by others are fewer than `overlap`; gold items
@@ -25,6 +34,7 @@ go to everyone, which is what makes per-annotator accuracy on them meaningful.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 import zlib
@@ -32,13 +42,24 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import (JSON, Column, Float, Integer, MetaData, String, Table, Text, UniqueConstraint,
-                        create_engine, event, func, insert, select)
+from sqlalchemy import (JSON, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
+                        bindparam, create_engine, delete, distinct, event, func, insert, select, update)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .records import Item
 
-ACTIONS = ("label", "skip", "flag_prompt", "undo")
+ACTIONS = ("label", "skip", "flag_prompt", "undo", "decide")
+# A decision is not an annotator's answer: it never takes the place of the reviewer's own label on the item
+# and never moves anyone's queue; exports read it under the "adjudicated" policy.
+VERDICTS = ("label", "decide")  # the actions that carry a choice or a ranking
+ANSWERS = ("label", "skip", "flag_prompt")  # an annotator's own answer on an item: one is in force per pair
+# What makes two events with one event_id the same event: a retry resends exactly these. The session and
+# the time are where and when it was sent, so a retry from a restarted kernel may differ in them.
+CONTENT = ("item_id", "annotator", "action", "choice", "strength", "ranking", "flags", "rationale", "shown_order",
+           "target")
 CHOICES = ("a", "b", "tie", "both_bad")  # of a pair; 'a' / 'b' name the responses as stored, never as shown
 # A rating is a label too: thumbs up or down on an item with exactly one response. It decides no pair;
 # KTO learns from it (rlhflab.exports.kto_rows). Undo and edit work on it as on any other label.
@@ -52,6 +73,8 @@ class StoreConfig:
     lease_seconds: float = 600.0  # an item handed out and not labeled within this returns to the queue
     synchronous: str = "FULL"  # SQLite fsync policy: FULL survives power loss, NORMAL only process crashes
     busy_timeout_s: float = 60.0  # how long a SQLite writer waits for another process's commit
+    connect_timeout_s: float = 10.0  # Postgres: give up on an unreachable server after this long (then retry once)
+    statement_timeout_s: float = 30.0  # Postgres: cancel a statement stuck this long (then retry once)
 
     def __post_init__(self):
         if self.overlap < 1:
@@ -82,7 +105,7 @@ events_table = Table(
     Column("item_id", String(64), nullable=False),
     Column("annotator", String(200), nullable=False),
     Column("session", String(64)),  # which widget instance or script wrote it
-    Column("action", String(16), nullable=False),  # label | skip | flag_prompt | undo
+    Column("action", String(16), nullable=False),  # label | skip | flag_prompt | undo | decide
     Column("choice", String(16)),  # a | b | tie | both_bad (pairs), up | down (a rating of one response)
     Column("strength", String(16)),  # slightly | clearly | much (when a or b won)
     Column("ranking", JSON),  # ranks per response, 1 = best, equal ranks = tie (rankings)
@@ -91,6 +114,9 @@ events_table = Table(
     Column("shown_order", JSON),  # response indices left to right as the annotator saw them
     Column("target", String(32)),  # the event an undo cancels
     Column("created_at", Float, nullable=False),
+    Index("events_by_annotator", "project", "annotator", "id"),  # undo, events(annotator)
+    Index("events_by_pair", "project", "item_id", "annotator", "id"),  # refolding one pair after an undo
+    Index("events_by_target", "target"),  # what undoes an event
 )
 leases_table = Table(
     "leases", metadata,
@@ -99,6 +125,29 @@ leases_table = Table(
     Column("item_id", String(64), nullable=False),
     Column("annotator", String(200), nullable=False),
     Column("expires_at", Float, nullable=False),
+    Index("leases_by_item", "project", "item_id", "expires_at"),
+    Index("leases_by_annotator", "project", "annotator", "expires_at"),
+)
+in_force_table = Table(
+    "in_force", metadata,
+    Column("project", String(200), nullable=False),
+    Column("item_id", String(64), nullable=False),
+    Column("annotator", String(200), nullable=False),
+    Column("event_id", String(32), nullable=False),
+    Column("action", String(16), nullable=False),  # label | skip | flag_prompt
+    Column("event_row", Integer, nullable=False),  # events.id of that event: commit order, for `recent`
+    UniqueConstraint("project", "item_id", "annotator"),
+    Index("in_force_by_annotator", "project", "annotator", "event_row"),
+)
+coverage_table = Table(
+    "coverage", metadata,
+    Column("project", String(200), nullable=False),
+    Column("item_id", String(64), nullable=False),
+    Column("position", Integer, nullable=False),  # items.id: queue order
+    Column("gold", Boolean, nullable=False),  # a calibration item: it goes to everyone
+    Column("labels", Integer, nullable=False),  # annotators whose answer in force is a label
+    UniqueConstraint("project", "item_id"),
+    Index("coverage_queue", "project", "gold", "labels", "position"),  # the oldest open item is an index seek
 )
 
 
@@ -110,6 +159,10 @@ def engine_for(url_or_path: str | Path, config: StoreConfig) -> Engine:
         url = f"sqlite:///{Path(url).expanduser()}"
     if url.startswith(("postgresql://", "postgres://")):  # psycopg 3 is the driver the lab ships
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("postgresql"):  # an unreachable server or a stuck statement fails, and is retried once
+        return create_engine(url, pool_pre_ping=True, connect_args={
+            "connect_timeout": max(1, round(config.connect_timeout_s)),
+            "options": f"-c statement_timeout={round(config.statement_timeout_s * 1000)}"})
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
     if url in ("sqlite://", "sqlite:///:memory:"):
@@ -163,6 +216,13 @@ class LabelStore:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         with self._write() as conn:
             metadata.create_all(conn)
+            for table in (events_table, leases_table):  # create_all adds no index to a table that exists
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
+            count = func.count()
+            if (conn.scalar(select(count).where(coverage_table.c.project == project))
+                    != conn.scalar(select(count).where(items_table.c.project == project))):
+                self._rebuild(conn)  # written before the derived tables existed
 
     def __repr__(self) -> str:
         return f"LabelStore({self.engine.url.render_as_string(hide_password=True)!r}, project={self.project!r})"
@@ -179,6 +239,16 @@ class LabelStore:
 
     def _read(self):
         return self.engine.connect().execution_options(read_only=True)
+
+    @staticmethod
+    def _retrying(work):
+        """`work()` (its own transactions), and once more after a dropped connection, a timed-out
+        statement or a lost race with another writer (two sends of one event_id): the second try
+        sees what the other writer committed, so a retried event is stored once."""
+        try:
+            return work()
+        except (OperationalError, IntegrityError):
+            return work()
 
     # -- items ------------------------------------------------------------------------------------
 
@@ -201,6 +271,13 @@ class LabelStore:
                     {"item_id": i.item_id, "project": self.project, "prompt": i.prompt,
                      "responses": list(i.responses), "sources": list(i.sources), "gold": i.gold,
                      "meta": i.meta or None, "created_at": now} for i in new])
+                positions = {}
+                for chunk in _chunks([i.item_id for i in new]):
+                    positions.update(conn.execute(select(items_table.c.item_id, items_table.c.id).where(
+                        items_table.c.project == self.project, items_table.c.item_id.in_(chunk))).all())
+                conn.execute(insert(coverage_table), [
+                    {"project": self.project, "item_id": i.item_id, "position": positions[i.item_id],
+                     "gold": i.gold is not None, "labels": 0} for i in new])
         return new
 
     def items(self) -> dict[str, Item]:
@@ -226,9 +303,13 @@ class LabelStore:
                target: str | None = None, event_id: str | None = None) -> str:
         """Append one event and commit it; returns its event_id once it is durable.
 
-        A label of a pair gives `choice` (and `strength` when 'a' or 'b' won); a label of a ranking
-        gives `ranking`; a rating of a one-response item gives `choice='up'` or `'down'`. Labeling an
-        item again is an edit: the newest label counts.
+        A label of a pair gives `choice` (and `strength` when 'a' or 'b' won; None means the person
+        did not say how much better); a label of a ranking gives `ranking`; a rating of a one-response
+        item gives `choice='up'` or `'down'`. Labeling an item again is an edit: the newest label counts.
+
+        `event_id` makes a retry safe: the widget gives every shown item one id, so sending the same
+        event again after a timeout returns that id and stores nothing twice. The same id with other
+        content is refused, since it would mean two different answers claim one event.
         """
         return self.record_many([dict(
             item_id=item_id, annotator=annotator, action=action, choice=choice, strength=strength, ranking=ranking,
@@ -236,31 +317,101 @@ class LabelStore:
             event_id=event_id)])[0]
 
     def record_many(self, events: list[dict]) -> list[str]:
-        """Append many events (each the keyword arguments of `record`) in one transaction: all or none."""
+        """Append many events (each the keyword arguments of `record`) in one transaction: all or none.
+
+        Every event must name a stored item: an event about an unknown item could never be shown,
+        assigned or exported, so it is refused here rather than found later by every export.
+        """
         rows = [_checked_event(dict(
             event_id=e.get("event_id") or uuid.uuid4().hex, project=self.project, item_id=e["item_id"],
             annotator=e["annotator"], session=e.get("session"), action=e.get("action", "label"),
-            choice=e.get("choice"), strength=e.get("strength"), ranking=e.get("ranking"), flags=e.get("flags") or None,
-            rationale=e.get("rationale") or None, shown_order=e.get("shown_order"), target=e.get("target"),
-            created_at=time.time())) for e in events]
-        rated = {r["item_id"] for r in rows if r["action"] == "label" and r["choice"] in RATINGS}
-        if rows:
+            choice=e.get("choice"), strength=e.get("strength"), ranking=_as_json(e.get("ranking")),
+            flags=_as_json(e.get("flags") or None), rationale=e.get("rationale") or None,
+            shown_order=_as_json(e.get("shown_order")), target=e.get("target"), created_at=time.time()))
+            for e in events]
+        if not rows:
+            return []
+        given = [e["event_id"] for e in events if e.get("event_id")]  # a fresh uuid needs no look-up
+
+        def append():
+            # On Postgres (no lock here) an event_id another writer stores between the check and the
+            # insert fails the insert on its unique index, and the retry then finds it.
             with self._write(serialise=False) as conn:
-                if rated:  # only ratings need their item: pairs and imports append without reading
-                    self._check_rated(conn, rated)
-                conn.execute(insert(events_table), rows)
+                self._check_items(conn, rows)
+                new = _new_events(rows, self._stored_events(conn, given))
+                if new:
+                    ids = dict(conn.execute(insert(events_table).returning(events_table.c.event_id, events_table.c.id),
+                                            new).all())
+                    self._keep_in_force(conn, [{**e, "id": ids[e["event_id"]]} for e in new])
+
+        self._retrying(append)
         return [r["event_id"] for r in rows]
 
-    def _check_rated(self, conn: Connection, item_ids: set[str]):
-        """Refuse a rating of anything but a stored item with exactly one response."""
-        responses = dict(conn.execute(select(items_table.c.item_id, items_table.c.responses).where(
-            items_table.c.project == self.project, items_table.c.item_id.in_(item_ids))).all())
-        for item_id in sorted(item_ids):
+    def _check_items(self, conn: Connection, rows: list[dict]):
+        """Refuse events about items this project does not hold, and ratings of anything but a one-response item."""
+        wanted = sorted({r["item_id"] for r in rows})
+        responses = {}
+        for chunk in _chunks(wanted):
+            responses.update(conn.execute(select(items_table.c.item_id, items_table.c.responses).where(
+                items_table.c.project == self.project, items_table.c.item_id.in_(chunk))).all())
+        for item_id in wanted:
             if item_id not in responses:
-                raise KeyError(f"no item {item_id!r} in {self!r}; add it with store.add_items([...]) before rating it")
-            if len(responses[item_id]) != 1:
-                raise ValueError(f"item {item_id!r} has {len(responses[item_id])} responses; 'up' / 'down' rate an "
-                                 f"item with exactly one, so give a pair choice {CHOICES} or a ranking instead")
+                raise ValueError(f"no item {item_id!r} in {self!r}; nothing was written. "
+                                 f"Add it with store.add_items([...]) first, or check the project name")
+        for r in rows:
+            if r["choice"] in RATINGS and len(responses[r["item_id"]]) != 1:
+                raise ValueError(f"item {r['item_id']!r} has {len(responses[r['item_id']])} responses; 'up' / 'down' "
+                                 f"rate an item with exactly one, so give a pair choice {CHOICES} or a ranking instead")
+
+    def _stored_events(self, conn: Connection, event_ids: list[str]) -> dict[str, dict]:
+        stored = {}
+        for chunk in _chunks(sorted(set(event_ids))):
+            rows = conn.execute(select(events_table).where(events_table.c.event_id.in_(chunk))).mappings()
+            stored.update({r["event_id"]: dict(r) for r in rows})
+        return stored
+
+    def _keep_in_force(self, conn: Connection, new: list[dict]):
+        """Bring `in_force` and `coverage` in step with the events just appended (with their ids), in
+        their transaction: three statements for a label, whatever the length of the log.
+
+        Without an undo the newest answer per (item, annotator) is in force; a pair an undo touches
+        is refolded from its own events (a few rows, by index), since the answer before comes back.
+        """
+        state: dict[tuple[str, str], dict | None] = {}
+        for e in new:
+            if e["action"] in ANSWERS:
+                state[(e["item_id"], e["annotator"])] = e
+        targets = [e["target"] for e in new if e["action"] == "undo"]
+        c = events_table.c
+        for target in self._stored_events(conn, targets).values():
+            key = (target["item_id"], target["annotator"])
+            pair = self._events(conn, annotator=key[1], item_id=key[0])
+            undone = set(conn.scalars(select(c.target).where(c.project == self.project, c.action == "undo",
+                                                             c.target.in_([e["event_id"] for e in pair]))))
+            answers = [e for e in pair if e["action"] in ANSWERS and e["event_id"] not in undone]
+            state[key] = answers[-1] if answers else None
+        if not state:
+            return
+        f = in_force_table.c
+        gone = [{"i": item_id, "a": who} for (item_id, who), e in state.items() if e is None]
+        if gone:
+            conn.execute(delete(in_force_table).where(f.project == self.project, f.item_id == bindparam("i"),
+                                                      f.annotator == bindparam("a")), gone)
+        now = [{"project": self.project, "item_id": e["item_id"], "annotator": e["annotator"],
+                "event_id": e["event_id"], "action": e["action"], "event_row": e["id"]} for e in state.values() if e]
+        if now:
+            upsert = (sqlite_insert if self.is_sqlite else postgresql_insert)(in_force_table)
+            conn.execute(upsert.on_conflict_do_update(
+                index_elements=["project", "item_id", "annotator"],
+                set_={k: upsert.excluded[k] for k in ("event_id", "action", "event_row")}), now)
+        cov, g = coverage_table.c, in_force_table.alias()
+        labels = select(func.count()).where(g.c.project == self.project, g.c.item_id == cov.item_id,
+                                            g.c.action == "label").scalar_subquery()
+        # Only rows whose count changed are written: an edit of a label locks no row that other
+        # annotators' labels of the same item must wait for.
+        conn.execute(update(coverage_table).where(cov.project == self.project, cov.item_id == bindparam("i"),
+                                                  cov.labels != labels)
+                     .values(labels=labels), [{"i": item_id} for item_id in sorted({k[0] for k in state})])
 
     def skip(self, item_id: str, annotator: str, **kwargs) -> str:
         return self.record(item_id, annotator, action="skip", **kwargs)
@@ -288,10 +439,12 @@ class LabelStore:
         with self._read() as conn:
             return self._events(conn, annotator=annotator)
 
-    def _events(self, conn: Connection, annotator: str | None = None) -> list[dict]:
+    def _events(self, conn: Connection, annotator: str | None = None, item_id: str | None = None) -> list[dict]:
         query = select(events_table).where(events_table.c.project == self.project)
         if annotator is not None:
             query = query.where(events_table.c.annotator == annotator)
+        if item_id is not None:
+            query = query.where(events_table.c.item_id == item_id)
         return [dict(r) for r in conn.execute(query.order_by(events_table.c.id)).mappings()]
 
     # -- the current view -------------------------------------------------------------------------
@@ -300,66 +453,133 @@ class LabelStore:
         """(item_id, annotator) -> the event in force: the newest label/skip/flag not undone."""
         return _fold(self.events() if events is None else events)
 
-    def _state(self, conn: Connection, annotator: str | None = None) -> dict[tuple[str, str], dict]:
-        """`current` from the few columns the fold needs (no JSON to parse): what assignment reads."""
-        c = events_table.c
-        query = select(c.id, c.event_id, c.item_id, c.annotator, c.action, c.target).where(c.project == self.project)
-        if annotator is not None:
-            query = query.where(c.annotator == annotator)
-        return _fold([dict(r) for r in conn.execute(query.order_by(c.id)).mappings()])
-
-    def _queue(self, conn: Connection) -> list[tuple[str, object]]:
-        """(item_id, gold) of every item, in queue order."""
-        return conn.execute(select(items_table.c.item_id, items_table.c.gold)
-                            .where(items_table.c.project == self.project).order_by(items_table.c.id)).all()
-
     def labels(self) -> list[dict]:
         """The labels in force, one per (item, annotator), oldest first; skips and undone labels left out."""
         return sorted((e for e in self.current().values() if e["action"] == "label"), key=lambda e: e["id"])
 
+    def decide(self, item_id: str, reviewer: str, *, choice: str | None = None, strength: str | None = None,
+               ranking: list[int] | None = None, rationale: str | None = None, **kwargs) -> str:
+        """Record a reviewer's decision on an item (one the annotators disagree on, say): a choice or a
+        ranking, as a label gives. The newest decision not undone counts, whoever made it; it never
+        replaces the reviewer's own label, and `exports` use it under policy="adjudicated"."""
+        return self.record(item_id, reviewer, action="decide", choice=choice, strength=strength, ranking=ranking,
+                           rationale=rationale, **kwargs)
+
+    def decisions(self) -> dict[str, dict]:
+        """item_id -> the decision in force on it (the newest 'decide' event not undone)."""
+        events = self.events()
+        undone = {e["target"] for e in events if e["action"] == "undo"}
+        return {e["item_id"]: e for e in events if e["action"] == "decide" and e["event_id"] not in undone}
+
     # -- assignment ---------------------------------------------------------------------------------
 
     def next_item(self, annotator: str, exclude: set[str] | frozenset = frozenset()) -> Item | None:
-        """The next item for `annotator`, leased to them for `config.lease_seconds`; None when done."""
+        """The next item for `annotator`, leased to them for `config.lease_seconds`; None when done.
+
+        Their own live lease comes first (a reload resumes the item on screen); then the oldest item
+        they have not answered that is gold, or whose labels plus others' live leases are fewer than
+        `overlap`. Each is one indexed query on the derived tables, whatever the length of the log.
+        """
         now = time.time()
-        with self._write() as conn:
-            state, items = self._state(conn), self._queue(conn)
-            leases = conn.execute(select(leases_table.c.item_id, leases_table.c.annotator)
-                                  .where(leases_table.c.project == self.project,
-                                         leases_table.c.expires_at > now)).all()
-            chosen = _assign(annotator, items, state, leases, self.config.overlap, exclude)
-            if chosen is None:
-                return None
-            conn.execute(insert(leases_table), [{"project": self.project, "item_id": chosen, "annotator": annotator,
-                                                  "expires_at": now + self.config.lease_seconds}])
-            row = conn.execute(select(items_table).where(items_table.c.project == self.project,
-                                                         items_table.c.item_id == chosen)).mappings().one()
-        return _item_of(row)
+
+        def assign():
+            with self._write() as conn:
+                chosen = (self._own_lease(conn, annotator, now, exclude)
+                          or self._oldest_open(conn, annotator, now, exclude))
+                if chosen is None:
+                    return None
+                conn.execute(insert(leases_table), [{"project": self.project, "item_id": chosen,
+                                                      "annotator": annotator,
+                                                      "expires_at": now + self.config.lease_seconds}])
+                return conn.execute(select(items_table).where(items_table.c.project == self.project,
+                                                              items_table.c.item_id == chosen)).mappings().one()
+
+        row = self._retrying(assign)
+        return None if row is None else _item_of(row)
+
+    def _answered(self, annotator, item_id) -> object:
+        """SQL: `annotator` has an answer in force on `item_id` (a column of the enclosing query)."""
+        f = in_force_table.alias()
+        return select(f.c.item_id).where(f.c.project == self.project, f.c.item_id == item_id,
+                                         f.c.annotator == annotator).exists()
+
+    def _own_lease(self, conn: Connection, annotator: str, now: float, exclude) -> str | None:
+        lease, c = leases_table.c, coverage_table.c
+        query = (select(lease.item_id).join(coverage_table, (c.project == lease.project) & (c.item_id == lease.item_id))
+                 .where(lease.project == self.project, lease.annotator == annotator, lease.expires_at > now,
+                        ~self._answered(annotator, lease.item_id)).order_by(c.position).limit(1))
+        if exclude:
+            query = query.where(lease.item_id.not_in(list(exclude)))
+        return conn.scalar(query)
+
+    def _oldest_open(self, conn: Connection, annotator: str, now: float, exclude) -> str | None:
+        """The oldest gold item, or item with v < overlap labels for some v, that `annotator` may take."""
+        c, lease = coverage_table.c, leases_table.c
+        base = select(c.item_id, c.position).where(c.project == self.project, ~self._answered(annotator, c.item_id))
+        if exclude:
+            base = base.where(c.item_id.not_in(list(exclude)))
+        found = [conn.execute(base.where(c.gold).order_by(c.position).limit(1)).first()]
+        # Others holding a live lease and no answer yet count toward the overlap, so that two annotators
+        # are not handed the last open slot of one item at once.
+        leased_by_others = (select(func.count(distinct(lease.annotator))).where(
+            lease.project == self.project, lease.item_id == c.item_id, lease.expires_at > now,
+            lease.annotator != annotator, ~self._answered(lease.annotator, lease.item_id)).scalar_subquery())
+        for labels in range(self.config.overlap):  # one index range per count: each walks in queue order
+            found.append(conn.execute(base.where(~c.gold, c.labels == labels,
+                                                 leased_by_others < self.config.overlap - labels)
+                                      .order_by(c.position).limit(1)).first())
+        found = [row for row in found if row is not None]
+        return min(found, key=lambda row: row.position).item_id if found else None
 
     def progress(self, annotator: str | None = None) -> dict:
-        """Items done per annotator, items nobody has touched yet, and how many are left for `annotator`
-        (ignoring others' leases)."""
+        """Items in the queue, items nobody has answered yet, answers in force per annotator; and for
+        `annotator`: their labels, skips and prompt flags in force (each counted once, as their
+        latest answer on the item) and how many items are left for them (ignoring others' leases)."""
+        c, f = coverage_table.c, in_force_table.c
         with self._read() as conn:
-            state, items = self._state(conn), self._queue(conn)
-        done = Counter(who for _, who in state)
-        touched = {item_id for item_id, _ in state}
-        out = {"items": len(items), "untouched": len(items) - len(touched), "by_annotator": dict(done)}
-        if annotator is not None:
-            coverage = Counter(item_id for (item_id, _), e in state.items() if e["action"] == "label")
-            out["labelled"] = done.get(annotator, 0)
-            out["remaining"] = sum(1 for item_id, gold in items if (item_id, annotator) not in state
-                                   and (gold is not None or coverage[item_id] < self.config.overlap))
+            items = conn.scalar(select(func.count()).where(c.project == self.project))
+            touched = conn.scalar(select(func.count(distinct(f.item_id))).where(f.project == self.project))
+            done = dict(conn.execute(select(f.annotator, func.count()).where(f.project == self.project)
+                                     .group_by(f.annotator)).all())
+            out = {"items": items, "untouched": items - touched, "by_annotator": done}
+            if annotator is not None:
+                mine = Counter(dict(conn.execute(select(f.action, func.count()).where(
+                    f.project == self.project, f.annotator == annotator).group_by(f.action)).all()))
+                out.update(labelled=mine["label"], skipped=mine["skip"], flagged=mine["flag_prompt"])
+                out["remaining"] = conn.scalar(select(func.count()).where(
+                    c.project == self.project, c.gold | (c.labels < self.config.overlap),
+                    ~self._answered(annotator, c.item_id)))
         return out
 
     def recent(self, annotator: str, n: int = 10) -> list[dict]:
         """The annotator's `n` latest events in force, newest first, each with its item's prompt."""
+        f, i = in_force_table.c, items_table.c
         with self._read() as conn:
-            mine = sorted(self._state(conn, annotator).values(), key=lambda e: e["id"], reverse=True)[:n]
-            rows = conn.execute(select(events_table).where(events_table.c.event_id.in_([e["event_id"] for e in mine])))
-            full = {r["event_id"]: dict(r) for r in rows.mappings()}
-            prompts = dict(conn.execute(select(items_table.c.item_id, items_table.c.prompt).where(
-                items_table.c.project == self.project, items_table.c.item_id.in_([e["item_id"] for e in mine]))).all())
-        return [{**full[e["event_id"]], "prompt": prompts[e["item_id"]]} for e in mine]
+            rows = conn.execute(
+                select(events_table, i.prompt)
+                .join(in_force_table, events_table.c.id == f.event_row)
+                .join(items_table, (i.project == f.project) & (i.item_id == f.item_id))
+                .where(f.project == self.project, f.annotator == annotator)
+                .order_by(f.event_row.desc()).limit(n)).mappings()
+            return [dict(r) for r in rows]
+
+    def _rebuild(self, conn: Connection):
+        """Derive `in_force` and `coverage` from the log and the items, from scratch."""
+        conn.execute(delete(in_force_table).where(in_force_table.c.project == self.project))
+        conn.execute(delete(coverage_table).where(coverage_table.c.project == self.project))
+        queue = conn.execute(select(items_table.c.item_id, items_table.c.id, items_table.c.gold)
+                             .where(items_table.c.project == self.project)).all()
+        known = {item_id for item_id, _, _ in queue}
+        state = {key: e for key, e in _fold(self._events(conn)).items() if key[0] in known}
+        labels = Counter(item_id for (item_id, _), e in state.items() if e["action"] == "label")
+        if queue:
+            conn.execute(insert(coverage_table), [
+                {"project": self.project, "item_id": item_id, "position": position, "gold": gold is not None,
+                 "labels": labels[item_id]} for item_id, position, gold in queue])
+        if state:
+            conn.execute(insert(in_force_table), [
+                {"project": self.project, "item_id": e["item_id"], "annotator": e["annotator"],
+                 "event_id": e["event_id"], "action": e["action"], "event_row": e["id"]} for e in state.values()])
 
     # -- calibration --------------------------------------------------------------------------------
 
@@ -376,11 +596,12 @@ class LabelStore:
 
 
 def _fold(events: list[dict]) -> dict[tuple[str, str], dict]:
-    """Replay the log: an undo cancels its target; the newest surviving event per (item, annotator) counts."""
+    """Replay the log: an undo cancels its target; the newest surviving answer per (item, annotator) counts.
+    Decisions are no one's answer (see `LabelStore.decide`)."""
     undone = {e["target"] for e in events if e["action"] == "undo"}
     state: dict[tuple[str, str], dict] = {}
     for e in events:
-        if e["action"] != "undo" and e["event_id"] not in undone:
+        if e["action"] in ANSWERS and e["event_id"] not in undone:
             state[(e["item_id"], e["annotator"])] = e
     return state
 
@@ -402,30 +623,6 @@ class _WriteTransaction:
         return self._context.__exit__(*exc)
 
 
-def _assign(annotator, items, state, leases, overlap, exclude) -> str | None:
-    """Pure assignment rule: the annotator's own live lease first, then the oldest under-covered item."""
-    coverage = defaultdict(set)
-    for (item_id, who), e in state.items():
-        if e["action"] == "label":
-            coverage[item_id].add(who)
-    leased_by_others = defaultdict(set)
-    mine = set()
-    for item_id, who in leases:
-        if who == annotator:
-            mine.add(item_id)
-        elif (item_id, who) not in state:
-            leased_by_others[item_id].add(who)
-    open_items = [(item_id, gold) for item_id, gold in items
-                  if (item_id, annotator) not in state and item_id not in exclude]
-    for item_id, _ in open_items:
-        if item_id in mine:
-            return item_id
-    for item_id, gold in open_items:
-        if gold is not None or len(coverage[item_id] | leased_by_others[item_id]) < overlap:
-            return item_id
-    return None
-
-
 def _checked_event(event: dict) -> dict:
     """Refuse events the derived views could not interpret, with the fix in the message."""
     action = event["action"]
@@ -433,7 +630,7 @@ def _checked_event(event: dict) -> dict:
         raise ValueError(f"action must be one of {ACTIONS}, not {action!r}")
     if not event["annotator"] or not isinstance(event["annotator"], str):
         raise ValueError("every event needs an annotator name; pass annotator='your-name'")
-    if action == "label":
+    if action in VERDICTS:
         if (event["choice"] is None) == (event["ranking"] is None):
             raise ValueError("a label needs exactly one of choice= (pairs, ratings) or ranking= (rankings)")
         if event["choice"] is not None and event["choice"] not in CHOICES + RATINGS:
@@ -447,6 +644,35 @@ def _checked_event(event: dict) -> dict:
     if action == "undo" and not event["target"]:
         raise ValueError("an undo needs target= the event_id it cancels")
     return event
+
+
+def _new_events(rows: list[dict], stored: dict[str, dict]) -> list[dict]:
+    """The rows to insert: an event_id already stored (or earlier in the batch) with the same content
+    is a retry and is left out; with other content it is refused, naming what differs."""
+    new, seen = [], {}
+    for row in rows:
+        earlier = stored.get(row["event_id"]) or seen.get(row["event_id"])
+        if earlier is None:
+            seen[row["event_id"]] = row
+            new.append(row)
+            continue
+        differs = [k for k in ("project", *CONTENT) if earlier[k] != row[k]]
+        if differs:
+            raise ValueError(f"event {row['event_id']!r} is already stored with different content ({', '.join(differs)} "
+                             f"differ: {[earlier[k] for k in differs]} stored, {[row[k] for k in differs]} sent); nothing "
+                             f"was written. A retry must resend the same event; a new answer needs a new event_id")
+    return new
+
+
+def _as_json(value):
+    """`value` as the JSON column gives it back (tuples become lists), so a retry compares equal."""
+    return None if value is None else json.loads(json.dumps(value))
+
+
+def _chunks(values: list, size: int = 500):
+    """Pieces of `values` small enough for one IN (...) list on every database."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 def _item_of(row) -> Item:

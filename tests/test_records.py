@@ -172,3 +172,66 @@ def test_exports_for_openrlhf_and_verl(store, tmp_path):
         to_openrlhf(LabelStore(tmp_path / "empty.db"), tmp_path / "none.jsonl")
     with pytest.raises(ValueError, match="non-empty list"):
         to_verl_prompts(["ok", ""], tmp_path / "bad.parquet")
+
+
+# -- exports that one bad event cannot stop (issue 14) ---------------------------------------------
+
+def test_every_export_skips_and_reports_events_it_cannot_interpret(tmp_path, store):
+    import time
+
+    from sqlalchemy import insert
+
+    from rlhflab.exports import UnreadableEventWarning
+    from rlhflab.store import events_table
+
+    import_comparisons(store, ROWS)
+    reply = Item("What sound does the cow make?", ("Moo.",))
+    store.add_items([reply])
+    store.record(reply.item_id, "ada", choice="up")
+    with store.engine.begin() as conn:  # as an older version or a concurrent writer could have left them
+        conn.execute(insert(events_table), [
+            {"event_id": f"bad-{n}", "project": store.project, "item_id": item_id, "annotator": "old",
+             "action": "label", "created_at": time.time(), "choice": None, "ranking": None, "strength": None,
+             **fields}
+            for n, (item_id, fields) in enumerate([
+                ("deleted-item", {"choice": "a"}),
+                (reply.item_id, {"choice": "a"}),  # a pair choice on a one-response item
+                (store.labels()[0]["item_id"], {"ranking": [1, 2, 3]}),
+                (store.labels()[1]["item_id"], {"choice": "b", "strength": "enormously"})])])
+    exports = {
+        "comparisons": lambda: comparisons(store), "trl_rows": lambda: trl_rows(store),
+        "ratings": lambda: ratings(store), "kto_rows": lambda: kto_rows(store),
+        "to_dataframe": lambda: to_dataframe(store), "to_trl_dataset": lambda: to_trl_dataset(store),
+        "to_jsonl": lambda: to_jsonl(store, tmp_path / "c.jsonl"),
+        "to_kto_jsonl": lambda: to_kto_jsonl(store, tmp_path / "k.jsonl"),
+        "to_openrlhf": lambda: to_openrlhf(store, tmp_path / "o.jsonl")}
+    for export in exports.values():
+        with pytest.warns(UnreadableEventWarning, match="skipped 4 events that cannot be interpreted.*1 unknown item"):
+            export()
+    with pytest.warns(UnreadableEventWarning):
+        rows = trl_rows(store)
+    assert [r["chosen"] for r in rows] == [ROWS[0]["chosen"], ROWS[1]["chosen"]]
+    assert rows.dropped == {"unreadable: unknown item": 1, "unreadable: a pair choice on an item with 1 responses": 1,
+                            "unreadable: a ranking that does not fit the item": 1, "unreadable: unknown strength": 1}
+    with pytest.warns(UnreadableEventWarning):
+        assert to_dataframe(store).attrs["dropped"]["unreadable: unknown item"] == 1
+
+
+def test_identical_responses_never_become_a_training_pair(store):
+    same = Item("Say hi.", ("Hi!", "Hi!"))
+    ranked = Item("Name a bird.", ("Owl.", "Owl.", "Cat."))
+    store.add_items([same, ranked])
+    store.record(same.item_id, "ada", choice="a", strength="much")
+    store.record(ranked.item_id, "ada", ranking=[1, 2, 3])
+    rows = trl_rows(store)
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("Owl.", "Cat."), ("Owl.", "Cat.")]
+    assert rows.dropped["identical responses"] == 2  # the pair label, and Owl. over Owl. in the ranking
+    assert all(r["chosen"] != r["rejected"] for r in comparisons(store))
+    assert all(r["completion"] != "Hi!" for r in kto_rows(store))
+
+
+def test_a_label_without_a_strength_exports_with_margin_zero(store):
+    pair = Item("What color is the fox?", ("The fox is red.", "Go away."))
+    store.add_items([pair])
+    store.record(pair.item_id, "ada", choice="a")  # the person did not say how much better
+    assert [(r["chosen"], r["margin"]) for r in trl_rows(store)] == [("The fox is red.", 0.0)]

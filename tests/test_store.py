@@ -1,6 +1,7 @@
 """LabelStore: the event log, the derived view, assignment with leases, gold accuracy, and durability
 (SIGKILL mid-run; four processes into one SQLite file; the same against a real Postgres)."""
 
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -59,7 +60,12 @@ def test_skip_and_flag_prompt_leave_the_queue_but_are_not_labels(store):
     store.flag_prompt(ids[1], "ada", rationale="not a question")
     assert store.labels() == []
     assert store.next_item("ada").item_id == ids[2]
-    assert store.progress("ada")["labelled"] == 2 and store.progress("ada")["remaining"] == 3
+    store.record(ids[2], "ada", choice="a")
+    progress = store.progress("ada")  # a skip or a prompt flag is no label, and counts apart
+    assert (progress["labelled"], progress["skipped"], progress["flagged"], progress["remaining"]) == (1, 1, 1, 2)
+    store.record(ids[0], "ada", choice="b")  # labelling the skipped item after all: its skip is no longer in force
+    progress = store.progress("ada")
+    assert (progress["labelled"], progress["skipped"], progress["flagged"], progress["remaining"]) == (2, 0, 1, 2)
 
 
 def test_bad_events_are_refused_and_nothing_is_written(store):
@@ -82,7 +88,7 @@ def test_a_rating_is_up_or_down_on_a_one_response_item_without_strength(store):
     for item_id, kwargs, error, message in [
             (reply.item_id, {"choice": "up", "strength": "much"}, ValueError, "a rating \\('up'\\) has no strength"),
             (pair_id, {"choice": "down"}, ValueError, "has 2 responses; 'up' / 'down' rate an item with exactly one"),
-            ("no-such-item", {"choice": "up"}, KeyError, "no item 'no-such-item'"),
+            ("no-such-item", {"choice": "up"}, ValueError, "no item 'no-such-item'"),
             (reply.item_id, {"choice": "meh"}, ValueError, "or \\('up', 'down'\\) \\(ratings\\)")]:
         with pytest.raises(error, match=message):
             store.record(item_id, "ada", **kwargs)
@@ -175,7 +181,7 @@ def test_every_acknowledged_label_survives_sigkill(tmp_path):
     assert len(stored) - len(acknowledged) <= 2  # at most those committed but not yet received here
 
 
-def run_concurrently(url: str, workers: int = 4, per_worker: int = 2000):
+def run_concurrently(url: str, workers: int = 4, per_worker: int = 1000):
     store = LabelStore(url)
     store.add_items([pair(n) for n in range(50)])
     processes = [FORK.Process(target=label_forever, args=(url, f"w{k}", per_worker, None)) for k in range(workers)]
@@ -203,17 +209,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A throwaway Postgres cluster on localhost (the Debian `postgresql` package's binaries)."""
-    if os.environ.get("RLHFLAB_POSTGRES_URL"):
-        yield os.environ["RLHFLAB_POSTGRES_URL"]
-        return
+@contextlib.contextmanager
+def throwaway_postgres():
+    """A Postgres cluster on localhost for as long as the block runs (the Debian `postgresql` package's
+    binaries), yielding its URL; None when this machine has no Postgres binaries.
+    benchmarks/store_latency.py uses it too."""
     bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not bins:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Postgres binaries are missing in CI; .ci/run installs the Debian 'postgresql' package")
-        pytest.skip("no Postgres binaries (apt-get install postgresql) and not in CI")
+        yield None
+        return
     bindir = bins[-1].parent
     datadir = Path(tempfile.mkdtemp(prefix="rlhflab-pg-"))
     as_owner = []
@@ -234,6 +238,20 @@ def postgres_url():
         shutil.rmtree(datadir, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def postgres_url():
+    """RLHFLAB_POSTGRES_URL, or a throwaway cluster for this module."""
+    if os.environ.get("RLHFLAB_POSTGRES_URL"):
+        yield os.environ["RLHFLAB_POSTGRES_URL"]
+        return
+    with throwaway_postgres() as url:
+        if url is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail("Postgres binaries are missing in CI; .ci/run installs the Debian 'postgresql' package")
+            pytest.skip("no Postgres binaries (apt-get install postgresql) and not in CI")
+        yield url
+
+
 def test_four_processes_into_postgres_lose_and_duplicate_nothing(postgres_url):
     run_concurrently(postgres_url)
 
@@ -247,3 +265,106 @@ def test_postgres_store_derives_the_same_view(postgres_url):
     store.record(Item("rank?", ("x", "y", "z")).item_id, "ada", ranking=[1, 2, 2])
     assert [l["flags"] for l in store.labels()] == [{"b": ["harmful"]}, None]
     assert store.gold_accuracy() == {"ada": {"gold_items": 1, "accuracy": 1.0}}
+    with store.engine.connect() as conn:  # a stuck statement fails (and is retried once) instead of hanging
+        assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "30s"
+
+
+# -- what the store refuses, retries, and derives (issue 14) -------------------------------------
+
+def test_an_event_about_an_unknown_item_is_refused_and_nothing_is_lost(store):
+    first = next(iter(store.items()))
+    kept = store.record(first, "ada", choice="a")
+    with pytest.raises(ValueError, match="no item 'typo' in LabelStore.*nothing was written.*add_items"):
+        store.record("typo", "ada", choice="b")
+    with pytest.raises(ValueError, match="no item 'typo'"):  # one unknown item refuses the whole batch
+        store.record_many([{"item_id": first, "annotator": "bob", "choice": "b"},
+                           {"item_id": "typo", "annotator": "bob", "choice": "b"}])
+    assert [e["event_id"] for e in store.events()] == [kept]
+
+
+def test_a_retried_event_id_is_stored_once_and_a_clash_is_refused(store):
+    first, second = list(store.items())[:2]
+    sent = dict(choice="a", strength="much", flags={"b": ("rude",)}, shown_order=(1, 0), event_id="shown-1")
+    assert store.record(first, "ada", **sent) == "shown-1"
+    assert store.record(first, "ada", **sent, session="a restarted kernel") == "shown-1"  # the retry
+    assert store.record_many([{"item_id": first, "annotator": "ada", **sent}]) == ["shown-1"]
+    with pytest.raises(ValueError, match="'shown-1' is already stored with different content \\(choice differ"):
+        store.record(first, "ada", **{**sent, "choice": "b"})
+    with pytest.raises(ValueError, match="item_id differ"):
+        store.record(second, "ada", **sent)
+    assert [e["event_id"] for e in store.events()] == ["shown-1"]
+    assert store.progress("ada")["labelled"] == 1
+
+
+def reference_view(store: LabelStore, overlap: int) -> dict:
+    """What the derived tables must say, by replaying the whole log (the slow, obvious way)."""
+    state = store.current()
+    items = store.items()
+    labels = {i: sum(1 for (j, _), e in state.items() if j == i and e["action"] == "label") for i in items}
+    return {who: {"done": sum(1 for (_, w) in state if w == who),
+                  "actions": sorted(e["action"] for (i, w), e in state.items() if w == who),
+                  "recent": [e["event_id"] for e in sorted((e for (i, w), e in state.items() if w == who),
+                                                           key=lambda e: e["id"], reverse=True)][:3],
+                  "remaining": sum(1 for i, item in items.items() if (i, who) not in state
+                                   and (item.gold is not None or labels[i] < overlap))}
+            for who in ("ada", "bob", "cy")}
+
+
+def derived_view(store: LabelStore) -> dict:
+    view = {}
+    for who in ("ada", "bob", "cy"):
+        progress = store.progress(who)
+        recent = store.recent(who, 3)
+        view[who] = {"done": store.progress()["by_annotator"].get(who, 0),
+                     "actions": sorted(["label"] * progress["labelled"] + ["skip"] * progress["skipped"]
+                                       + ["flag_prompt"] * progress["flagged"]),
+                     "recent": [e["event_id"] for e in recent], "remaining": progress["remaining"]}
+    return view
+
+
+def test_the_derived_tables_follow_the_log_through_edits_undos_and_a_rebuild(tmp_path):
+    import random
+
+    from sqlalchemy import delete
+
+    from rlhflab.store import coverage_table, in_force_table
+
+    url = tmp_path / "l.db"
+    store = LabelStore(url, config=StoreConfig(overlap=2))
+    store.add_items([pair(n) for n in range(6)] + [Item("gold?", ("right", "wrong"), gold="a")])
+    ids = list(store.items())
+    rng = random.Random(0)
+    for step in range(120):
+        who = rng.choice(("ada", "bob", "cy"))
+        move = rng.random()
+        if move < 0.15:
+            store.undo(who)
+        elif move < 0.25:
+            store.skip(rng.choice(ids), who)
+        elif move < 0.3:
+            store.flag_prompt(rng.choice(ids), who)
+        elif move < 0.35:
+            store.decide(rng.choice(ids), who, choice="a")  # a decision is no one's answer
+        else:
+            store.record(rng.choice(ids), who, choice=rng.choice("ab"))
+        if step % 10 == 0:
+            assert derived_view(store) == reference_view(store, 2), step
+    expected = reference_view(store, 2)
+    assert derived_view(store) == expected
+    with store.engine.begin() as conn:  # as a store written before the derived tables existed
+        conn.execute(delete(in_force_table))
+        conn.execute(delete(coverage_table))
+    assert derived_view(LabelStore(url, config=StoreConfig(overlap=2))) == expected
+
+
+def test_a_decision_never_takes_the_place_of_the_reviewers_own_label(store):
+    first, second = list(store.items())[:2]
+    mine = store.record(first, "rev", choice="a")
+    decision = store.decide(first, "rev", choice="b", rationale="b answers the question")
+    assert [label["event_id"] for label in store.labels()] == [mine]
+    assert store.decisions()[first]["event_id"] == decision and store.progress("rev")["labelled"] == 1
+    assert store.next_item("rev").item_id == second
+    store.undo("rev")  # takes back the decision, the newest event
+    assert store.decisions() == {} and [label["event_id"] for label in store.labels()] == [mine]
+    with pytest.raises(ValueError, match="exactly one of choice="):
+        store.decide(first, "rev")
