@@ -51,8 +51,9 @@ def main():
     workdir = Path(tempfile.mkdtemp(prefix="rlhflab-latency-"))
     store_path = workdir / "labels.db"
     LabelStore(store_path).add_items(world_items(TinyWorld(), args.labels + 1))
-    cells = ["from rlhflab.store import LabelStore\nfrom rlhflab.labeling import PairwiseLabeler",
-             f"PairwiseLabeler(LabelStore({str(store_path)!r}), 'bench')"]
+    # min_view_ms=0: this times the round trip, not the 300 ms an item must be on screen before a key counts
+    cells = ["from rlhflab.store import LabelStore\nfrom rlhflab.labeling import LabelerConfig, PairwiseLabeler",
+             f"PairwiseLabeler(LabelStore({str(store_path)!r}), 'bench', LabelerConfig(min_view_ms=0))"]
     config = Path(__file__).parent.parent / "scripts/jupyter_nodelay.py" if args.tcp_nodelay else None
     with JupyterLab(workdir, config=config) as lab, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

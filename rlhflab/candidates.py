@@ -106,6 +106,8 @@ class GenerationQueue:
                 self._store_batch(start)
         except BaseException as error:  # kept for join() and the widget's status line
             self.error = error
+            for listener in self.listeners:  # a waiting widget shows the error now, not on its next request
+                listener()
 
     def _store_batch(self, start: int):
         batch = self.prompts[start:start + self.config.batch_size]

@@ -5,9 +5,11 @@ What to label comes from the store, filled by `rlhflab.candidates`; an item with
 is always rated rather than compared. A rating is a label event like any other (choice 'up' or
 'down'): durable, undoable, and exported for KTO by `rlhflab.exports.kto_rows`.
 
-The widget only collects: it sends "label / skip / flag / undo / edit" messages. Python decides which
-item to show, in which left/right order (random per item, recorded with the label), commits each
-label to the store, and only then shows the next item. Model text reaches the browser as plain
+The widget only collects: it sends "label / skip / flag / undo / edit / cancel" messages. Python decides
+which item to show, in which left/right order (random per item, recorded with the label), commits each
+label to the store, and only then shows the next item. Every showing of an item carries a fresh
+`event_id`, and the answer to it is stored under that id, so a message the browser sends again (its
+Retry after a slow kernel) is stored at most once. Model text reaches the browser as plain
 strings that the front end renders with `textContent`; only the project's own guidelines are
 rendered as markdown, with raw HTML and unsafe links disabled.
 """
@@ -43,7 +45,8 @@ A reply shown on its own gets 👍 *good* when it passes all three checks, else 
 Flag a response for anything harmful or false, and flag the prompt if it cannot be answered.
 
 Keys: `A` / `←` left better, `B` / `→` right better, `1` `2` `3` strength, `T` tie, `X` both bad,
-`+` / `↑` good, `-` / `↓` bad (one reply), `S` skip, `U` undo.
+`+` / `↑` good, `-` / `↓` bad (one reply), `S` skip, `P` flag the prompt, `U` undo, `Esc` cancel an edit.
+Every key has a button too. Strength is stored only when you give one.
 """
 
 
@@ -66,6 +69,10 @@ class LabelerConfig:
     guidelines: str = DEFAULT_GUIDELINES  # markdown the project writes; shown in a collapsible panel
     history: int = 10  # recent labels listed for editing
     seed: int | None = None  # seeds the left/right order; None draws a fresh order every session
+    # A held key or a double click repeats within ~50 ms, faster than Python shows the next item; an
+    # item that takes input only after this long on screen cannot be labeled unseen.
+    min_view_ms: int = 300  # ms a newly drawn item is on screen before it accepts a label, skip or flag
+    reply_timeout_ms: int = 10_000  # ms the widget waits for the kernel before it offers Retry
 
 
 class _Labeler(anywidget.AnyWidget):
@@ -78,6 +85,8 @@ class _Labeler(anywidget.AnyWidget):
     flag_names = traitlets.List(traitlets.Unicode()).tag(sync=True)
     guidelines_html = traitlets.Unicode("").tag(sync=True)
     playground = traitlets.Bool(False).tag(sync=True)
+    min_view_ms = traitlets.Int(300).tag(sync=True)
+    reply_timeout_ms = traitlets.Int(10_000).tag(sync=True)
     # state (Python -> browser): what to show
     item = traitlets.Dict().tag(sync=True)  # {} when the queue is empty
     progress = traitlets.Dict().tag(sync=True)
@@ -90,11 +99,14 @@ class _Labeler(anywidget.AnyWidget):
             raise ValueError("say who is labeling: annotator='your-name' (labels are kept per annotator)")
         self.config = config or LabelerConfig()
         super().__init__(annotator=annotator, flag_names=list(self.config.flags),
-                         guidelines_html=render_guidelines(self.config.guidelines), **kwargs)
+                         guidelines_html=render_guidelines(self.config.guidelines),
+                         min_view_ms=self.config.min_view_ms, reply_timeout_ms=self.config.reply_timeout_ms, **kwargs)
         self.store, self.queue = store, queue
         self.session = uuid.uuid4().hex  # recorded with every event from this widget
         self._rng = random.Random(self.config.seed)
         self._skipped: set[str] = set()  # skipped items are not offered again in this session
+        self._committed: set[str] = set()  # event_ids of the shown items answered so far: a resent answer is a no-op
+        self._commits = 0  # events this widget stored: tells "not saved" from "saved, then failed"
         self.on_msg(self._on_message)
         if queue is not None:
             queue.listeners.append(self._on_new_items)
@@ -102,32 +114,43 @@ class _Labeler(anywidget.AnyWidget):
 
     # -- what to show ------------------------------------------------------------------------------
 
-    def show(self, item: Item, previous: dict | None = None):
-        """Put `item` on screen in a fresh random order (or as `previous` showed it, when editing)."""
+    def show(self, item: Item, previous: dict | None = None, editing: bool = False):
+        """Put `item` on screen in a fresh random order, or as `previous` showed it, pre-filled from it.
+
+        Args:
+            previous: the event to start from: the stored label when editing, the undone one after an undo.
+            editing: the annotator has an answer in force for this item, which the new answer replaces.
+        """
         order = list(range(len(item.responses)))
         if previous and previous.get("shown_order"):
             order = list(previous["shown_order"])
         else:
             self._rng.shuffle(order)
-        self.item = {"item_id": item.item_id, "prompt": item.prompt, "shown_order": order,
-                     "responses": [item.responses[i] for i in order], "editing": previous is not None,
-                     "previous": _shown_label(previous, order) if previous else None}
-        self.refresh()
+        with self.hold_sync():  # item, progress and history reach the browser together: Undo sees the new history
+            self.item = {"item_id": item.item_id, "event_id": uuid.uuid4().hex, "prompt": item.prompt,
+                         "shown_order": order, "responses": [item.responses[i] for i in order], "editing": editing,
+                         "previous": _shown_label(previous, order) if previous else None}
+            self.refresh()
 
     def show_next(self):
         item = self.store.next_item(self.annotator, exclude=self._skipped)
         if item is not None:
             self.show(item)
             return
-        self.item = {}
-        self.refresh()
-        waiting = self.queue is not None and self.queue.running
-        self.status = "generating more responses..." if waiting else "all done - nothing left to label"
+        with self.hold_sync():
+            self.item = {}
+            self.refresh()
+        if self.queue is not None and self.queue.error is not None:
+            self.say(f"generation failed, so no more items will come: {self.queue.error!r}; "
+                     "fix the cause and start a new GenerationQueue")
+        elif self.queue is not None and self.queue.running:
+            self.say("generating more responses...")
+        else:
+            self.say("all done - nothing left to label")
 
     def refresh(self):
         progress = self.store.progress(self.annotator)
-        self.progress = {"labelled": progress["labelled"], "remaining": progress["remaining"],
-                         "by_annotator": progress["by_annotator"]}
+        self.progress = {key: progress[key] for key in ("labelled", "skipped", "flagged", "remaining", "by_annotator")}
         self.history = [{"event_id": e["event_id"], "action": e["action"], "prompt": e["prompt"][:120],
                          "summary": _summary(e)} for e in self.store.recent(self.annotator, self.config.history)]
 
@@ -138,10 +161,11 @@ class _Labeler(anywidget.AnyWidget):
     # -- what the browser sends --------------------------------------------------------------------
 
     def _on_message(self, _widget, message: dict, _buffers):
+        commits = self._commits
         try:
             self.handle(message)
-        except Exception as error:  # shown in the widget; the label was not stored
-            self.say(f"not saved: {error}")
+        except Exception as error:  # shown in the widget, saying whether the answer was stored
+            self.say(f"not saved: {error}" if self._commits == commits else f"saved, but then: {error}")
 
     def say(self, text: str):
         """Set the status line; always reaches the browser, which unlocks its buttons on every status."""
@@ -153,27 +177,47 @@ class _Labeler(anywidget.AnyWidget):
         """Apply one browser message; also how tests and scripts drive the widget without a browser."""
         action = message.get("action")
         if action == "undo":
-            undone = self.store.undo(self.annotator, session=self.session)
+            # `target`, the newest event the browser listed, makes a resent undo cancel nothing more
+            undone = self.store.undo(self.annotator, event_id=message.get("target"), session=self.session)
             if undone is None:
-                self.say("nothing to undo")
+                self.say("nothing to undo" if message.get("target") is None else "already undone")
                 return
+            self._commits += 1
             self._skipped.discard(undone["item_id"])
-            self.status = f"undid your {undone['action'].replace('_', ' ')}"
-            self.show(self.store.item(undone["item_id"]), previous=undone)
+            stored = self._in_force(undone["item_id"])  # an earlier label the undo brought back, if any
+            self.say(f"undid your {undone['action'].replace('_', ' ')}")
+            self.show(self.store.item(undone["item_id"]), previous=stored or undone, editing=stored is not None)
             return
         if action == "edit":
-            event = next(e for e in self.store.events(self.annotator) if e["event_id"] == message["event_id"])
-            self.status = "editing an earlier label: your new answer replaces it"
-            self.show(self.store.item(event["item_id"]), previous=event)
+            clicked = next((e for e in self.store.events(self.annotator) if e["event_id"] == message.get("event_id")),
+                           None)
+            if clicked is None:
+                raise ValueError("that entry is not one of your events; pick one from 'Your recent labels'")
+            stored = self._in_force(clicked["item_id"])  # the answer in force, even if the entry is an older one
+            if stored is None:
+                raise ValueError("that answer was undone, so there is nothing to edit; the item is back in your queue")
+            self.say("editing an earlier answer: a new one replaces it, Cancel keeps it")
+            self.show(self.store.item(stored["item_id"]), previous=stored, editing=True)
+            return
+        if action == "cancel":
+            self.say("edit cancelled: your earlier answer stays")
+            self.show_next()
             return
         if action == "prompt":
             self.play(message.get("text", ""), message.get("mode", "compare"))
             return
-        if not self.item or message.get("item_id") != self.item["item_id"]:
+        event_id = message.get("event_id") or (self.item or {}).get("event_id")
+        if event_id in self._committed:
+            self.say("already saved (this answer was sent twice and is stored once)")
+            return
+        if not self.item or message.get("item_id") != self.item["item_id"] or event_id != self.item["event_id"]:
             self.say("that item is no longer on screen; nothing was saved")
             return
+        if action in ("skip", "flag_prompt") and self.item["editing"]:
+            raise ValueError(f"you already answered this item, and a {action.replace('_', ' ')} would replace "
+                             "that answer: give a new answer, or Cancel to keep it")
         item_id, order = self.item["item_id"], self.item["shown_order"]
-        common = {"session": self.session, "shown_order": order}
+        common = {"session": self.session, "shown_order": order, "event_id": event_id}
         if action == "skip":
             self.store.skip(item_id, self.annotator, **common)
             self._skipped.add(item_id)
@@ -185,8 +229,14 @@ class _Labeler(anywidget.AnyWidget):
                               **self.labeled(message, order))
         else:
             raise ValueError(f"unknown action {action!r}")
-        self.status = "saved"
+        self._committed.add(event_id)
+        self._commits += 1
+        self.say("saved")
         self.show_next()  # only after the commit above returned
+
+    def _in_force(self, item_id: str) -> dict | None:
+        """This annotator's event in force for `item_id` (label, skip or prompt flag), or None."""
+        return self.store.current(self.store.events(self.annotator)).get((item_id, self.annotator))
 
     def labeled(self, message: dict, order: list[int]) -> dict:
         raise NotImplementedError
@@ -202,7 +252,8 @@ class PairwiseLabeler(_Labeler):
     Args:
         store: the LabelStore to read items from and write labels to.
         annotator: who is labeling.
-        config: flags, guidelines, history length, order seed.
+        config: flags, guidelines, history length, order seed, how long an item is on screen before it
+            takes input, and how long the browser waits for an answer before it offers Retry.
         queue: a running GenerationQueue to wait for when the store runs dry.
         playground: one or two policies; shows a prompt box with two modes. "compare two": each
             typed prompt gets two fresh replies (one per policy, or two samples of one) to judge like
@@ -226,9 +277,9 @@ class PairwiseLabeler(_Labeler):
             return {"choice": choice}
         if choice in RATINGS:
             raise ValueError(f"{choice!r} rates a single reply; for a pair choose left, right, tie or both_bad")
-        if choice in ("left", "right"):
+        if choice in ("left", "right"):  # strength stays None unless the person gave one
             stored = order[0 if choice == "left" else 1]
-            return {"choice": "ab"[stored], "strength": strength or "clearly"}
+            return {"choice": "ab"[stored], "strength": strength}
         if choice in ("tie", "both_bad"):
             return {"choice": choice}
         raise ValueError(f"choice must be left, right, tie or both_bad, not {choice!r}")
@@ -272,7 +323,9 @@ def _stored_flags(shown: dict, order: list[int]) -> dict:
 
 def _shown_label(event: dict, order: list[int]) -> dict:
     """An earlier label as the browser shows it (by position), to pre-fill an edit."""
-    out = {"action": event["action"], "rationale": event.get("rationale") or ""}
+    flags = event.get("flags") or {}
+    out = {"action": event["action"], "rationale": event.get("rationale") or "",
+           "flags": {str(p): flags[letter(i)] for p, i in enumerate(order) if letter(i) in flags}}
     if event.get("choice") in ("a", "b"):
         out["choice"] = "left" if letter(order[0]) == event["choice"] else "right"
         out["strength"] = event["strength"]

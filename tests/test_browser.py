@@ -2,8 +2,12 @@
 
 One server serves every check. One page labels by click and by keyboard, with undo, flags and rationale,
 checks the exact events in the store, and shows XSS payloads in model text (and in the guidelines) that
-must do nothing. A second page uses the playground on the tiny policy: rates replies thumbs up and down,
-then compares two, and the store holds exactly those events.
+must do nothing. The same page then checks that no label is given blind or lost: a held key and a double
+click label one item, Undo has a button after the last item, an edit starts from the stored label (and
+a second Edit click does not freeze the widget), and a busy kernel ends in a message and a Retry that
+stores the label once. A second page uses the playground on the tiny policy: rates replies thumbs up and
+down, then compares two, and the store holds exactly those events; then a background queue delivers an
+item while the person types elsewhere, and the widget leaves their focus alone.
 """
 
 import os
@@ -34,7 +38,7 @@ PAYLOADS = [
 GUIDELINES = "# Guidelines\n\nPrefer **helpful** answers.\n\n" + "\n\n".join(PAYLOADS)
 ITEMS = [Item(f"Question {i}: what does {PAYLOADS[i % 5]} do?",
               (f"Reply {i} one {PAYLOADS[(i + 1) % 5]}", f"Reply {i} two {PAYLOADS[(i + 2) % 5]}"), ("p1", "p2"))
-         for i in range(8)]
+         for i in range(9)]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +71,8 @@ def session(lab):
     """(page, store path): the notebook has run and the labeler shows its first item."""
     store_path = lab[2] / "labels.db"
     LabelStore(store_path).add_items(ITEMS)
-    page = open_labeler(lab, "label.ipynb", store_path, f"LabelerConfig(seed=0, guidelines={GUIDELINES!r})")
+    page = open_labeler(lab, "label.ipynb", store_path,
+                        f"LabelerConfig(seed=0, guidelines={GUIDELINES!r}, reply_timeout_ms={REPLY_TIMEOUT_MS})")
     page.wait_for_selector(LABELER)
     yield page, store_path
     page.close()
@@ -83,17 +88,31 @@ def playground(lab):
     page.close()
 
 
+REPLY_TIMEOUT_MS = 3000  # the session page's; the default 10 s would make the busy-kernel check slow
+# The labeler shows an item that takes input (it has been on screen for min_view_ms), or shows none.
+SETTLED = ("() => {{ const root = document.querySelector('.rlhflab-labeler'); return root.dataset.itemId !== {0!r} "
+           "&& (root.dataset.itemId === '' || root.dataset.ready === 'true'); }}")
+
+
+def run_in_kernel(page, code: str):
+    """Run `code` in the page's kernel, as another cell would, and wait until it has run."""
+    page.evaluate("async (code) => { await window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+                  ".requestExecute({code}).done; }", code)
+
+
 def shown(page) -> tuple[str, str]:
-    """(item_id, left response text) on screen."""
+    """(item_id, left response text) on screen; ('', '') when there is nothing left to label."""
     root = page.locator(".rlhflab-labeler")
-    return root.get_attribute("data-item-id"), root.locator(".rl-response").nth(0).locator(".rl-text").inner_text()
+    item_id = root.get_attribute("data-item-id")
+    return item_id, item_id and root.locator(".rl-response").nth(0).locator(".rl-text").inner_text()
 
 
 def act(page, do) -> tuple[str, str]:
-    """Run `do()`, wait until the next item is on screen (so the label is committed); return what was acted on."""
+    """Run `do()`, wait until the next item is on screen (so the label is committed) and takes input; return
+    what was acted on."""
     before = shown(page)
     do()
-    page.wait_for_function(f"() => document.querySelector('.rlhflab-labeler').dataset.itemId !== {before[0]!r}")
+    page.wait_for_function(SETTLED.format(before[0]))
     return before
 
 
@@ -111,7 +130,7 @@ def test_label_by_click_and_keyboard_undo_and_the_store_holds_exactly_those_even
     expected = []
 
     item, left = act(page, lambda: button("A is better").click())
-    expected.append((item, "label", stored_letter(item, left, "left"), "clearly", None, None))
+    expected.append((item, "label", stored_letter(item, left, "left"), None, None, None))  # no strength given
     button("3 much").click()
     item, left = act(page, lambda: button("B is better").click())
     expected.append((item, "label", stored_letter(item, left, "right"), "much", None, None))
@@ -131,7 +150,7 @@ def test_label_by_click_and_keyboard_undo_and_the_store_holds_exactly_those_even
     root.locator(".rl-response").nth(1).locator("input[data-flag='false fact']").check()
     root.locator(".rl-rationale").fill("neither answers, right one invents a fact")
     item, left = act(page, lambda: button("B is better").click())
-    expected.append((item, "label", stored_letter(item, left, "right"), "clearly",
+    expected.append((item, "label", stored_letter(item, left, "right"), None,
                      {stored_letter(item, left, "right"): ["false fact"]}, "neither answers, right one invents a fact"))
     root.locator(".rl-prompt").click()
     item, _ = act(page, lambda: page.keyboard.press("s"))
@@ -142,7 +161,7 @@ def test_label_by_click_and_keyboard_undo_and_the_store_holds_exactly_those_even
     assert all(e["annotator"] == "browser" and len(e["shown_order"] or [0, 1]) == 2 for e in events)
     assert events[5]["target"] == events[4]["event_id"]
     assert len({e["session"] for e in events}) == 1
-    assert root.locator(".rl-progress").inner_text().startswith("labelled 6 · remaining 2")
+    assert root.locator(".rl-progress").inner_text().startswith("labelled 5 · skipped 1 · prompts flagged 0 · remaining 3")
 
 
 def test_model_text_and_guidelines_payloads_run_nothing(session):
@@ -160,6 +179,91 @@ def test_model_text_and_guidelines_payloads_run_nothing(session):
     prompt = root.locator(".rl-prompt .rl-text").inner_text()
     assert any(p in prompt for p in PAYLOADS)
     assert root.locator(".rl-guidelines-body strong").inner_text() == "helpful"  # markdown still renders
+
+
+def test_a_held_key_and_a_double_click_each_label_exactly_one_item(session):
+    page, store_path = session
+    root = page.locator(".rlhflab-labeler")
+    root.locator(".rl-prompt").click()
+    page.wait_for_function(SETTLED.format(""))
+    count = len(LabelStore(store_path).events())
+    held = shown(page)[0]
+    page.keyboard.down("t")
+    for _ in range(15):  # the key held for about half a second: keydown events with repeat=true
+        page.wait_for_timeout(30)
+        page.keyboard.down("t")
+    page.keyboard.up("t")
+    page.wait_for_function(SETTLED.format(held))
+    page.wait_for_timeout(400)  # a second label would have had time to land
+    assert [(e["item_id"], e["choice"]) for e in LabelStore(store_path).events()[count:]] == [(held, "tie")]
+
+    clicked = shown(page)[0]
+    both_bad = root.get_by_role("button", name="Both bad", exact=True)
+    both_bad.click()
+    page.wait_for_timeout(450)  # a slow double click (within the usual 500 ms): the next item is on screen by then
+    box = both_bad.bounding_box()  # the next item's button; where the second click lands when the layout stays
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down(click_count=2)
+    page.mouse.up(click_count=2)
+    page.wait_for_function(SETTLED.format(clicked))
+    page.wait_for_timeout(400)
+    assert [(e["item_id"], e["choice"]) for e in LabelStore(store_path).events()[count + 1:]] == [(clicked, "both_bad")]
+
+
+def test_undo_has_a_button_after_the_last_item(session):
+    page, store_path = session
+    root = page.locator(".rlhflab-labeler")
+    act(page, lambda: root.get_by_role("button", name="Tie", exact=True).click())  # the last item
+    last = LabelStore(store_path).events()[-1]
+    assert root.get_attribute("data-item-id") == "" and "all done" in root.locator(".rl-status").inner_text()
+    act(page, lambda: root.get_by_role("button", name="Undo", exact=True).click())
+    assert shown(page)[0] == last["item_id"]
+    act(page, lambda: root.get_by_role("button", name="Tie", exact=True).click())
+    assert [(e["action"], e["target"], e["choice"]) for e in LabelStore(store_path).events()[-2:]] == [
+        ("undo", last["event_id"], None), ("label", None, "tie")]
+
+
+def test_an_edit_starts_from_the_stored_label_cancels_and_a_second_edit_click_does_not_freeze(session):
+    page, store_path = session
+    root = page.locator(".rlhflab-labeler")
+    count = len(LabelStore(store_path).events())
+    root.locator(".rl-history summary").click()
+    edit = root.locator(".rl-history-entry").first.get_by_role("button", name="Edit")
+    edit.click()
+    page.wait_for_function(SETTLED.format(""))
+    first = root.get_attribute("data-event-id")
+    edit.click()  # again, on the same entry: the widget must answer and unlock
+    page.wait_for_function(f"() => document.querySelector('.rlhflab-labeler').dataset.eventId !== {first!r}",
+                           timeout=10_000)
+    page.wait_for_function("() => !document.querySelector('.rlhflab-labeler').classList.contains('rl-pending')",
+                           timeout=10_000)
+    assert root.locator(".rl-earlier").inner_text() == "Tie"  # the stored answer, shown
+    assert root.get_by_role("button", name="Skip", exact=True).is_disabled()  # it would erase the stored label
+    act(page, lambda: root.get_by_role("button", name="Cancel edit").click())
+    assert len(LabelStore(store_path).events()) == count and root.get_attribute("data-item-id") == ""
+
+
+def test_a_kernel_that_answers_late_gets_a_message_and_a_retry_that_stores_the_label_once(session):
+    page, store_path = session
+    root = page.locator(".rlhflab-labeler")
+    act(page, lambda: root.get_by_role("button", name="Undo", exact=True).click())  # an item to label
+    item = shown(page)[0]
+    count = len(LabelStore(store_path).events())
+    # The next message takes 6 s, as behind a busy kernel or a locked store; later ones are answered at once.
+    # (A cell that sleeps would not do: this ipykernel handles widget messages while a cell runs.)
+    run_in_kernel(page, "import time\n_handle = labeler.handle\n"
+                        "def late(message):\n    labeler.handle = _handle\n    time.sleep(6)\n    _handle(message)\n"
+                        "labeler.handle = late")
+    root.get_by_role("button", name="Tie", exact=True).click()
+    page.wait_for_function("() => document.querySelector('.rlhflab-labeler .rl-status').textContent"
+                           ".startsWith('the kernel did not answer')", timeout=REPLY_TIMEOUT_MS + 2000)
+    assert "rl-pending" not in root.get_attribute("class")  # not greyed out for good
+    root.get_by_role("button", name="Retry").click()
+    page.wait_for_function(SETTLED.format(item), timeout=30_000)
+    page.wait_for_function("() => document.querySelector('.rlhflab-labeler .rl-status').textContent"
+                           ".startsWith('already saved')", timeout=10_000)
+    assert [(e["item_id"], e["choice"]) for e in LabelStore(store_path).events()[count:]] == [(item, "tie")]
+    assert "not saved" not in root.locator(".rl-status").inner_text()
 
 
 def ask(page, prompt: str, replies: int):
@@ -203,7 +307,7 @@ def test_playground_rates_replies_thumbs_up_and_down_and_still_compares_two(play
     events = store.events()
     assert [(e["item_id"], e["action"], e["choice"], e["strength"], e["rationale"]) for e in events] == [
         (liked, "label", "up", None, "it says moo"), (disliked, "label", "down", None, "not about bees"),
-        (compared, "label", "ab"[events[2]["shown_order"][0]], "clearly", None)]
+        (compared, "label", "ab"[events[2]["shown_order"][0]], None, None)]
     items = store.items()
     assert [len(items[i].responses) for i in (liked, disliked, compared)] == [1, 1, 2]
     assert [(r["item_id"], r["label"]) for r in ratings(store)] == [(liked, True), (disliked, False)]
@@ -213,3 +317,20 @@ def test_playground_rates_replies_thumbs_up_and_down_and_still_compares_two(play
         (chosen, True, "pair"), (items[compared].responses[events[2]["shown_order"][1]], False, "pair")]
     assert page.evaluate("() => window.__pwned") is None and page.dialogs == []
     assert root.locator("img, script, [onerror]").count() == 0
+
+
+def test_an_item_from_the_queue_leaves_focus_where_the_person_is_typing(playground):
+    page, store_path = playground
+    root = page.locator(".rlhflab-labeler")
+    assert root.get_attribute("data-item-id") == ""
+    page.evaluate("() => { const box = document.createElement('textarea'); box.id = 'elsewhere';"
+                  " document.body.prepend(box); box.focus(); }")
+    run_in_kernel(page, "from rlhflab.candidates import GenerationQueue\n"
+                        "queue = GenerationQueue(labeler.store, ['Where does the fox sleep?'], [load_policy('tiny')])\n"
+                        "queue.listeners.append(labeler._on_new_items)  # as PairwiseLabeler(queue=queue) does\n"
+                        "queue.start()")
+    page.wait_for_function(SETTLED.format(""))
+    assert page.evaluate("() => document.activeElement.id") == "elsewhere"
+    page.keyboard.type("ab")
+    assert page.locator("#elsewhere").input_value() == "ab"
+    assert len(LabelStore(store_path).events()) == 3  # the keys stayed text, not labels

@@ -100,6 +100,98 @@ def test_ranking_labeler_stores_ranks_by_response_and_exports_pairs(tmp_path, wo
     assert len(rows) == 6 and sum(r["label"] == "tie" for r in rows) == 1
 
 
+def test_strength_is_stored_only_when_the_person_gives_one(store):
+    labeler = PairwiseLabeler(store, "ada", LabelerConfig(seed=0))
+    labeler.handle({"action": "label", "item_id": labeler.item["item_id"], "choice": "left", "strength": None})
+    labeler.handle({"action": "label", "item_id": labeler.item["item_id"], "choice": "right", "strength": "slightly"})
+    assert [l["strength"] for l in store.labels()] == [None, "slightly"]
+
+
+def test_a_resent_answer_is_stored_once_and_an_answer_is_never_reported_lost_after_its_commit(store, monkeypatch):
+    labeler = PairwiseLabeler(store, "ada", LabelerConfig(seed=0))
+    first = labeler.item
+    message = {"action": "label", "item_id": first["item_id"], "event_id": first["event_id"], "choice": "tie"}
+    labeler._on_message(labeler, message, [])
+    assert labeler.item["event_id"] != first["event_id"]
+    labeler._on_message(labeler, message, [])  # the browser's Retry after a slow kernel
+    assert labeler.status.startswith("already saved")
+    assert [e["event_id"] for e in store.events()] == [first["event_id"]]  # the id Python gave the shown item
+    newest = labeler.history[0]["event_id"]
+    for _ in range(2):  # a resent undo cancels nothing more
+        labeler._on_message(labeler, {"action": "undo", "target": newest}, [])
+    assert [e["action"] for e in store.events()] == ["label", "undo"] and labeler.status == "already undone"
+
+    labeler.handle({"action": "label", "item_id": labeler.item["item_id"], "choice": "tie"})
+    shown = []
+    labeler.observe(lambda change: shown.append(change["new"]), "item")
+    for _ in range(2):  # Edit twice on one entry: each answer redraws the item, which unlocks the widget
+        labeler._on_message(labeler, {"action": "edit", "event_id": labeler.history[0]["event_id"]}, [])
+    assert len(shown) == 2 and shown[0]["item_id"] == shown[1]["item_id"] and shown[0]["event_id"] != shown[1]["event_id"]
+
+    monkeypatch.setattr(store, "next_item", lambda *a, **k: (_ for _ in ()).throw(OSError("disk gone")))
+    labeler._on_message(labeler, {"action": "label", "item_id": labeler.item["item_id"], "choice": "both_bad"}, [])
+    assert labeler.status == "saved, but then: disk gone" and store.labels()[-1]["choice"] == "both_bad"
+
+
+def test_an_edit_starts_from_the_stored_label_and_only_a_new_answer_replaces_it(store):
+    labeler = PairwiseLabeler(store, "ada", LabelerConfig(seed=0))
+    item_id, order = labeler.item["item_id"], labeler.item["shown_order"]
+    labeler.handle({"action": "label", "item_id": item_id, "choice": "left", "strength": "much",
+                    "flags": {"1": ["harmful"]}, "rationale": "right one is rude"})
+    labeler.handle({"action": "edit", "event_id": labeler.history[0]["event_id"]})
+    assert labeler.item["editing"] and labeler.item["shown_order"] == order
+    assert labeler.item["previous"] == {"action": "label", "choice": "left", "strength": "much",
+                                        "flags": {"1": ["harmful"]}, "rationale": "right one is rude"}
+    for action in ("skip", "flag_prompt"):  # would replace the stored label: refused, Cancel keeps it
+        labeler._on_message(labeler, {"action": action, "item_id": item_id}, [])
+        assert labeler.status.startswith("not saved: you already answered this item")
+    labeler.handle({"action": "cancel"})
+    assert labeler.item["item_id"] != item_id and labeler.status == "edit cancelled: your earlier answer stays"
+    assert [(l["choice"], l["strength"]) for l in store.labels()] == [("ab"[order[0]], "much")]
+
+    labeler.handle({"action": "edit", "event_id": labeler.history[0]["event_id"]})
+    labeler.handle({"action": "label", "item_id": item_id, "choice": "tie"})  # the edit
+    labeler.handle({"action": "undo"})  # takes the edit back: the first label is in force again, and shown
+    assert labeler.item["item_id"] == item_id and labeler.item["editing"]
+    assert labeler.item["previous"]["choice"] == "left"
+    labeler._on_message(labeler, {"action": "skip", "item_id": item_id}, [])
+    assert labeler.status.startswith("not saved") and [l["choice"] for l in store.labels()] == ["ab"[order[0]]]
+
+
+def test_progress_counts_labels_skips_and_prompt_flags_apart(store):
+    labeler = PairwiseLabeler(store, "ada")
+    for action in ("label", "skip", "flag_prompt", "label"):
+        labeler.handle({"action": action, "item_id": labeler.item["item_id"], "choice": "tie"})
+    assert {k: labeler.progress[k] for k in ("labelled", "skipped", "flagged", "remaining")} == {
+        "labelled": 2, "skipped": 1, "flagged": 1, "remaining": 2}
+
+
+class _FailingPolicy:
+    """Answers the first batch, then fails the way a GPU does."""
+    name = "failing"
+
+    def __init__(self):
+        self.calls = 0
+
+    def generate(self, prompts, **_):
+        self.calls += 1
+        if self.calls > 2:  # two calls per batch: one per response
+            raise RuntimeError("CUDA out of memory <b>")
+        return [f"reply {self.calls} to {p}" for p in prompts]
+
+
+def test_a_failed_generation_queue_shows_its_error_not_all_done(tmp_path):
+    store = LabelStore(tmp_path / "l.db")
+    queue = GenerationQueue(store, ["p1?", "p2?", "p3?"], [_FailingPolicy()], GenerationConfig(batch_size=1))
+    labeler = PairwiseLabeler(store, "ada", queue=queue)
+    queue.start()
+    with pytest.raises(RuntimeError, match="generation stopped"):
+        queue.join(timeout=30)
+    labeler.handle({"action": "label", "item_id": labeler.item["item_id"], "choice": "tie"})
+    assert labeler.item == {} and "all done" not in labeler.status
+    assert labeler.status.startswith("generation failed") and "CUDA out of memory <b>" in labeler.status
+
+
 def test_items_from_dataframe_and_jsonl(tmp_path):
     import pandas as pd
 
@@ -238,6 +330,7 @@ def test_front_end_key_map_and_ranking_logic_under_node():
       plus: m.actionForKey("+", "pairwise", 1), up: m.actionForKey("ArrowUp", "pairwise", 1),
       minus: m.actionForKey("-", "pairwise", 1), down: m.actionForKey("ArrowDown", "pairwise", 1),
       aOnOne: m.actionForKey("a", "pairwise", 1), uOnOne: m.actionForKey("u", "pairwise", 1),
+      escape: m.actionForKey("Escape", "pairwise", 2),
       ranks: m.assignRank(m.assignRank(m.assignRank([null, null, null], 2, false), 0, true), 1, false),
     };
     console.log(JSON.stringify(out));
@@ -255,4 +348,5 @@ def test_front_end_key_map_and_ranking_logic_under_node():
     assert out["plus"] == out["up"] == {"type": "choice", "value": "up"}
     assert out["minus"] == out["down"] == {"type": "choice", "value": "down"}
     assert out["aOnOne"] is None and out["uOnOne"] == {"type": "undo"}  # a lone reply has no left or right
+    assert out["escape"] == {"type": "cancel"}
     assert out["ranks"] == [1, 3, 1]  # third first, first tied with it, second next ("1, 1, 3" ranking)

@@ -1,13 +1,19 @@
 // Front end of rlhflab's PairwiseLabeler and RankingLabeler (anywidget; plain ES module, no build step).
 //
 // It renders what Python puts in the `item` trait and sends back what the person chose:
-//   {action: "label", item_id, choice: "left"|"right"|"tie"|"both_bad", strength, flags, rationale}  (pairs)
-//   {action: "label", item_id, choice: "up"|"down", flags, rationale}                                  (one reply)
-//   {action: "label", item_id, ranks: [rank per shown position], flags, rationale}                     (rankings)
-//   {action: "skip" | "flag_prompt", item_id, rationale}, {action: "undo"}, {action: "edit", event_id},
-//   {action: "prompt", text, mode: "compare"|"rate"}                                                   (playground)
+//   {action: "label", item_id, event_id, choice: "left"|"right"|"tie"|"both_bad", strength|null, flags, rationale}
+//   {action: "label", item_id, event_id, choice: "up"|"down", flags, rationale}                  (one reply)
+//   {action: "label", item_id, event_id, ranks: [rank per shown position], flags, rationale}     (rankings)
+//   {action: "skip" | "flag_prompt", item_id, event_id, rationale}, {action: "undo", target},
+//   {action: "edit", event_id}, {action: "cancel"}, {action: "prompt", text, mode: "compare"|"rate"}
 // Python maps shown positions back to stored responses, commits, then sends the next item. Any item with
 // a single response (the playground's "rate one" mode, or one from the store) is rated thumbs up or down.
+//
+// Labels must be given with eyes on the item: a new item takes input only after `min_view_ms` on screen,
+// and key auto-repeat and the extra clicks of a double click are ignored. The `event_id` Python gave the
+// shown item makes a resent answer (Retry, after `reply_timeout_ms` without a reply) a no-op; an undo
+// names its `target` for the same reason. The widget takes focus only when it already had it, so keys
+// typed elsewhere never become labels. Every key has a button (Colab passes no keys to widgets).
 //
 // Prompts and responses are untrusted model text: they are only ever set with textContent. The one
 // innerHTML is the guidelines panel, which Python renders from the project's own markdown with raw
@@ -27,6 +33,7 @@ export function actionForKey(key, kind, k) {
   if (lower === "s") return { type: "skip" };
   if (lower === "u") return { type: "undo" };
   if (lower === "p") return { type: "flag_prompt" };
+  if (key === "Escape") return { type: "cancel" };
   if (kind === "pairwise" && k === 1) {
     if (key === "+" || key === "ArrowUp") return { type: "choice", value: "up" };
     if (key === "-" || key === "ArrowDown") return { type: "choice", value: "down" };
@@ -73,7 +80,10 @@ function button(label, title, onClick) {
   const node = element("button", "rl-button", label);
   node.type = "button";
   node.title = title;
-  node.addEventListener("click", onClick);
+  node.addEventListener("click", (event) => {
+    if (event.detail > 1) return; // the second click of a double click would land on the next item
+    onClick(event);
+  });
   return node;
 }
 
@@ -84,10 +94,14 @@ function render({ model, el }) {
   root.dataset.lmSuppressShortcuts = "true"; // JupyterLab: our keys are labels, not notebook commands
   el.appendChild(root);
 
-  let strength = "clearly";
+  let strength = null; // stored only when the person gives one
   let ranks = [];
   let tieNext = false;
   let pending = false; // a message is on its way; ignore further input until Python answers
+  let lastMessage = null; // what Retry sends again
+  let replyTimer = null;
+  let readyTimer = null;
+  let ready = false; // the item on screen has been there for min_view_ms
 
   // -- static frame ----------------------------------------------------------------------------
   const top = element("div", "rl-top");
@@ -121,17 +135,47 @@ function render({ model, el }) {
   const rationale = element("input", "rl-rationale");
   rationale.placeholder = "Why? (optional)";
   const status = element("div", "rl-status");
+  // Actions that make sense with or without an item on screen: always drawn.
+  const always = element("div", "rl-always");
+  const retry = button("Retry", "send your last action again (stored at most once)", () => send(lastMessage));
+  retry.hidden = true; // shown when the kernel did not answer in time
+  always.append(button("Undo", "undo your last label (key U)", () => other("undo")), retry);
   const history = element("details", "rl-history");
   history.append(element("summary", "", "Your recent labels"));
   const historyList = element("ol", "rl-history-list");
   history.append(historyList);
-  root.append(top, guidelines, playground, promptBox, responses, controls, status, history);
+  root.append(top, guidelines, playground, promptBox, responses, controls, always, status, history);
 
   function send(message) {
     if (pending) return;
     pending = true;
+    lastMessage = message;
+    retry.hidden = true;
     root.classList.add("rl-pending");
+    clearTimeout(replyTimer);
+    replyTimer = setTimeout(noReply, model.get("reply_timeout_ms"));
     model.send(message);
+  }
+
+  function answered() {
+    pending = false;
+    clearTimeout(replyTimer);
+    retry.hidden = true;
+    root.classList.remove("rl-pending");
+  }
+
+  function noReply() {
+    answered();
+    status.textContent = "the kernel did not answer: is it busy or restarted? Your last action may not be saved; " +
+      "press Retry to send it again (it is stored at most once), or run the cell again if the kernel restarted";
+    retry.hidden = false;
+  }
+
+  /** The item on screen takes a label, skip or flag: it has been seen for min_view_ms. */
+  function setReady(value) {
+    ready = value;
+    root.dataset.ready = String(value);
+    controls.querySelectorAll(".rl-answer").forEach((b) => { b.disabled = !value || b.dataset.editLocked === "true"; });
   }
 
   function shownFlags() {
@@ -145,14 +189,33 @@ function render({ model, el }) {
 
   function label(fields) {
     const item = model.get("item");
-    if (!item.item_id) return;
-    send({ action: "label", item_id: item.item_id, flags: shownFlags(), rationale: rationale.value, ...fields });
+    if (!item.item_id || !ready) return;
+    send({ action: "label", item_id: item.item_id, event_id: item.event_id, flags: shownFlags(),
+           rationale: rationale.value, ...fields });
   }
 
   function other(action) {
     const item = model.get("item");
-    if (action === "undo") return send({ action: "undo" });
-    if (item.item_id) send({ action, item_id: item.item_id, rationale: rationale.value });
+    if (action === "undo") {
+      const newest = model.get("history")[0];
+      return send({ action: "undo", target: newest ? newest.event_id : null });
+    }
+    if (action === "cancel") {
+      if (item.editing) send({ action: "cancel" });
+    } else if (item.editing) { // a skip or flag would replace the stored answer
+      status.textContent = "you are editing: give a new answer, or Cancel (Esc) to keep the one stored";
+    } else if (item.item_id && ready) {
+      send({ action, item_id: item.item_id, event_id: item.event_id, rationale: rationale.value });
+    }
+  }
+
+  /** An answer button: disabled until the item has been seen, and (`editLocked`) while editing. */
+  function answer(name, title, onClick, editLocked = false) {
+    const node = button(name, editLocked ? `${title}; while editing, Cancel keeps your earlier answer` : title, onClick);
+    node.classList.add("rl-answer");
+    node.dataset.editLocked = String(editLocked);
+    node.disabled = !ready || editLocked;
+    return node;
   }
 
   function setPlayMode(mode) {
@@ -170,15 +233,20 @@ function render({ model, el }) {
   function drawItem() {
     const item = model.get("item");
     const kind = model.get("kind");
-    pending = false;
-    root.classList.remove("rl-pending");
+    const hadFocus = root.contains(document.activeElement); // checked before the focused button is redrawn
+    answered();
     root.dataset.itemId = item.item_id || "";
+    root.dataset.eventId = item.event_id || "";
     promptBox.replaceChildren();
     responses.replaceChildren();
     controls.replaceChildren();
-    strength = item.previous && item.previous.strength ? item.previous.strength : "clearly";
-    rationale.value = item.previous ? item.previous.rationale || "" : "";
+    const previous = item.previous || {};
+    strength = previous.strength || null;
+    rationale.value = previous.rationale || "";
+    clearTimeout(readyTimer);
+    setReady(false);
     if (!item.item_id) return;
+    readyTimer = setTimeout(() => setReady(true), model.get("min_view_ms"));
 
     promptBox.append(element("div", "rl-heading", item.editing ? "Prompt (editing your earlier label)" : "Prompt"),
                      element("div", "rl-text", item.prompt));
@@ -192,11 +260,13 @@ function render({ model, el }) {
         : `Response ${position + 1}`;
       card.append(element("div", "rl-heading", name), element("div", "rl-text", text));
       const flags = element("div", "rl-flags");
+      const flagged = (previous.flags || {})[String(position)] || [];
       model.get("flag_names").forEach((flag) => {
         const box = element("label", "rl-flag");
         const input = element("input");
         input.type = "checkbox";
         input.dataset.flag = flag;
+        input.checked = flagged.includes(flag);
         box.append(input, document.createTextNode(" " + flag));
         flags.append(box);
       });
@@ -209,34 +279,38 @@ function render({ model, el }) {
       responses.append(card);
     });
 
+    const choices = [];
     if (rating) {
       const thumbs = element("div", "rl-thumbs");
-      thumbs.append(button("👍 good", "a good reply (key + or ↑)", () => label({ choice: "up" })),
-                    button("👎 bad", "a bad reply (key - or ↓)", () => label({ choice: "down" })));
+      choices.push(["up", answer("👍 good", "a good reply (key + or ↑)", () => label({ choice: "up" }))],
+                   ["down", answer("👎 bad", "a bad reply (key - or ↓)", () => label({ choice: "down" }))]);
+      thumbs.append(...choices.map(([, b]) => b));
       controls.append(thumbs);
     } else if (kind === "pairwise") {
       const strengths = element("div", "rl-strengths");
       STRENGTHS.forEach((name, i) => {
-        const b = button(`${i + 1} ${name}`, `strength: ${name} better (key ${i + 1})`, () => setStrength(name));
+        const b = button(`${i + 1} ${name}`, `strength: ${name} better (key ${i + 1}); none chosen, none stored`,
+                         () => setStrength(name));
         b.dataset.strength = name;
         strengths.append(b);
       });
-      controls.append(strengths,
-        button("A is better", "key A or ←", () => label({ choice: "left", strength })),
-        button("B is better", "key B or →", () => label({ choice: "right", strength })),
-        button("Tie", "key T", () => label({ choice: "tie" })),
-        button("Both bad", "key X", () => label({ choice: "both_bad" })));
+      choices.push(["left", answer("A is better", "key A or ←", () => label({ choice: "left", strength }))],
+                   ["right", answer("B is better", "key B or →", () => label({ choice: "right", strength }))],
+                   ["tie", answer("Tie", "key T", () => label({ choice: "tie" }))],
+                   ["both_bad", answer("Both bad", "key X", () => label({ choice: "both_bad" }))]);
+      controls.append(strengths, ...choices.map(([, b]) => b));
       setStrength(strength);
     } else {
-      controls.append(button("Submit ranking", "key Enter", submitRanking),
+      controls.append(answer("Submit ranking", "key Enter", submitRanking),
                       button("Clear ranks", "key Backspace", () => { ranks = new Array(k).fill(null); drawRanks(); }));
       drawRanks();
     }
+    choices.forEach(([choice, b]) => b.classList.toggle("rl-earlier", previous.choice === choice));
     controls.append(rationale,
-      button("Skip", "key S", () => other("skip")),
-      button("Flag prompt", "the prompt itself is bad (key P)", () => other("flag_prompt")),
-      button("Undo", "undo your last label (key U)", () => other("undo")));
-    root.focus({ preventScroll: true });
+      answer("Skip", "key S", () => other("skip"), item.editing),
+      answer("Flag prompt", "the prompt itself is bad (key P)", () => other("flag_prompt"), item.editing));
+    if (item.editing) controls.append(button("Cancel edit", "keep your earlier answer (key Esc)", () => other("cancel")));
+    if (hadFocus) root.focus({ preventScroll: true }); // never pull focus (and keys) away from another cell
   }
 
   function setStrength(name) {
@@ -274,13 +348,13 @@ function render({ model, el }) {
   function drawProgress() {
     const p = model.get("progress");
     const others = Object.entries(p.by_annotator || {}).map(([name, n]) => `${name} ${n}`).join(", ");
-    progress.textContent = `labelled ${p.labelled ?? 0} · remaining ${p.remaining ?? 0}` + (others ? ` · team: ${others}` : "");
+    progress.textContent = `labelled ${p.labelled ?? 0} · skipped ${p.skipped ?? 0} · prompts flagged ${p.flagged ?? 0}` +
+      ` · remaining ${p.remaining ?? 0}` + (others ? ` · team: ${others}` : "");
   }
 
   function drawStatus() {
     status.textContent = model.get("status");
-    pending = false; // Python answered (an error, "nothing to undo", or the end of the queue)
-    root.classList.remove("rl-pending");
+    answered(); // Python answered (an error, "nothing to undo", or the end of the queue)
   }
 
   function drawHistory() {
@@ -302,6 +376,7 @@ function render({ model, el }) {
     if (!action) return;
     event.preventDefault();
     event.stopPropagation(); // keep JupyterLab's own shortcuts (a/b insert cells) out of it
+    if (event.repeat) return; // a held key auto-repeats: one press, one action
     if (action.type === "choice") label(action.value === "left" || action.value === "right"
       ? { choice: action.value, strength } : { choice: action.value });
     else if (action.type === "strength") setStrength(action.value);
@@ -325,6 +400,8 @@ function render({ model, el }) {
   return () => {
     handlers.forEach(([name, handler]) => model.off(name, handler));
     root.removeEventListener("keydown", onKey);
+    clearTimeout(replyTimer);
+    clearTimeout(readyTimer);
   };
 }
 
