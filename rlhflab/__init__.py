@@ -1,4 +1,26 @@
-"""rlhflab: the whole RLHF loop in notebooks, scored against the tiny world's known truth."""
+"""rlhflab: the whole RLHF loop in notebooks, scored against the tiny world's known truth.
+
+Importing it keeps two known-harmless library messages out of notebooks, where red text reads as a
+failure. Each is matched by its source and the start of its text, so every other warning still shows:
+
+- bitsandbytes, on CPUs with AVX512-BF16, logs at import that it cannot load a faster 4-bit CPU kernel
+  from the `kernels` package, and then uses its own; nothing here needs the faster one.
+- peft reads the model's `is_gradient_checkpointing` when it wraps it in an adapter, which transformers 5
+  deprecates (FutureWarning); the read is peft's own, and the lab's calls use the new names.
+"""
+
+import logging
+import warnings
+
+BITSANDBYTES_KERNELS_NOTICE = ("bitsandbytes.backends.cpu.ops",
+                               "Failed to load CPU gemm_4bit_forward from kernels-community")
+PEFT_CHECKPOINTING_WARNING = "`is_gradient_checkpointing` is deprecated"
+
+# installed before `.models` imports bitsandbytes, which logs its notice at import
+logging.getLogger(BITSANDBYTES_KERNELS_NOTICE[0]).addFilter(
+    lambda record: not record.getMessage().startswith(BITSANDBYTES_KERNELS_NOTICE[1]))
+warnings.filterwarnings("ignore", message=PEFT_CHECKPOINTING_WARNING, category=FutureWarning,
+                        module="transformers.modeling_utils")
 
 from .models import Policy, load_policy
 from .store import LabelStore, StoreConfig

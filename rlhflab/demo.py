@@ -5,7 +5,8 @@
 Executes the quickstart notebook that ships in the package (`notebooks/00_quickstart.ipynb`: SFT,
 then rounds of gold labeling, reward model and PPO) with nbclient, and writes
 `<out>/quickstart.ipynb` (the executed notebook) and `<out>/quickstart.html` (the report of
-`rlhflab.report`, which the notebook's last cell writes). Where Chromium and Playwright are
+`rlhflab.report`, which the notebook's last cell writes). `--quick` sets the notebook's QUICK
+toggle, whose sizes are those of the tests. Where Chromium and Playwright are
 installed (`make test` installs Playwright; `apt-get install chromium`), it also writes screenshots
 of the report and of the PPO dashboard next to them, for people to look at. It works from a checkout
 and from an installed wheel alike.
@@ -20,14 +21,9 @@ import time
 from pathlib import Path
 
 from .notebook import run_notebook, shipped_notebook
-from .stages import RLHFConfig
 
 QUICKSTART = "00_quickstart.ipynb"
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own browser download is the fallback
-_QUICK = RLHFConfig.quick("")
-QUICK_SETTINGS = (f"ROUNDS = {_QUICK.rounds}\nN_DEMONSTRATIONS = {_QUICK.n_demonstrations}\n"  # the notebook's
-                  f"LABELS_PER_ROUND = {_QUICK.labels_per_round}\nPPO_STEPS = {_QUICK.ppo_steps}\n"  # parameters
-                  f"N_HELDOUT = {_QUICK.n_heldout}")  # at RLHFConfig.quick's sizes
 
 
 def run_quickstart(out_dir: str | Path, quick: bool = False, timeout_s: int = 1800) -> dict:
@@ -37,7 +33,7 @@ def run_quickstart(out_dir: str | Path, quick: bool = False, timeout_s: int = 18
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = f"REPORT = {str(out_dir / 'quickstart.html')!r}\nOUT = {str(out_dir / 'runs')!r}\n"
     started = time.time()
-    run_notebook(shipped_notebook(QUICKSTART), out_dir, settings + (QUICK_SETTINGS if quick else ""),
+    run_notebook(shipped_notebook(QUICKSTART), out_dir, settings + f"QUICK = {quick}",  # the notebook's small sizes
                  timeout_s=timeout_s, save_to=out_dir / "quickstart.ipynb")
     rounds = [json.loads(line) for line in (out_dir / "runs" / "rounds.jsonl").read_text().splitlines()]
     pictures = screenshots({out_dir / "quickstart.html": out_dir / "quickstart.png",

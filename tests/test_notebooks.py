@@ -3,28 +3,30 @@ in a real browser."""
 
 import os
 import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from rlhflab.demo import CHROMIUM, QUICK_SETTINGS, run_quickstart
-from rlhflab.notebook import run_notebook
+from rlhflab.demo import CHROMIUM, run_quickstart
+from rlhflab.notebook import INSTALL, run_notebook
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 SHARED = Path(__file__).parent.parent.parent / "shared"
-SMALL = {  # overrides of each notebook's parameters cell
-    "00_quickstart.ipynb": QUICK_SETTINGS,
-    "05_dpo_best_of_n.ipynb": "N_DEMONSTRATIONS = 64\nLABELS = 96\nPPO_STEPS = 4\nILQL_STEPS = 8\nBEST_OF = (1, 4)\n"
-                              "ACTIVE_BATCHES = 1\nN_HELDOUT = 24\nHH_PAIRS = 32\nHH_HELDOUT = 32\nHH_STEPS = 4\n"
-                              f"HH_RLHF = {str(SHARED / 'data/hh-rlhf/harmless-base-test.jsonl.gz')!r}",
-    "01_sft.ipynb": "N_DEMONSTRATIONS = 64\nN_HELDOUT = 8\nEPOCHS = 1.0",
-    "02_label.ipynb": f"N_ITEMS = 24\nN_GOLD = 4\nN_GENERATED = 4\nMAX_NEW_TOKENS = 24\n"
-                      f"HH_RLHF = {str(SHARED / 'data/hh-rlhf/harmless-base-test.jsonl.gz')!r}",
-    "06_team_labeling.ipynb": "N_ITEMS = 20\nN_GOLD = 4",
-    "03_reward.ipynb": "N_DEMONSTRATIONS = 32\nN_WORLD_PAIRS = 40\nN_POLICY_PAIRS = 40\nEPOCHS = 1.0\nN_HELDOUT = 16",
-    "04_ppo.ipynb": "N_DEMONSTRATIONS = 32\nN_PAIRS = 40\nPPO_STEPS = 3\nOVEROPTIMIZE_STEPS = 3\nN_HELDOUT = 16",
+HH_RLHF = f"HH_RLHF = {str(SHARED / 'data/hh-rlhf/harmless-base-test.jsonl.gz')!r}\n"
+QUICK = {  # what the tests set after each notebook's parameters cell: its own QUICK sizes
+    "00_quickstart.ipynb": "QUICK = True",  # through run_quickstart(quick=True)
+    "01_sft.ipynb": "QUICK = True",
+    "02_label.ipynb": HH_RLHF + "QUICK = True",
+    "03_reward.ipynb": "QUICK = True",
+    "04_ppo.ipynb": "QUICK = True",
+    "05_dpo_best_of_n.ipynb": HH_RLHF + "QUICK = True",
+    "06_team_labeling.ipynb": "QUICK = True",
 }
+TRAINS = {"00_quickstart.ipynb", "01_sft.ipynb", "03_reward.ipynb", "04_ppo.ipynb", "05_dpo_best_of_n.ipynb"}
 EXPECTED_TEXT = {  # printed by each notebook when it worked
     "00_quickstart.ipynb": ["SFT done", "pairs queued for round 1", "rounds in", "report written"],
     "05_dpo_best_of_n.ipynb": ["every method learned from the same", "highest gold win-rate against SFT",
@@ -59,19 +61,70 @@ def quickstart(tmp_path_factory):
     return workdir, run_quickstart(workdir, quick=True)
 
 
-def test_every_notebook_has_small_settings():
-    assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == set(SMALL) == set(EXPECTED_TEXT) == set(EXPECTED_FILES)
+def notebook_cells(name: str) -> list:
+    return nbformat.read(NOTEBOOKS / name, as_version=4).cells
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_notebook_has_a_quick_toggle():
+    """Its parameters cell holds QUICK = False, and the cell after it is the one place its sizes are set."""
+    assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == set(QUICK) == set(EXPECTED_TEXT) == set(EXPECTED_FILES)
+    for name in QUICK:
+        cells = notebook_cells(name)
+        tagged = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+        assert "\nQUICK = False  #" in cells[tagged].source, name
+        assert " if QUICK else " in cells[tagged + 1].source, name
+
+
+def test_every_notebook_installs_the_pinned_release_before_it_imports_anything():
+    """On Colab the first code cell runs `%pip` before torch, the widgets or rlhflab are imported (pip cannot
+    replace a module a kernel has loaded), and it installs `rlhflab.notebook.INSTALL`, the release tag of the
+    version in pyproject.toml."""
+    version = tomllib.loads((NOTEBOOKS.parent / "pyproject.toml").read_text())["project"]["version"]
+    assert INSTALL == f"rlhflab @ git+https://github.com/rlhflab/rlhflab@v{version}"
+    for name in QUICK:
+        first = next(c for c in notebook_cells(name) if c.cell_type == "code")
+        before_install = first.source.split("%pip", 1)[0]
+        assert f'    %pip install --quiet "{INSTALL}"\n' in first.source, name
+        assert re.findall(r"^\s*(?:import|from) \S+", before_install, flags=re.MULTILINE) == ["import sys"], name
+        assert first.source.count("%pip") == 1 and all("%pip" not in c.source for c in notebook_cells(name)[2:])
+
+
+def test_colab_opens_a_gpu_runtime_where_a_notebook_trains():
+    for name in QUICK:
+        metadata = nbformat.read(NOTEBOOKS / name, as_version=4).metadata
+        assert (metadata.get("accelerator") == "GPU" and metadata["colab"]["gpuType"] == "T4") == (name in TRAINS), name
+
+
+def test_notebooks_point_where_they_should():
+    """Issue 15's wrong pointers: a `make` flag that does not exist, the tiny model where BASE belongs, this
+    project's own machine's data path, Colab keys that never reach a widget, and a resume nobody could run."""
+    text = {name: "\n".join(c.source for c in notebook_cells(name)) for name in QUICK}
+    assert not any("make demo --quick" in t or 'load_policy("tiny"' in t or "../shared" in t for t in text.values())
+    for name in ("00_quickstart.ipynb", "02_label.ipynb"):
+        assert "On Colab, key presses do not reach widgets: use the buttons" in text[name]
+    assert "trainer.resume(checkpoint)" in text["04_ppo.ipynb"]
+    assert 'earlier_output(FROM_03, "SFT adapter and reward model", "03_reward"' in text["04_ppo.ipynb"]
+    assert 'earlier_output(LABELS_02, "labels", "02_label"' in text["03_reward.ipynb"]
+
+
+def test_labels_and_team_stores_of_the_notebooks_stay_out_of_git():
+    paths = ["notebooks/labels/02_label.db", "notebooks/team_labels.db", "notebooks/team_labels.db-wal"]
+    out = subprocess.run(["git", "check-ignore", *paths], cwd=NOTEBOOKS.parent, capture_output=True, text=True,
+                         check=False)
+    assert out.stdout.split() == paths
+
+
+@pytest.mark.parametrize("name", sorted(QUICK))
 def test_notebook_runs(name, tmp_path, request):
     if name == "00_quickstart.ipynb":
         tmp_path = request.getfixturevalue("quickstart")[0]
         notebook = nbformat.read(tmp_path / "quickstart.ipynb", as_version=4)
     else:
-        notebook = run_notebook(NOTEBOOKS / name, tmp_path, SMALL[name])
+        notebook = run_notebook(NOTEBOOKS / name, tmp_path, QUICK[name])
     errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    red = "\n".join(o.text for c in notebook.cells for o in c.get("outputs", []) if o.get("name") == "stderr")
+    assert "Warning" not in red and "kernels-community" not in red, red  # red text that reads as a failure
     text = "\n".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
     for expected in EXPECTED_TEXT[name]:
         assert expected in text
@@ -137,3 +190,71 @@ def test_summary_never_reports_negative_kl():
                            "reward/gold_agreement": 0.71}])
     assert summary(table) == ("1 round, 95 labels: gold win-rate against SFT rose from 50% to 54% at 0.0 nats of "
                               "KL; the reward model agreed with gold on 71% of pairs.")
+
+
+def test_setup_stops_when_the_install_replaced_a_library_the_kernel_had_loaded(monkeypatch):
+    """Colab's kernel may have imported ipywidgets before `%pip` upgraded it; only a restart loads the new one."""
+    import types
+
+    from rlhflab.notebook import setup
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", types.SimpleNamespace(__version__="7.7.1"))
+    with pytest.raises(RuntimeError, match=r"upgraded ipywidgets 7\.7\.1 -> 8\.\S+ while this kernel still runs the "
+                                           r"old version; restart it \(Colab: Runtime > Restart session"):
+        setup("tiny")
+
+
+def test_label_store_says_whether_labels_outlive_the_session(tmp_path, monkeypatch, capsys):
+    import types
+
+    from rlhflab import notebook
+
+    assert notebook.label_store("labels/x.db") == "labels/x.db"
+    assert "durable on this disk" in capsys.readouterr().out
+    assert notebook.label_store("postgresql://me:secret@db.example/labels") == "postgresql://me:secret@db.example/labels"
+    said = capsys.readouterr().out
+    assert "durable in that database" in said and "secret" not in said
+    mounted = []
+    colab = types.SimpleNamespace(drive=types.SimpleNamespace(mount=mounted.append))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    assert notebook.label_store("labels/x.db") == "labels/x.db"
+    assert "gone when the runtime is recycled" in capsys.readouterr().out
+    monkeypatch.setattr(notebook, "DRIVE", str(tmp_path / "drive"))
+    assert notebook.label_store("labels/x.db", drive=True) == str(tmp_path / "drive/MyDrive/rlhflab/x.db")
+    assert mounted == [str(tmp_path / "drive")] and "durable in your Google Drive" in capsys.readouterr().out
+
+
+def test_earlier_output_is_reused_only_when_finished(tmp_path, capsys):
+    from rlhflab.notebook import earlier_output
+
+    adapter = tmp_path / "runs/01_sft"
+    adapter.mkdir(parents=True)
+    assert earlier_output(adapter, "SFT adapter", "01_sft", "training one here") is None  # half-written: no config
+    assert "no SFT adapter of 01_sft at" in capsys.readouterr().out
+    (adapter / "adapter_config.json").write_text("{}")
+    assert earlier_output(adapter, "SFT adapter", "01_sft", "training one here") == adapter
+    assert "reusing the SFT adapter of 01_sft" in capsys.readouterr().out
+
+
+def test_known_harmless_library_messages_stay_out_and_others_still_show():
+    """Issue 15: bitsandbytes' "kernels" notice and transformers' checkpointing FutureWarnings printed red in
+    every notebook. A fresh interpreter, as in a kernel: those are gone, a neighbour of each still shows."""
+    script = """
+import logging, warnings
+import trl
+import rlhflab
+from rlhflab.sft import SFTConfig
+from rlhflab.training import trl_args
+logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward from "
+                                                           "kernels-community: No module named 'kernels'")
+logging.getLogger("bitsandbytes.backends.cpu.ops").warning("another bitsandbytes notice")
+with warnings.catch_warnings(record=True) as caught:
+    rlhflab.load_policy("tiny", lora=True)
+    trl_args(trl.SFTConfig, SFTConfig(output_dir="unused"), "cpu")
+    warnings.warn("another FutureWarning", FutureWarning)
+print([str(w.message) for w in caught if issubclass(w.category, FutureWarning)])
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert "kernels-community" not in out.stderr and "another bitsandbytes notice" in out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "['another FutureWarning']"

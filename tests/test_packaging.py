@@ -25,7 +25,8 @@ def test_environment_yml_matches_pyproject():
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
     in_env = {r.replace(" ", "") for r in pip if not r.startswith(("torch", "-e"))}
-    in_pyproject = {r.replace(" ", "") for r in project["dependencies"] if not r.startswith("torch")}
+    lab = project["dependencies"] + project["optional-dependencies"]["lab"]  # the environment is for JupyterLab
+    in_pyproject = {r.replace(" ", "") for r in lab if not r.startswith("torch")}
     assert in_env == in_pyproject
     torch = Requirement(next(r for r in project["dependencies"] if r.startswith("torch")))
     assert "torch==2.13.0" in pip and torch.specifier.contains("2.13.0")
@@ -34,8 +35,17 @@ def test_environment_yml_matches_pyproject():
 def test_product_card_packages_are_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = requirement_names(project["dependencies"])
-    for package in ("jupyterlab", "ipywidgets", "torch", "transformers", "peft", "bitsandbytes", "pandas", "plotly"):
+    for package in ("ipywidgets", "torch", "transformers", "peft", "bitsandbytes", "pandas", "plotly"):
         assert package in names
+    assert "jupyterlab" in requirement_names(project["optional-dependencies"]["lab"])
+
+
+def test_a_kernel_gets_no_jupyter_server_and_make_installs_the_lab():
+    """Colab installs the runtime list into its running kernel: JupyterLab (and its jupyter-server) would
+    fight Colab's own, so it is the `lab` extra, which `make` installs for `make lab`."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not requirement_names(project["dependencies"]) & {"jupyterlab", "jupyter-server", "notebook"}
+    assert '-e ".[test,smollm2,lab]"' in (ROOT / "Makefile").read_text()
 
 
 def test_shipped_model_is_safetensors_under_20_mb():
