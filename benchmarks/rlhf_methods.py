@@ -1,7 +1,7 @@
 """Every method at an equal label budget on the tiny world, over seeds; and active vs random labeling.
 
     .venv/bin/python benchmarks/rlhf_methods.py [--labels 800] [--ppo-steps 60] [--heldout 128]
-        [--seeds 0 1 2] [--methods dpo kto ilql ppo] [--best-of 4 16] [--no-active] [--jobs 1]
+        [--seeds 0 1 2] [--methods dpo kto ilql ppo nlpo rloo grpo] [--best-of 4 16] [--no-active] [--jobs 1]
 
 Every method learns from the same gold-labelled pairs of SFT samples (`rlhflab.loop.compare_methods`);
 'KTO (ratings)' learns from as many gold thumbs ratings of single SFT samples instead. The gold
@@ -31,7 +31,7 @@ import pandas as pd  # noqa: E402
 
 from rlhflab import GoldAnnotator, TinyWorld  # noqa: E402
 from rlhflab.loop import active_vs_random, compare_methods  # noqa: E402
-from rlhflab.stages import RLHFConfig  # noqa: E402
+from rlhflab.stages import METHODS, RLHFConfig  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -81,7 +81,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=128, help="held-out prompts")
     parser.add_argument("--batches", type=int, default=4, help="batches of the active-vs-random curve")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=["dpo", "kto", "ilql", "ppo"])
+    parser.add_argument("--methods", nargs="+", default=["dpo", "kto", "ilql", "ppo", "nlpo", "rloo", "grpo"],
+                        choices=METHODS)
     parser.add_argument("--best-of", type=int, nargs="*", default=[4, 16], help="n of best-of-n rows (none: skip)")
     parser.add_argument("--no-active", action="store_true", help="skip the active-vs-random curve")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")

@@ -128,6 +128,13 @@ LAYOUTS: dict[str, tuple[Chart, ...]] = {
               (Curve("rewards/chosen", "chosen"), Curve("rewards/rejected", "rejected"),
                Curve("rewards/margins", "margin"))),
     ),
+    "critic_free": (
+        Chart("Is the reward going up?", "reward (mean over the sampled groups)",
+              (Curve("reward", "mean"), Curve("reward_std", "spread within a batch"))),
+        Chart("How far has it moved from the reference?", "KL (nats per token)", (Curve("kl", "KL"),)),
+        Chart("Is the optimisation healthy?", "nats per token", (Curve("entropy", "entropy"),)),
+        Chart("How long are the answers?", "tokens", (Curve("completions/mean_length", "mean length"),)),
+    ),
     "kto": (
         Chart("Is it learning the verdicts?", "KTO loss", (Curve("loss", "train"),)),
         Chart("Implicit rewards: beta * log(policy / reference)", "implicit reward",
@@ -155,8 +162,9 @@ LAYOUTS: dict[str, tuple[Chart, ...]] = {
               group=ROUNDS),
     ),
 }
-RECOGNISED_BY = (("objective/kl", "ppo"), ("gold/win_rate_vs_sft", "rounds"), ("kl", "kto"), ("rewards/margins", "dpo"),
-                 ("loss/q", "ilql"), ("accuracy", "reward"))  # the first metric of a run that names its kind; else 'sft'
+RECOGNISED_BY = (("objective/kl", "ppo"), ("gold/win_rate_vs_sft", "rounds"), ("reward_std", "critic_free"),
+                 ("kl", "kto"), ("rewards/margins", "dpo"), ("loss/q", "ilql"),
+                 ("accuracy", "reward"))  # the first metric of a run that names its kind; else 'sft'
 
 
 def layout_for(metrics) -> str:
@@ -253,8 +261,8 @@ class LivePlot(TrainerCallback):
         run_dir: where metrics.jsonl, samples.jsonl and metrics.html go; None keeps them in memory only.
         title: heading of the dashboard and the HTML page.
         widgets: show FigureWidgets; by default only inside a notebook kernel.
-        layout: a key of LAYOUTS ('ppo', 'sft', 'reward', 'dpo', 'kto', 'ilql', 'rounds'); by default recognised
-            from the first metrics logged.
+        layout: a key of LAYOUTS ('ppo', 'sft', 'reward', 'dpo', 'kto', 'ilql', 'critic_free', 'rounds'); by
+            default recognised from the first metrics logged.
 
     Examples:
         >>> live = LivePlot(run_dir=None, widgets=False)

@@ -38,8 +38,8 @@ from .live import LivePlot
 from .models import Policy
 from .records import Item
 from .reward import evaluate_reward_model, load_reward_model
-from .stages import (Baseline, RLHFConfig, evaluate, heldout_prompts, load, policy_stage, reward_stage, sample,
-                     sft_baseline, sft_stage)
+from .stages import (FROM_A_REWARD_MODEL, LAYOUT_OF, Baseline, RLHFConfig, evaluate, heldout_prompts, load,
+                     policy_stage, reward_stage, sample, sft_baseline, sft_stage)
 from .store import LabelStore
 from .tiny.annotate import gold_ratings, label_with_gold
 
@@ -146,7 +146,8 @@ class RLHFLoop:
         """Step 5: `config.method` (or `method`) from the `start` adapter; returns the new policy's directory."""
         method = method or self.config.method
         live = self.live if method == "ppo" else LivePlot(self.out_dir / f"round_{round_number}" / method,
-                                                          title=f"{method.upper()}, round {round_number}", layout=method)
+                                                          title=f"{method.upper()}, round {round_number}",
+                                                          layout=LAYOUT_OF.get(method, method))
         policy_dir, self.ppo_steps_done = policy_stage(
             method, self.world, self.gold, self.config, sft_dir=self.sft_dir, start=start,
             out=self.out_dir / f"round_{round_number}", reward_dir=reward_dir, comparisons=self.store,
@@ -188,7 +189,7 @@ class RLHFLoop:
             self.queue_round()
         previous = self.results[-1] if self.results else None
         self.label()
-        reward_dir, reward_model = self.fit_reward(round_number) if c.method == "ppo" else (None, None)
+        reward_dir, reward_model = self.fit_reward(round_number) if c.method in FROM_A_REWARD_MODEL else (None, None)
         policy_dir = self.update_policy(round_number, previous.policy_dir if previous else self.sft_dir, reward_dir)
         metrics, samples = self.evaluate(round_number, policy_dir, reward_model)
         self.rounds_live.log(round_number, {k: v for k, v in metrics.items() if k != "round"})

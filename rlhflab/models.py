@@ -205,13 +205,14 @@ def default_device() -> str:
 
 @torch.no_grad()
 def sample_tokens(model, tokenizer: PreTrainedTokenizerBase, inputs: dict, max_new_tokens: int,
-                  temperature: float = 1.0, do_sample: bool = True) -> torch.Tensor:
+                  temperature: float = 1.0, do_sample: bool = True, logits_processor=None) -> torch.Tensor:
     """`model.generate` drawing from softmax(logits / temperature) and nothing else: (B, Q + T_new).
 
     transformers fills every setting a call leaves open from the checkpoint's generation_config,
     and instruct checkpoints ship repetition_penalty, top_k, top_p or min_p there. Samples would
     then come from another distribution than the one PPO's ratio, the KL penalty and best-of-n's
-    closed-form KL score, so the checkpoint's settings are set aside for the call.
+    closed-form KL score, so the checkpoint's settings are set aside for the call. A
+    `logits_processor` list (NLPO's action mask) is the one change to the distribution a caller makes.
     """
     backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
     shipped = backbone.generation_config
@@ -219,7 +220,7 @@ def sample_tokens(model, tokenizer: PreTrainedTokenizerBase, inputs: dict, max_n
                                                   pad_token_id=tokenizer.pad_token_id)
     sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
     try:
-        return model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+        return model.generate(**inputs, max_new_tokens=max_new_tokens, logits_processor=logits_processor, **sampling)
     finally:
         backbone.generation_config = shipped
 

@@ -14,6 +14,11 @@ Huang et al. 2022/2024 ("The N Implementation Details of RLHF with PPO"). One PP
                 (+ ptx: the pretraining log-likelihood term of InstructGPT's objective, eq. 2)
              8. adapt kl_coef toward the target KL (Ziegler et al. 2019, eq. 2)
 
+NLPO (Ramamurthy et al. 2023, "Is Reinforcement Learning (Not) for Natural Language Processing?",
+RL4LMs) is an option of this PPO, `nlpo_top_p`: step 1 samples only within the top-p nucleus of a
+masked policy (a frozen copy of the policy, synced every `nlpo_sync_every` steps), and steps 3 and
+7 score the policy on that same masked distribution, with the masks the sampler applied.
+
 Memory (DESIGN.md): with LoRA one base model, optionally 4-bit, serves every role: the policy is
 its adapter plus a value head, the reference is the base with adapters disabled, and the reward
 model can be a second adapter with its score head on the same base (`SharedReward`).
@@ -34,6 +39,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from .live import LivePlot
 from .models import Policy, disable_dropout, left_padded_positions, precision_for, sample_tokens, token_logprobs
@@ -80,6 +86,10 @@ class PPOConfig:
     whiten_rewards: bool = False  # whiten per-token rewards before GAE
     missing_eos_penalty: float = 1.0  # subtracted from the score of a response with no EOS
     ptx_coef: float = 0.0  # weight of the pretraining log-likelihood term (InstructGPT's gamma)
+    # NLPO (Ramamurthy et al. 2023, RL4LMs): act only within the top-p tokens of a masked policy, a frozen
+    # copy of the policy synced every nlpo_sync_every steps (a resumed run syncs at its first step)
+    nlpo_top_p: float | None = None  # None: plain PPO; RL4LMs used 0.9
+    nlpo_sync_every: int = 5  # steps between syncs of the masked policy (RL4LMs: 5)
     # bookkeeping
     sample_every: int = 10  # show a prompt / response / reward table every this many steps
     save_every: int = 25  # checkpoint every this many steps (and at the end or on interrupt)
@@ -100,6 +110,11 @@ class PPOConfig:
             raise ValueError(f"lr_schedule must be 'constant' or 'linear', not {self.lr_schedule!r}")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', not {self.kl_estimator!r}")
+        if self.nlpo_top_p is not None and not 0 < self.nlpo_top_p <= 1:
+            raise ValueError(f"nlpo_top_p must be in (0, 1] (RL4LMs used 0.9), or None for plain PPO; "
+                             f"not {self.nlpo_top_p}")
+        if self.nlpo_sync_every < 1:
+            raise ValueError(f"nlpo_sync_every must be at least 1 step, not {self.nlpo_sync_every}")
         self.minibatches = self.batch_size // self.mini_batch_size
 
 
@@ -179,12 +194,28 @@ def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int) -> tup
 
 @torch.no_grad()
 def entropy_of(logits: torch.Tensor, temperature: float, chunk: int = 4) -> torch.Tensor:
-    """Entropy of softmax(logits / T) per position, a few rows at a time: (B, R)."""
+    """Entropy of softmax(logits / T) per position, a few rows at a time: (B, R). Tokens masked to
+    -inf (NLPO) have probability 0 and add nothing."""
     rows = []
     for row_logits in logits.split(chunk):
         logp = F.log_softmax(row_logits.float() / temperature, dim=-1)
-        rows.append(-(logp.exp() * logp).sum(-1))
+        rows.append(-torch.where(torch.isinf(logp), 0.0, logp.exp() * logp).sum(-1))
     return torch.cat(rows)
+
+
+def nucleus_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The top-p nucleus of softmax(logits) as a bool mask of the same shape (..., V): the most likely
+    tokens, in order, while the probability before them is below top_p. The top token always stays."""
+    probs = F.softmax(logits.float(), dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
+    keep[..., 0] = True
+    return torch.zeros_like(keep).scatter(-1, order, keep)
+
+
+def masked_logits(logits: torch.Tensor, nucleus: torch.Tensor | None) -> torch.Tensor:
+    """Logits with every token outside the nucleus at -inf (unchanged without NLPO)."""
+    return logits if nucleus is None else logits.masked_fill(~nucleus, float("-inf"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,6 +267,71 @@ class PolicyWithValue(torch.nn.Module):
                 self.model.set_requires_grad(self.value_adapter, requires_grad=True)
         values = self.value_head(hidden[:, query_len - 1: -1].to(self.value_head.weight.dtype)).squeeze(-1)  # (B, R)
         return out.logits[:, :-1], values  # (B, R, V), (B, R)
+
+
+class MaskedPolicy:
+    """NLPO's masked policy: a frozen copy of the policy whose top-p nucleus, at every position, is the
+    only set of tokens the policy may sample and is scored on.
+
+    With LoRA the copy is one more adapter on the same base, routed per sample; with full weights it
+    is a copy of the model. `sync` copies the policy's current weights into it.
+    """
+
+    ADAPTER = "nlpo_mask"
+
+    def __init__(self, model, top_p: float, is_lora: bool):
+        self.model, self.top_p, self.is_lora = model, top_p, is_lora
+        if is_lora:
+            model.add_adapter(self.ADAPTER, model.peft_config["default"])
+            for name, parameter in model.named_parameters():
+                if f".{self.ADAPTER}." in name:
+                    parameter.requires_grad_(False)
+            self.copy = None
+        else:
+            self.copy = copy.deepcopy(model).requires_grad_(False).eval()
+        self.sync()
+
+    @torch.no_grad()
+    def sync(self):
+        if self.is_lora:
+            from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.model, get_peft_model_state_dict(self.model, adapter_name="default"),
+                                      adapter_name=self.ADAPTER)
+        else:
+            self.copy.load_state_dict(self.model.state_dict())
+
+    @torch.no_grad()
+    def nucleus(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The nucleus for the token after each row's last position: (B, V)."""
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1,
+                      position_ids=left_padded_positions(attention_mask))
+        if self.is_lora:
+            logits = self.model(**kwargs, adapter_names=[self.ADAPTER] * len(input_ids)).logits
+        else:
+            logits = self.copy(**kwargs).logits
+        return nucleus_mask(logits[:, -1], self.top_p)
+
+
+class NucleusSampling(LogitsProcessor):
+    """Masks each sampling step to the masked policy's nucleus, and keeps the masks it applied, so that
+    the rollout's and the update's log-probs score exactly the distribution that was sampled."""
+
+    def __init__(self, masked: MaskedPolicy, query_mask: torch.Tensor):
+        self.masked, self.query_mask, self.applied = masked, query_mask, []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        new = input_ids.shape[1] - self.query_mask.shape[1]
+        attention_mask = torch.cat([self.query_mask, self.query_mask.new_ones(len(input_ids), new)], dim=1)
+        nucleus = self.masked.nucleus(input_ids, attention_mask)
+        self.applied.append(nucleus)
+        return scores.masked_fill(~nucleus, float("-inf"))
+
+    def masks(self, length: int, response_mask: torch.Tensor) -> torch.Tensor:
+        """(B, length, V): the applied masks, all-true where nothing was sampled or after the response."""
+        stacked = torch.stack(self.applied, dim=1)
+        stacked = F.pad(stacked, (0, 0, 0, length - stacked.shape[1]), value=True)
+        return stacked | ~response_mask.bool()[..., None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,6 +404,8 @@ class PPOTrainer:
             # is deprecated in transformers 5 but is the one every 5.x release has)
             backbone = policy.model.get_base_model() if policy.is_lora else policy.model
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.masked_policy = (MaskedPolicy(policy.model, config.nlpo_top_p, policy.is_lora)
+                              if config.nlpo_top_p is not None else None)
         module = self.value_module(policy, value_from)
         optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=config.learning_rate,
                                       eps=config.adam_eps)
@@ -346,8 +444,10 @@ class PPOTrainer:
         parts = []
         for rows in torch.arange(len(prompts), device=device).split(c.rollout_batch_size):
             query = {k: v[rows] for k, v in queries.items()}
-            # 1. sample with the KV cache, from softmax(logits / T) only
-            generated = sample_tokens(model, tokenizer, query, c.response_length, c.temperature)
+            # 1. sample with the KV cache, from softmax(logits / T) only (NLPO: within the masked policy's nucleus)
+            sampling = NucleusSampling(self.masked_policy, query["attention_mask"]) if self.masked_policy else None
+            generated = sample_tokens(model, tokenizer, query, c.response_length, c.temperature,
+                                      logits_processor=LogitsProcessorList([sampling]) if sampling else None)
             raw_responses = F.pad(generated[:, query_len:], (0, c.response_length - generated.shape[1] + query_len),
                                   value=tokenizer.pad_token_id)
             # 2. truncate after the first EOS
@@ -355,8 +455,10 @@ class PPOTrainer:
                                                                    tokenizer.pad_token_id)  # (b, R)
             input_ids = torch.cat([query["input_ids"], responses], dim=1)  # (b, Q + R)
             attention_mask = torch.cat([query["attention_mask"], response_mask.long()], dim=1)
-            # 3. policy and reference log-probs, values
+            # 3. policy (NLPO: within the nucleus) and reference log-probs, values
+            nucleus = sampling.masks(c.response_length, response_mask) if sampling else None
             logits, values = self.unwrapped(input_ids, attention_mask, query_len)  # (b, R, V), (b, R)
+            logits = masked_logits(logits, nucleus)
             logprobs = token_logprobs(logits, responses, c.temperature)
             entropy = entropy_of(logits, c.temperature)
             del logits
@@ -364,7 +466,7 @@ class PPOTrainer:
                                           c.temperature)
             parts.append(dict(input_ids=input_ids, attention_mask=attention_mask, responses=responses,
                               mask=response_mask, has_eos=has_eos, logprobs=logprobs, ref_logprobs=ref_logprobs,
-                              values=values, entropy=entropy))
+                              values=values, entropy=entropy, **({"nucleus": nucleus} if sampling else {})))
         batch = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
         responses, response_mask, has_eos = batch["responses"], batch["mask"], batch["has_eos"]
         # 4. score the decoded responses; penalise no EOS
@@ -413,9 +515,10 @@ class PPOTrainer:
                 idx = order[start: start + c.mini_batch_size]
                 mb = {k: batch[k][idx] for k in ("input_ids", "attention_mask", "responses", "mask", "logprobs",
                                                   "values", "advantages", "returns")}
+                nucleus = batch["nucleus"][idx] if "nucleus" in batch else None
                 with self.accelerator.accumulate(self.module):
                     logits, vpred = self.module(mb["input_ids"], mb["attention_mask"], q)
-                    new_logprobs = token_logprobs(logits, mb["responses"], c.temperature)
+                    new_logprobs = token_logprobs(masked_logits(logits, nucleus), mb["responses"], c.temperature)
                     mask = mb["mask"]
                     # clipped value loss
                     vclipped = mb["values"] + (vpred - mb["values"]).clamp(-c.cliprange_value, c.cliprange_value)
@@ -471,6 +574,8 @@ class PPOTrainer:
         progress = tqdm(total=c.steps, initial=self.step, desc="PPO", disable=not self.accelerator.is_main_process)
         try:
             while self.step < c.steps:
+                if self.masked_policy and self.step % c.nlpo_sync_every == 0:
+                    self.masked_policy.sync()
                 prompts = [self._rng.choice(self.prompts) for _ in range(c.batch_size)]
                 torch.manual_seed(self._rng.randrange(2**31))  # sampling follows the seed, resumed runs too
                 batch = self.rollout(prompts)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .critic_free import CriticFreeConfig, train_critic_free
 from .dpo import DPOConfig, train_dpo
 from .ilql import HEADS_WEIGHTS, ILQLConfig, load_ilql, train_ilql
 from .kto import KTOConfig, train_kto
@@ -36,7 +37,9 @@ from .reward import (ADAPTER_WEIGHTS, RewardConfig, RewardModel, SharedReward, e
 from .sft import SFTConfig, train_sft
 from .tiny.annotate import sample_pairs
 
-METHODS = ("ppo", "dpo", "kto", "ilql")  # the policy updates `policy_stage` runs
+METHODS = ("ppo", "dpo", "kto", "ilql", "nlpo", "rloo", "grpo")  # the policy updates `policy_stage` runs
+FROM_A_REWARD_MODEL = ("ppo", "nlpo", "rloo", "grpo")  # the rest learn from the labels directly
+LAYOUT_OF = {"nlpo": "ppo", "rloo": "critic_free", "grpo": "critic_free"}  # each other method has its own layout
 METRICS = {  # name -> meaning; the loop, compare_methods, the benchmarks, the notebooks and the report use these
     "gold/win_rate_vs_sft": "share of held-out prompts on which gold prefers the policy's answer to SFT's (ties: half)",
     "gold/mean": "mean gold score of the policy's held-out answers (-4 to 4)",
@@ -63,8 +66,8 @@ class RLHFConfig:
     n_demonstrations: int = 128  # SFT budget, small on purpose (see the module docstring)
     reward_epochs: float = 2.0  # passes over the comparisons
     # -- the policy update
-    method: str = "ppo"  # 'ppo', 'dpo', 'kto' or 'ilql'; all but PPO learn from the labels without a reward
-    # model, so active learning falls back to random picks
+    method: str = "ppo"  # one of METHODS; DPO, KTO and ILQL learn from the labels without a reward model,
+    # so active learning falls back to random picks
     ppo_steps: int = 16  # PPO steps of ppo_batch_size responses (per round in the loop)
     ppo_batch_size: int = 16  # responses per PPO step
     ppo_learning_rate: float = 1e-4  # LoRA learning rate of PPO
@@ -76,6 +79,9 @@ class RLHFConfig:
     kto_beta: float = 0.1  # KTO's implicit KL strength
     ilql_steps: int = 150  # ILQL steps of 16 responses
     ilql_beta: float = 1.0  # ILQL's decoding weight on the advantage Q - V
+    nlpo_top_p: float = 0.9  # NLPO: PPO within the top-p nucleus of a masked policy (RL4LMs' 0.9)
+    group_size: int = 4  # RLOO / GRPO: responses per prompt, each other's baseline (ppo_steps of ppo_batch_size)
+    critic_free_beta: float = 0.05  # RLOO / GRPO: weight of the per-token KL penalty to SFT
     response_length: int = 32  # most tokens per sampled response, everywhere
     # -- evaluation
     n_heldout: int = 48  # held-out prompts of every evaluation
@@ -211,21 +217,28 @@ def ppo_trainer(world, gold, config: RLHFConfig, sft_dir: Path, reward_dir: Path
 def policy_stage(method: str, world, gold, config: RLHFConfig, *, sft_dir: Path, start: Path, out: Path,
                  reward_dir: Path | None = None, comparisons=None, seed: int | None = None, first_step: int = 0,
                  live: LivePlot | None = None) -> tuple[Path, int]:
-    """One policy update from the `start` adapter: PPO against the reward model at `reward_dir`, or DPO,
-    KTO or ILQL on `comparisons` (a store or rows; DPO's and KTO's reference is `start`). Returns the new
-    policy's directory and the PPO step reached."""
+    """One policy update from the `start` adapter: PPO, NLPO, RLOO or GRPO against the reward model at
+    `reward_dir`, or DPO, KTO or ILQL on `comparisons` (a store or rows). The KL reference is SFT for
+    PPO and NLPO, `start` for the others. Returns the new policy's directory and the PPO step reached."""
     seed = config.seed if seed is None else seed
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    if method == "ppo":
-        if reward_dir is None:
-            raise ValueError("PPO needs a reward model: pass reward_dir (from reward_stage)")
-        result = ppo_trainer(world, gold, config, sft_dir, reward_dir, start=start, out=Path(out) / "ppo",
-                             first_step=first_step, seed=seed, live=live).train()
+    if method in FROM_A_REWARD_MODEL and reward_dir is None:
+        raise ValueError(f"{method.upper()} needs a reward model: pass reward_dir (from reward_stage)")
+    if method in ("ppo", "nlpo"):
+        result = ppo_trainer(world, gold, config, sft_dir, reward_dir, start=start, out=Path(out) / method,
+                             first_step=first_step, seed=seed, live=live,
+                             ppo_fields={"nlpo_top_p": config.nlpo_top_p} if method == "nlpo" else None).train()
         return result.output_dir / "checkpoint", result.step
     out = Path(out) / method
     policy = load(config, start, trainable=True)
-    if method == "dpo":
+    if method in ("rloo", "grpo"):
+        reward = load_reward_model(str(reward_dir), quantization=config.quantization)
+        train_critic_free(policy, ppo_prompts(world, config), reward, CriticFreeConfig(
+            method=method, output_dir=str(out), max_steps=config.ppo_steps, batch_size=config.ppo_batch_size,
+            num_generations=config.group_size, learning_rate=config.ppo_learning_rate, beta=config.critic_free_beta,
+            max_completion_length=config.response_length, seed=seed), live=live)
+    elif method == "dpo":
         train_dpo(policy, comparisons, DPOConfig(output_dir=str(out), epochs=config.dpo_epochs, beta=config.dpo_beta,
                                                  seed=seed, logging_steps=2), live=live)
     elif method == "kto":

@@ -1,15 +1,16 @@
-"""What every TRL-backed stage (SFT, reward model, DPO, KTO) shares, written once: the mapping of a
+"""What every TRL-backed stage (SFT, reward model, DPO, KTO, RLOO, GRPO) shares, written once: the mapping of a
 stage's flat config onto its `trl.*Config`, the device and precision rule (also for the adapters TRL
 casts), the QLoRA refusal, training against a frozen copy of the starting adapter, and saving.
 
 A stage config has the fields below; each stage adds its own TRL fields (DPO's beta, SFT's warmup
 and gradient accumulation) through `**fields`.
 
-    output_dir, epochs, max_steps, batch_size, learning_rate, max_length, logging_steps, seed
+    output_dir, epochs, max_steps, batch_size, learning_rate, logging_steps, seed, and max_length (not RLOO / GRPO)
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -40,8 +41,14 @@ def trl_args(trl_config_class, config, device: str | torch.device, **fields):
     shared = dict(output_dir=str(config.output_dir), num_train_epochs=config.epochs, max_steps=config.max_steps,
                   per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
                   learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
-                  max_length=config.max_length, logging_steps=config.logging_steps, seed=config.seed,
+                  logging_steps=config.logging_steps, seed=config.seed,
                   save_strategy="no", report_to="none", **precision_for(device).trainer_args())
+    if "activation_checkpointing" in {field.name for field in dataclasses.fields(trl_config_class)}:
+        # TRL's default (on) under transformers' new name: left unset, TRL's `gradient_checkpointing=True`
+        # sets it through the deprecated name, and a FutureWarning lands in every notebook
+        shared["activation_checkpointing"] = True
+    if hasattr(config, "max_length"):  # RLOO and GRPO cap the completion instead
+        shared["max_length"] = config.max_length
     return trl_config_class(**{**shared, **fields})
 
 

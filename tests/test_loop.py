@@ -58,8 +58,8 @@ def test_ppo_curves_join_up_over_the_rounds(loop):
 def test_an_earlier_run_is_never_mixed_in(loop, world, gold):
     with pytest.raises(ValueError, match="give a new out_dir"):
         RLHFLoop(world, gold, RLHFConfig.quick(str(loop.out_dir)))
-    with pytest.raises(ValueError, match="method must be one of ppo, dpo"):
-        RLHFConfig(method="grpo")
+    with pytest.raises(ValueError, match="method must be one of ppo, dpo, kto, ilql, nlpo, rloo, grpo, not 'a2c'"):
+        RLHFConfig(method="a2c")
 
 
 def test_one_round_on_smollm2_raises_its_gold_mean(smollm2, world, gold, tmp_path):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from rlhflab import load_policy
-from rlhflab.ppo import PPOConfig, PPOTrainer, train_ppo
+from rlhflab.models import token_logprobs
+from rlhflab.ppo import MaskedPolicy, PPOConfig, PPOTrainer, masked_logits, nucleus_mask, train_ppo
 from rlhflab.reward import GoldReward, SharedReward
 from rlhflab.stages import evaluate, load, ppo_trainer, sft_baseline
 
@@ -127,12 +128,13 @@ def sft_answers(world, gold, recipe):
     return sft_baseline(world, gold, config, sft_dir)
 
 
-@pytest.mark.parametrize("mode", ["lora-shared", "4bit-shared", "lora-separate"])
+@pytest.mark.parametrize("mode", ["lora-shared", "4bit-shared", "lora-separate", "nlpo"])
 def test_short_ppo_beats_sft_on_reward_and_gold(world, gold, recipe, sft_answers, tmp_path, mode):
     config, sft_dir, reward_dir, _ = recipe
     config = replace(config, out_dir=str(tmp_path), quantization="4bit" if mode == "4bit-shared" else None,
                      ppo_steps=10)
-    trainer = ppo_trainer(world, gold, config, sft_dir, reward_dir, separate_reward=mode == "lora-separate")
+    trainer = ppo_trainer(world, gold, config, sft_dir, reward_dir, separate_reward=mode == "lora-separate",
+                          ppo_fields={"nlpo_top_p": 0.9} if mode == "nlpo" else None)
     result = trainer.train()
     names = set(result.history[-1])
     assert {"objective/kl", "objective/kl_coef", "objective/scores", "objective/gold_scores", "objective/entropy",
@@ -277,3 +279,59 @@ def test_value_adapter_starts_from_the_reward_model_and_learns_beside_the_policy
     assert (tmp_path / "checkpoint" / "value" / "adapter_model.safetensors").exists()
     with pytest.raises(ValueError, match="value_from"):
         PPOTrainer(load_policy("tiny", lora=True), prompts(world), GoldReward(gold), small(tmp_path / "x", value_model="adapter"))
+
+
+# -- NLPO: PPO within the masked policy's nucleus ------------------------------------------------
+
+def test_nucleus_mask_matches_a_slow_reference():
+    logits = torch.randn(3, 4, 11, generator=torch.Generator().manual_seed(0)) * 2
+    for top_p in (0.05, 0.5, 0.9, 1.0):
+        fast = nucleus_mask(logits, top_p)
+        for row, keep in zip(logits.flatten(0, 1), fast.flatten(0, 1)):
+            probs = row.softmax(-1).tolist()
+            expected, mass = set(), 0.0
+            for token in sorted(range(11), key=lambda t: -probs[t]):
+                if mass >= top_p and expected:
+                    break
+                expected.add(token)
+                mass += probs[token]
+            assert set(keep.nonzero().flatten().tolist()) == expected
+
+
+def test_nlpo_samples_and_scores_within_the_nucleus_and_the_first_ratio_is_one(world, gold, tmp_path):
+    """Fails when the rollout's or the update's log-probs ignore the mask the sampler applied."""
+    policy = load_policy("tiny", lora=True)
+    trainer = PPOTrainer(policy, prompts(world), GoldReward(gold),
+                         small(tmp_path, nlpo_top_p=0.5, mini_batch_size=4, nlpo_sync_every=2))
+    batch = trainer.rollout(prompts(world)[:4])
+    nucleus, responses, mask = batch["nucleus"], batch["responses"], batch["mask"].bool()
+    assert nucleus.gather(-1, responses[..., None]).squeeze(-1)[mask].all()  # every sampled token is inside
+    assert nucleus[mask].sum(-1).float().mean() < 0.5 * nucleus.shape[-1]  # and the nucleus is a real cut
+    with torch.no_grad():
+        logits, _ = trainer.unwrapped(batch["input_ids"], batch["attention_mask"], batch["query_len"])
+    masked = token_logprobs(masked_logits(logits, nucleus), responses)
+    unmasked = token_logprobs(logits, responses)
+    assert torch.allclose(batch["logprobs"][mask], masked[mask], atol=1e-5)
+    assert (masked - unmasked)[mask].max() > 0.1  # ignoring the mask would give other numbers
+    losses = trainer.update(batch)  # one epoch, one minibatch: the policy has not moved yet
+    assert losses["ratio"] == pytest.approx(1.0, abs=1e-5) and losses["approxkl"] < 1e-8
+
+
+def test_the_masked_policy_is_a_frozen_copy_synced_every_few_steps(world, gold, tmp_path):
+    policy = load_policy("tiny", lora=True)
+    trainer = PPOTrainer(policy, prompts(world), GoldReward(gold), small(tmp_path, nlpo_top_p=0.9, nlpo_sync_every=2,
+                                                                         learning_rate=1e-2))
+
+    def adapter(name):
+        return {n.replace(f".{name}.", "."): p.detach().clone() for n, p in policy.model.named_parameters()
+                if f".{name}." in n}
+
+    start = adapter("default")
+    assert all(not p.requires_grad for n, p in policy.model.named_parameters() if MaskedPolicy.ADAPTER in n)
+    trainer.train()  # 2 steps: synced before step 1 only
+    assert all(torch.equal(start[n], p) for n, p in adapter(MaskedPolicy.ADAPTER).items())
+    assert not all(torch.equal(start[n], p) for n, p in adapter("default").items())
+    trainer.masked_policy.sync()
+    assert all(torch.equal(adapter("default")[n], p) for n, p in adapter(MaskedPolicy.ADAPTER).items())
+    with pytest.raises(ValueError, match="nlpo_top_p must be in \\(0, 1\\]"):
+        PPOConfig(nlpo_top_p=1.5)

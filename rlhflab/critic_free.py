@@ -1,0 +1,115 @@
+"""RLOO and GRPO: RLHF without a value model, on TRL's RLOOTrainer and GRPOTrainer.
+
+Both sample k responses to each prompt and let the rest of the group be the baseline, so no value
+head or value adapter has to be trained or held in memory:
+
+    RLOO (Ahmadian et al. 2024, "Back to Basics"):   A_i = r_i - mean_{j != i} r_j
+    GRPO (Shao et al. 2024, DeepSeekMath):          A_i = (r_i - mean_j r_j) / std_j r_j
+
+and both add beta * KL(policy || reference) to keep the policy near where it started. TRL's
+trainers fit the lab as they are, so we wrap them rather than write our own:
+
+- they take a peft model, on a 4-bit base too (QLoRA), and keep a frozen copy of the starting
+  adapter (SFT) as the reference, as DPO and KTO do (`rlhflab.training.train_against_reference`);
+- their reward functions have our shape, f(prompts, completions) -> scores, so any reward of
+  `rlhflab.reward_functions.as_reward` (a reward model, the gold annotator, a function, a weighted
+  sum) plugs in, through `checked_scores`: TRL would average a NaN away, we name the reward;
+- they take callbacks, so `LivePlot` draws reward, KL and length as they train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import trl
+
+from .live import LivePlot
+from .models import Policy
+from .reward import checked_scores
+from .reward_functions import as_reward
+from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
+
+METHODS = {"rloo": (trl.RLOOConfig, trl.RLOOTrainer), "grpo": (trl.GRPOConfig, trl.GRPOTrainer)}
+LOGGED = ("reward", "reward_std", "kl", "entropy", "completions/mean_length")
+
+
+@dataclass
+class CriticFreeConfig:
+    """Settings of one RLOO or GRPO run."""
+
+    method: str = "grpo"  # 'grpo' or 'rloo'
+    output_dir: str = "runs/grpo"  # the adapter (peft format) or full model, tokenizer and metrics
+    epochs: float = 1.0  # passes over the prompts
+    max_steps: int = 50  # optimizer steps (-1: run all epochs)
+    batch_size: int = 16  # completions per device per step; a multiple of num_generations
+    num_generations: int = 4  # k: responses sampled per prompt, each other's baseline
+    learning_rate: float = 1e-4  # LoRA rate; full fine-tuning wants ~1e-6
+    beta: float = 0.05  # weight of the KL penalty to the reference (TRL's RLOO default; GRPO's is 0)
+    max_completion_length: int = 32  # most tokens sampled per response
+    temperature: float = 1.0  # sampling temperature
+    logging_steps: int = 1  # log (and plot) every this many steps
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.num_generations < 2:
+            raise ValueError("RLOO and GRPO compare each response with the rest of its group: num_generations "
+                             f"must be 2 or more, not {self.num_generations}")
+        if self.batch_size % self.num_generations:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_generations "
+                             f"({self.num_generations}): every prompt's group is sampled in one batch")
+
+
+@dataclass
+class CriticFreeResult:
+    metrics: dict  # 'train/loss', 'train/runtime_s' and the last LOGGED values
+    output_dir: Path  # where the adapter (peft format) or full model was saved
+
+
+def trl_reward(reward):
+    """A reward of `as_reward` as a TRL reward function (TRL passes chat messages and other columns)."""
+    reward = as_reward(reward)
+
+    def score(prompts, completions, **_columns):
+        prompts = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
+        responses = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return checked_scores(reward.score(prompts, responses), len(responses), reward).tolist()
+
+    score.__name__ = getattr(reward, "__name__", type(reward).__name__)  # TRL logs rewards/<name>/mean
+    return score
+
+
+def train_critic_free(policy: Policy, prompts: list[str], reward, config: CriticFreeConfig | None = None, *,
+                      live: LivePlot | None = None) -> CriticFreeResult:
+    """Train `policy` in place with RLOO or GRPO against `reward`, save it, and return its metrics.
+
+    Args:
+        policy: from `load_policy`, usually `load_policy(base, lora=True, adapter=sft_dir)`, so the
+            adapter starts from SFT and a frozen copy of it is the KL reference.
+        prompts: the prompts to sample from.
+        reward: a reward model, the gold annotator, a function f(prompts, responses) -> scores, or a
+            `WeightedReward` (`rlhflab.reward_functions`).
+        live: a LivePlot; by default one writing to `output_dir`.
+
+    Examples:
+        >>> policy = load_policy("tiny", lora=True, adapter="runs/sft")  # doctest: +SKIP
+        >>> train_critic_free(policy, prompts, reward_model, CriticFreeConfig(method="rloo"))  # doctest: +SKIP
+    """
+    config = config or CriticFreeConfig()
+    if not prompts:
+        raise ValueError(f"{config.method.upper()} needs at least one prompt")
+    refuse_to_train_quantized(policy.model, policy.is_lora, "load_policy")
+    trl_config, trl_trainer = METHODS[config.method]
+    output_dir = Path(config.output_dir)
+    live = live or LivePlot(output_dir, title=config.method.upper(), layout="critic_free")
+    args = trl_args(trl_config, config, policy.device, num_generations=config.num_generations, beta=config.beta,
+                    max_completion_length=config.max_completion_length, temperature=config.temperature,
+                    activation_checkpointing=False, gradient_checkpointing=False)
+    trainer = trl_trainer(model=policy.model, reward_funcs=[trl_reward(reward)], args=args,
+                          train_dataset=chat_dataset([{"prompt": p} for p in prompts], ()),
+                          processing_class=policy.tokenizer, callbacks=[live])
+    outcome = train_against_reference(trainer, policy, output_dir)
+    return CriticFreeResult({"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"],
+                             **last_logged(trainer, LOGGED)}, output_dir)

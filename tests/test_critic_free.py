@@ -1,0 +1,57 @@
+"""RLOO and GRPO on TRL's trainers: each raises the tiny world's gold mean over SFT, one driven by a
+plain function and one by a weighted sum of a function and the reward model; bad settings and bad
+rewards are refused with errors that name them."""
+
+from dataclasses import replace
+
+import pytest
+
+from rlhflab import load_policy
+from rlhflab.critic_free import CriticFreeConfig, train_critic_free, trl_reward
+from rlhflab.reward import load_reward_model
+from rlhflab.reward_functions import WeightedReward, length_reward
+from rlhflab.stages import evaluate, load, ppo_prompts, sft_baseline
+
+
+@pytest.fixture(scope="module")
+def sft_answers(world, gold, recipe):
+    config, sft_dir, _, _ = recipe
+    return sft_baseline(world, gold, config, sft_dir)
+
+
+@pytest.mark.parametrize("method", ["rloo", "grpo"])
+def test_raises_gold_over_sft(method, world, gold, recipe, sft_answers, tmp_path):
+    config, sft_dir, reward_dir, _ = recipe
+    config = replace(config, out_dir=str(tmp_path))
+    if method == "rloo":  # a plain function: the gold annotator's score, written as a user would
+        def reward(prompts, responses):
+            return [gold.score(p, r) for p, r in zip(prompts, responses)]
+    else:  # the reward model plus a small length penalty
+        reward = WeightedReward((1.0, load_reward_model(str(reward_dir))), (0.1, length_reward(12)))
+    result = train_critic_free(load(config, sft_dir, trainable=True), ppo_prompts(world, config), reward,
+                               CriticFreeConfig(method=method, output_dir=str(tmp_path / method), max_steps=8,
+                                                batch_size=16, num_generations=4, learning_rate=5e-4,
+                                                max_completion_length=config.response_length))
+    assert {"reward", "kl", "completions/mean_length"} <= set(result.metrics), result.metrics
+    outcome, _ = evaluate(load(config, result.output_dir), sft_answers, gold, config)
+    assert outcome["gold/mean"] > outcome["gold/sft_mean"] + 0.1, outcome
+    assert (result.output_dir / "adapter_model.safetensors").exists() and (result.output_dir / "metrics.html").exists()
+
+
+def test_bad_settings_and_bad_rewards_are_named():
+    with pytest.raises(ValueError, match="method must be one of rloo, grpo"):
+        CriticFreeConfig(method="ppo")
+    with pytest.raises(ValueError, match="multiple of num_generations"):
+        CriticFreeConfig(batch_size=6, num_generations=4)
+    with pytest.raises(ValueError, match="num_generations must be 2 or more"):
+        CriticFreeConfig(num_generations=1, batch_size=4)
+
+    def sometimes_nan(prompts, responses):
+        return [float("nan")] * len(responses)
+
+    score = trl_reward(sometimes_nan)
+    assert score.__name__ == "sometimes_nan"
+    with pytest.raises(ValueError, match="the reward sometimes_nan returned nan"):
+        score([[{"role": "user", "content": "p"}]], [[{"role": "assistant", "content": "r"}]])
+    with pytest.raises(ValueError, match="a 4-bit or 8-bit model cannot be trained directly"):
+        train_critic_free(load_policy("tiny", quantization="4bit"), ["p"], sometimes_nan)
