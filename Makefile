@@ -19,7 +19,7 @@ demo: $(STAMP)            ## the main job on the embedded tiny world; writes rep
 	HF_HUB_OFFLINE=1 $(BIN)/python -m rlhflab.demo --out reports
 
 test: $(STAMP)            ## the test suite, one worker per core (tests/conftest.py keeps costly fixtures on one)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadgroup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=25
 
 lab: $(STAMP)             ## JupyterLab on the notebooks
 	$(BIN)/jupyter lab notebooks/

@@ -5,8 +5,9 @@ failure. Each is matched by its source and the start of its text, so every other
 
 - bitsandbytes, on CPUs with AVX512-BF16, logs at import that it cannot load a faster 4-bit CPU kernel
   from the `kernels` package, and then uses its own; nothing here needs the faster one.
-- peft reads the model's `is_gradient_checkpointing` when it wraps it in an adapter, which transformers 5
-  deprecates (FutureWarning); the read is peft's own, and the lab's calls use the new names.
+- peft reads the model's `is_gradient_checkpointing` when it wraps it in an adapter, and TRL's DPO and KTO
+  trainers call `gradient_checkpointing_disable` / `_enable` around their reference passes; transformers 5
+  deprecates these names (FutureWarning). The calls are the libraries' own.
 """
 
 import logging
@@ -14,12 +15,12 @@ import warnings
 
 BITSANDBYTES_KERNELS_NOTICE = ("bitsandbytes.backends.cpu.ops",
                                "Failed to load CPU gemm_4bit_forward from kernels-community")
-PEFT_CHECKPOINTING_WARNING = "`is_gradient_checkpointing` is deprecated"
+CHECKPOINTING_NAME_WARNING = r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated"
 
 # installed before `.models` imports bitsandbytes, which logs its notice at import
 logging.getLogger(BITSANDBYTES_KERNELS_NOTICE[0]).addFilter(
     lambda record: not record.getMessage().startswith(BITSANDBYTES_KERNELS_NOTICE[1]))
-warnings.filterwarnings("ignore", message=PEFT_CHECKPOINTING_WARNING, category=FutureWarning,
+warnings.filterwarnings("ignore", message=CHECKPOINTING_NAME_WARNING, category=FutureWarning,
                         module="transformers.modeling_utils")
 
 from .models import Policy, load_policy

@@ -23,7 +23,7 @@ SHARED_FIXTURES = ("smollm2", "recipe", "quickstart", "loop", "lab")  # costly t
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
-    """The tests that share a costly fixture run on one xdist worker, and those groups start first.
+    """The tests that share a costly fixture run on one xdist worker, and the longest work starts first.
 
     Only with `--dist loadgroup` (as `make test` runs) does the group mean anything; without xdist
     the order is the only change.
@@ -31,10 +31,15 @@ def pytest_collection_modifyitems(items):
     def shared(item):
         return next((name for name in SHARED_FIXTURES if name in item.fixturenames), None)
 
+    def start(item):  # the groups, then the notebooks (1-3 minutes each), then the rest: none is left for the end
+        if shared(item):
+            return SHARED_FIXTURES.index(shared(item))
+        return len(SHARED_FIXTURES) + (item.module.__name__ != "test_notebooks")
+
     for item in items:
         if group := shared(item):
             item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: SHARED_FIXTURES.index(shared(item)) if shared(item) else len(SHARED_FIXTURES))
+    items.sort(key=start)
 
 
 @pytest.fixture(scope="session")
