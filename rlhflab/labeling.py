@@ -184,7 +184,7 @@ class _Labeler(anywidget.AnyWidget):
                 return
             self._commits += 1
             self._skipped.discard(undone["item_id"])
-            stored = self._in_force(undone["item_id"])  # an earlier label the undo brought back, if any
+            stored = self.store.in_force(undone["item_id"], self.annotator)  # an earlier label the undo brought back, if any
             self.say(f"undid your {undone['action'].replace('_', ' ')}")
             self.show(self.store.item(undone["item_id"]), previous=stored or undone, editing=stored is not None)
             return
@@ -193,7 +193,7 @@ class _Labeler(anywidget.AnyWidget):
                            None)
             if clicked is None:
                 raise ValueError("that entry is not one of your events; pick one from 'Your recent labels'")
-            stored = self._in_force(clicked["item_id"])  # the answer in force, even if the entry is an older one
+            stored = self.store.in_force(clicked["item_id"], self.annotator)  # the answer in force, even if the entry is an older one
             if stored is None:
                 raise ValueError("that answer was undone, so there is nothing to edit; the item is back in your queue")
             self.say("editing an earlier answer: a new one replaces it, Cancel keeps it")
@@ -233,10 +233,6 @@ class _Labeler(anywidget.AnyWidget):
         self._commits += 1
         self.say("saved")
         self.show_next()  # only after the commit above returned
-
-    def _in_force(self, item_id: str) -> dict | None:
-        """This annotator's event in force for `item_id` (label, skip or prompt flag), or None."""
-        return self.store.current(self.store.events(self.annotator)).get((item_id, self.annotator))
 
     def labeled(self, message: dict, order: list[int]) -> dict:
         raise NotImplementedError

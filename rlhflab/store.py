@@ -551,6 +551,16 @@ class LabelStore:
                     ~self._answered(annotator, c.item_id)))
         return out
 
+    def in_force(self, item_id: str, annotator: str) -> dict | None:
+        """The annotator's event in force for `item_id` (label, skip or prompt flag), or None: one indexed
+        lookup in the derived table, not a replay of the log."""
+        f = in_force_table.c
+        with self._read() as conn:
+            row = conn.execute(select(events_table).join(in_force_table, events_table.c.id == f.event_row)
+                               .where(f.project == self.project, f.item_id == item_id,
+                                      f.annotator == annotator)).mappings().first()
+        return dict(row) if row is not None else None
+
     def recent(self, annotator: str, n: int = 10) -> list[dict]:
         """The annotator's `n` latest events in force, newest first, each with its item's prompt."""
         f, i = in_force_table.c, items_table.c
