@@ -35,7 +35,6 @@ std 1, as trlX did.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import math
 import random
@@ -53,6 +52,7 @@ from .exports import kto_rows
 from .live import LivePlot
 from .models import (
     Policy,
+    cache_keyword,
     chat_prompt,
     disable_dropout,
     left_padded_positions,
@@ -208,9 +208,7 @@ class ILQLPolicy(Policy):
     top_k: int = 20
 
     def __post_init__(self):
-        # transformers 5.2x calls the KV cache `cache`; earlier 5.x releases call it `past_key_values`
-        backbone = self.model.get_base_model() if self.is_lora else self.model
-        self._cache_name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+        self._cache_name = cache_keyword(self.model)
 
     def trunk(self, cache=None, **inputs) -> tuple[torch.Tensor, torch.Tensor, object]:
         """The LM's logits and last hidden state at the last `logits_to_keep` positions, and the KV cache."""

@@ -38,7 +38,7 @@ from .live import LivePlot
 from .models import Policy
 from .records import Item
 from .reward import evaluate_reward_model, load_reward_model
-from .stages import (FROM_A_REWARD_MODEL, LAYOUT_OF, Baseline, RLHFConfig, evaluate, heldout_prompts, load,
+from .stages import (FROM_A_REWARD_MODEL, LAYOUT_OF, METHODS, Baseline, RLHFConfig, evaluate, heldout_prompts, load,
                      policy_stage, reward_stage, sample, sft_baseline, sft_stage)
 from .store import LabelStore
 from .tiny.annotate import gold_ratings, label_with_gold
@@ -233,7 +233,7 @@ class RLHFLoop:
 # ---------------------------------------------------------------------------------------------
 
 def compare_methods(world, gold, config: RLHFConfig, best_of: tuple[int, ...] = (4, 16),
-                    methods: tuple[str, ...] = ("dpo", "kto", "ilql", "ppo"), kto_ratings: bool = True) -> pd.DataFrame:
+                    methods: tuple[str, ...] = METHODS, kto_ratings: bool = True) -> pd.DataFrame:
     """SFT, best-of-n and each method of `methods` from the same labels (`config.labels_per_round`), on
     held-out prompts.
 

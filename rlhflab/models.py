@@ -9,6 +9,7 @@ padding for batched generation, a chat template for models that ship none, safet
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,13 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
 def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 on each row's first real token, whatever the left padding."""
     return (attention_mask.cumsum(1) - 1).clamp(min=0)
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The name a causal LM's forward gives its KV cache: `cache` from transformers 5.2x on, earlier 5.x
+    releases `past_key_values` (which now warns). `model` may be a peft model."""
+    backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
 from .live import LivePlot
-from .models import Policy, disable_dropout, left_padded_positions, precision_for, sample_tokens, token_logprobs
+from .models import (Policy, cache_keyword, disable_dropout, left_padded_positions, precision_for, sample_tokens,
+                     token_logprobs)
 from .reward import ADAPTER_WEIGHTS, checked_scores, score_weight
 from .reward_functions import as_reward
 from .training import refuse_to_train_quantized
@@ -302,10 +303,16 @@ class MaskedPolicy:
             self.copy.load_state_dict(self.model.state_dict())
 
     @torch.no_grad()
-    def nucleus(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The nucleus for the token after each row's last position: (B, V)."""
-        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1,
-                      position_ids=left_padded_positions(attention_mask))
+    def nucleus(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> torch.Tensor:
+        """The nucleus for the token after each row's last position: (B, V).
+
+        With a `cache` (a transformers `DynamicCache` that only this call fills), only the positions it
+        has not seen yet are run, so a whole rollout costs one pass instead of one pass per token.
+        """
+        seen = cache.get_seq_length() if cache is not None else 0
+        kwargs = dict(input_ids=input_ids[:, seen:], attention_mask=attention_mask, logits_to_keep=1,
+                      position_ids=left_padded_positions(attention_mask)[:, seen:],
+                      use_cache=cache is not None, **{cache_keyword(self.model): cache})
         if self.is_lora:
             logits = self.model(**kwargs, adapter_names=[self.ADAPTER] * len(input_ids)).logits
         else:
@@ -315,15 +322,17 @@ class MaskedPolicy:
 
 class NucleusSampling(LogitsProcessor):
     """Masks each sampling step to the masked policy's nucleus, and keeps the masks it applied, so that
-    the rollout's and the update's log-probs score exactly the distribution that was sampled."""
+    the rollout's and the update's log-probs score exactly the distribution that was sampled. One
+    instance serves one `generate` call: it keeps the masked policy's KV cache between steps."""
 
     def __init__(self, masked: MaskedPolicy, query_mask: torch.Tensor):
         self.masked, self.query_mask, self.applied = masked, query_mask, []
+        self.cache = DynamicCache()
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         new = input_ids.shape[1] - self.query_mask.shape[1]
         attention_mask = torch.cat([self.query_mask, self.query_mask.new_ones(len(input_ids), new)], dim=1)
-        nucleus = self.masked.nucleus(input_ids, attention_mask)
+        nucleus = self.masked.nucleus(input_ids, attention_mask, self.cache)
         self.applied.append(nucleus)
         return scores.masked_fill(~nucleus, float("-inf"))
 

@@ -44,9 +44,12 @@ def trl_args(trl_config_class, config, device: str | torch.device, **fields):
                   logging_steps=config.logging_steps, seed=config.seed,
                   save_strategy="no", report_to="none", **precision_for(device).trainer_args())
     if "activation_checkpointing" in {field.name for field in dataclasses.fields(trl_config_class)}:
-        # TRL's default (on) under transformers' new name: left unset, TRL's `gradient_checkpointing=True`
-        # sets it through the deprecated name, and a FutureWarning lands in every notebook
-        shared["activation_checkpointing"] = True
+        # Recompute activations in the backward pass on a GPU, where memory runs out first (TRL's default);
+        # on a CPU, RAM is large next to the compute and recomputing only costs time (96 labels, tiny model,
+        # one thread: DPO 16.6 s with, 14.4 s without; KTO 24.2 s, 20.7 s). Set under transformers' new
+        # name: left unset, TRL's `gradient_checkpointing=True` sets it through the deprecated one, and a
+        # FutureWarning lands in every notebook.
+        shared["activation_checkpointing"] = torch.device(device).type == "cuda"
     if hasattr(config, "max_length"):  # RLOO and GRPO cap the completion instead
         shared["max_length"] = config.max_length
     return trl_config_class(**{**shared, **fields})

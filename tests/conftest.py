@@ -18,7 +18,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 from rlhflab.tiny import GoldAnnotator, TinyWorld  # noqa: E402
 
-SHARED_FIXTURES = ("smollm2", "recipe", "quickstart", "loop", "lab")  # costly to build, each built once
+SHARED_FIXTURES = ("smollm2", "recipe", "quickstart", "lab")  # costly to build, each built once
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
@@ -50,6 +50,19 @@ def world():
 @pytest.fixture(scope="session")
 def gold(world):
     return GoldAnnotator(world)
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory):
+    """The quickstart run the way `make demo --quick` runs it: (its directory, run_quickstart's summary).
+
+    Its notebook runs the whole loop (SFT, two rounds of labels, reward model and PPO) into `runs/`, so
+    the loop's own tests read that run instead of training a second one.
+    """
+    from rlhflab.demo import run_quickstart
+
+    workdir = tmp_path_factory.mktemp("quickstart")
+    return workdir, run_quickstart(workdir, quick=True)
 
 
 @pytest.fixture(scope="session")

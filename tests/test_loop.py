@@ -1,7 +1,12 @@
-"""The iterated loop: rounds raise the gold score, people's labels are kept, the leaderboard ranks the rounds."""
+"""The iterated loop: rounds raise the gold score, people's labels are kept, the leaderboard ranks the rounds.
+
+The two-round loop these tests read is the quickstart's (`tests/conftest.py::quickstart`): its notebook
+runs `RLHFLoop` at QUICK settings into `runs/`, and the tests reopen what it left on disk.
+"""
 
 import json
 
+import pandas as pd
 import pytest
 
 from rlhflab.loop import RLHFLoop
@@ -10,54 +15,54 @@ from rlhflab.stages import RLHFConfig
 from rlhflab.store import LabelStore
 
 
-@pytest.fixture(scope="module")
-def loop(world, gold, tmp_path_factory):
-    loop = RLHFLoop(world, gold, RLHFConfig.quick(str(tmp_path_factory.mktemp("loop")), ppo_steps=6))
-    loop.queue_round()
-    first = loop.store.next_item("you")  # a person labels one pair before the gold annotator takes over
-    loop.store.record(first.item_id, "you", choice="tie")
-    loop.person_labeled = first.item_id
-    loop.run()
-    return loop
+def rounds_of(quickstart) -> list[dict]:
+    runs = quickstart[0] / "runs"
+    return [json.loads(line) for line in (runs / "rounds.jsonl").read_text().splitlines()]
 
 
-def test_rounds_raise_the_gold_score(loop):
-    table = loop.table()
+def test_rounds_raise_the_gold_score(quickstart):
+    table = pd.DataFrame(rounds_of(quickstart))
     assert table["round"].tolist() == [1, 2]
     sft_gold = table["gold/sft_mean"].iloc[0]
     assert table["gold/mean"].iloc[-1] > sft_gold + 0.3
     assert table["gold/mean"].iloc[-1] > table["gold/mean"].iloc[0]
     assert table["gold/win_rate_vs_sft"].iloc[-1] > 0.5
     assert table["labels"].is_monotonic_increasing
+    assert table["labels"].iloc[-1] <= len(LabelStore(quickstart[0] / "runs" / "labels.db").labels())
     assert (table["reward/gold_agreement"] > 0.6).all()
 
 
-def test_a_persons_labels_are_kept_and_gold_labels_the_rest(loop):
-    labels = LabelStore(loop.out_dir / "labels.db").labels()  # reopened from disk, as after a restart
+def test_a_persons_labels_are_kept_and_gold_labels_the_rest(world, gold, tmp_path):
+    loop = RLHFLoop(world, gold, RLHFConfig.quick(str(tmp_path), n_demonstrations=16, labels_per_round=12))
+    loop.queue_round()
+    first = loop.store.next_item("you")  # a person labels one pair before the gold annotator takes over
+    loop.store.record(first.item_id, "you", choice="tie")
+    assert loop.label() == 11
+    labels = LabelStore(tmp_path / "labels.db").labels()  # reopened from disk, as after a restart
     by_item = {}
     for label in labels:
         by_item.setdefault(label["item_id"], []).append(label["annotator"])
-    assert by_item[loop.person_labeled] == ["you"]
-    assert all(annotators == ["gold"] for item, annotators in by_item.items() if item != loop.person_labeled)
-    rounds = [json.loads(line) for line in (loop.out_dir / "rounds.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rounds] == [1, 2] and rounds[-1]["labels"] <= len(labels)
+    assert by_item[first.item_id] == ["you"]
+    assert all(annotators == ["gold"] for item, annotators in by_item.items() if item != first.item_id)
+    assert len(by_item) == 12
 
 
-def test_leaderboard_ranks_each_round_against_the_last(loop):
-    board = leaderboard(loop.store)
+def test_leaderboard_ranks_each_round_against_the_last(quickstart):
+    board = leaderboard(LabelStore(quickstart[0] / "runs" / "labels.db"))
     assert set(board["source"]) == {"sft", "round 1", "round 2"}
     assert board["games"].min() > 10
 
 
-def test_ppo_curves_join_up_over_the_rounds(loop):
-    steps = [step for step, _ in loop.live.history["objective/kl"]]
-    assert steps == list(range(1, 2 * loop.config.ppo_steps + 1))
-    assert (loop.results[-1].policy_dir / "adapter_model.safetensors").exists()
+def test_ppo_curves_join_up_over_the_rounds(quickstart):
+    runs = quickstart[0] / "runs"
+    steps = [json.loads(line)["step"] for line in (runs / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 2 * rounds_of(quickstart)[0]["config"]["ppo_steps"] + 1))
+    assert (runs / "round_2" / "ppo" / "checkpoint" / "adapter_model.safetensors").exists()
 
 
-def test_an_earlier_run_is_never_mixed_in(loop, world, gold):
+def test_an_earlier_run_is_never_mixed_in(quickstart, world, gold):
     with pytest.raises(ValueError, match="give a new out_dir"):
-        RLHFLoop(world, gold, RLHFConfig.quick(str(loop.out_dir)))
+        RLHFLoop(world, gold, RLHFConfig.quick(str(quickstart[0] / "runs")))
     with pytest.raises(ValueError, match="method must be one of ppo, dpo, kto, ilql, nlpo, rloo, grpo, not 'a2c'"):
         RLHFConfig(method="a2c")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlhflab import load_policy
-from rlhflab.models import token_logprobs
+from rlhflab.models import left_padded_positions, token_logprobs
 from rlhflab.ppo import MaskedPolicy, PPOConfig, PPOTrainer, masked_logits, nucleus_mask, train_ppo
 from rlhflab.reward import GoldReward, SharedReward
 from rlhflab.stages import evaluate, load, ppo_trainer, sft_baseline
@@ -307,6 +307,13 @@ def test_nlpo_samples_and_scores_within_the_nucleus_and_the_first_ratio_is_one(w
     nucleus, responses, mask = batch["nucleus"], batch["responses"], batch["mask"].bool()
     assert nucleus.gather(-1, responses[..., None]).squeeze(-1)[mask].all()  # every sampled token is inside
     assert nucleus[mask].sum(-1).float().mean() < 0.5 * nucleus.shape[-1]  # and the nucleus is a real cut
+    with torch.no_grad():  # the sampler's KV-cached masks equal the masked policy's nuclei over the whole sequence
+        ids, attention = batch["input_ids"], batch["attention_mask"]
+        policy.model.eval()
+        full = policy.model(input_ids=ids, attention_mask=attention, position_ids=left_padded_positions(attention),
+                            adapter_names=[MaskedPolicy.ADAPTER] * len(ids)).logits
+    uncached = nucleus_mask(full[:, batch["query_len"] - 1: -1], 0.5)
+    assert torch.equal(uncached[mask], nucleus[mask])
     with torch.no_grad():
         logits, _ = trainer.unwrapped(batch["input_ids"], batch["attention_mask"], batch["query_len"])
     masked = token_logprobs(masked_logits(logits, nucleus), responses)
