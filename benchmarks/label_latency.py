@@ -1,13 +1,13 @@
 """Key press to next item on screen, in a real browser: p50 / p95 in milliseconds (goal: p95 < 50 ms).
 
-    .venv/bin/python benchmarks/label_latency.py [--labels 200] [--tcp-nodelay] [--out FILE]
+    .venv/bin/python benchmarks/label_latency.py [--labels 200] [--nagle] [--out FILE]
 
 JupyterLab runs on localhost, headless Chromium opens a notebook with a PairwiseLabeler on a SQLite
 store, and a person's key presses ('a' / 'b', alternating) label items. Inside the page a capture-phase
 keydown listener notes the time of each press, and a MutationObserver notes when the widget's root
 shows the next item id: the label has been committed to SQLite (fsync) and the next item drawn. The
-"painted" figure adds the wait for the next animation frame. --tcp-nodelay starts the server with
-scripts/jupyter_nodelay.py (no Nagle delay on the kernel websocket).
+"painted" figure adds the wait for the next animation frame. The server is `make lab`'s: with
+scripts/jupyter_nodelay.py (no Nagle delay on the kernel websocket); --nagle serves without it.
 """
 
 import argparse
@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
-from lab_session import CHROMIUM, CHROMIUM_ARGS, LABELER, JupyterLab  # noqa: E402
+from lab_session import CHROMIUM, CHROMIUM_ARGS, LABELER, NODELAY, JupyterLab  # noqa: E402
 
 from rlhflab.store import LabelStore  # noqa: E402
 from rlhflab.tiny import TinyWorld  # noqa: E402
@@ -42,7 +42,7 @@ def percentile(values: list[float], q: float) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labels", type=int, default=200, help="key presses to time")
-    parser.add_argument("--tcp-nodelay", action="store_true", help="serve with scripts/jupyter_nodelay.py")
+    parser.add_argument("--nagle", action="store_true", help="serve without scripts/jupyter_nodelay.py")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures here as JSON")
     args = parser.parse_args()
 
@@ -54,7 +54,7 @@ def main():
     # min_view_ms=0: this times the round trip, not the 300 ms an item must be on screen before a key counts
     cells = ["from rlhflab.store import LabelStore\nfrom rlhflab.labeling import LabelerConfig, PairwiseLabeler",
              f"PairwiseLabeler(LabelStore({str(store_path)!r}), 'bench', LabelerConfig(min_view_ms=0))"]
-    config = Path(__file__).parent.parent / "scripts/jupyter_nodelay.py" if args.tcp_nodelay else None
+    config = None if args.nagle else NODELAY
     with JupyterLab(workdir, config=config) as lab, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = lab.open_notebook("latency.ipynb", cells, browser)
@@ -69,7 +69,7 @@ def main():
     stored = len(LabelStore(store_path).labels())
     to_shown = [s - p for p, s in zip(presses, shown)]
     to_painted = [s - p for p, s in zip(presses, painted)]
-    figures = {"labels": args.labels, "stored": stored, "tcp_nodelay": args.tcp_nodelay,
+    figures = {"labels": args.labels, "stored": stored, "tcp_nodelay": not args.nagle,
                "shown_p50_ms": round(percentile(to_shown, 50), 1), "shown_p95_ms": round(percentile(to_shown, 95), 1),
                "painted_p50_ms": round(percentile(to_painted, 50), 1),
                "painted_p95_ms": round(percentile(to_painted, 95), 1)}

@@ -12,14 +12,23 @@ label to the store, and only then shows the next item. Every showing of an item 
 Retry after a slow kernel) is stored at most once. Model text reaches the browser as plain
 strings that the front end renders with `textContent`; only the project's own guidelines are
 rendered as markdown, with raw HTML and unsafe links disabled.
+
+The guidelines come with good and bad examples side by side and with rules (`LabelerConfig.rationale_for`,
+`min_seconds`) that the Python side checks before it stores an answer: one that breaks a rule is refused
+with a message naming the rule, and the item stays on screen. Every answer is stored with the guidelines'
+version and the moment its item went on screen. After a gold item the widget can show the expected answer
+(`gold_feedback`); an annotator who fails the store's qualification round is told so instead of a next item.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
+import json
 import random
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import anywidget
 import traitlets
@@ -27,7 +36,7 @@ from markdown_it import MarkdownIt
 
 from .candidates import GenerationQueue
 from .records import Item, letter
-from .store import RATINGS, LabelStore
+from .store import RATINGS, STRENGTHS, LabelStore, QualificationFailed, annotator_name, matches_gold
 
 # InstructGPT's labelers flagged each response for, among others, harm and made-up facts (Ouyang et al.
 # 2022, appendix B.2); these four are the ones every project needs.
@@ -63,16 +72,60 @@ def _asset(name: str):
 # The widgets (Python side); the front end is widgets/labeler.js
 # ---------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class GuidelineExample:
+    """A good and a bad response to one prompt, shown side by side under the guidelines."""
+    prompt: str
+    good: str
+    bad: str
+    why: str = ""  # what makes the good one better, in a sentence
+
+
+# What a rule can ask a reason for: a choice, a strength, a response flagged, or a skip or prompt flag.
+RATIONALE_FOR = ("tie", "both_bad", "up", "down", *STRENGTHS, "flagged", "skip", "flag_prompt")
+
+
 @dataclass
 class LabelerConfig:
     flags: tuple[str, ...] = DEFAULT_FLAGS  # per-response flags offered as checkboxes
+    # Guidelines, and the rules the Python side enforces: an answer that breaks one is refused, saying which
     guidelines: str = DEFAULT_GUIDELINES  # markdown the project writes; shown in a collapsible panel
+    examples: tuple[GuidelineExample, ...] = ()  # good and bad responses shown side by side with the guidelines
+    guidelines_version: str | None = None  # stored with every answer; None: a hash of guidelines, examples, rules
+    rationale_for: tuple[str, ...] = ()  # answers that need a reason, from RATIONALE_FOR, e.g. ("both_bad", "much")
+    min_seconds: float = 0.0  # s an item is on screen before it takes a label: time to read every response
+    gold_feedback: bool = False  # after each gold item, show the expected answer (calibration, not a test)
     history: int = 10  # recent labels listed for editing
     seed: int | None = None  # seeds the left/right order; None draws a fresh order every session
     # A held key or a double click repeats within ~50 ms, faster than Python shows the next item; an
     # item that takes input only after this long on screen cannot be labeled unseen.
     min_view_ms: int = 300  # ms a newly drawn item is on screen before it accepts a label, skip or flag
     reply_timeout_ms: int = 10_000  # ms the widget waits for the kernel before it offers Retry
+
+    def __post_init__(self):
+        unknown = sorted(set(self.rationale_for) - set(RATIONALE_FOR))
+        if unknown:
+            raise ValueError(f"rationale_for names {unknown}; pick from {RATIONALE_FOR}")
+        if self.guidelines_version is None:  # a new text, example or rule is a new version
+            told = json.dumps([self.guidelines, [asdict(e) for e in self.examples], sorted(self.rationale_for),
+                               self.min_seconds])
+            self.guidelines_version = hashlib.sha256(told.encode()).hexdigest()[:12]
+
+
+def broken_rule(config: LabelerConfig, answer: dict, seconds_on_item: float) -> str | None:
+    """What is wrong with `answer` (the fields of the event to store) under the guidelines' rules, or None."""
+    if answer["action"] == "label" and seconds_on_item < config.min_seconds:
+        return (f"answered {seconds_on_item:.1f} s after the item appeared; the guidelines ask for at least "
+                f"{config.min_seconds:g} s on each item, to read every response: look again, then answer")
+    if not (answer.get("rationale") or "").strip():
+        asked = {answer["action"], answer.get("choice"), answer.get("strength")}
+        if any(answer.get("flags") or {}):
+            asked.add("flagged")
+        needing = [name for name in config.rationale_for if name in asked]
+        if needing:
+            return (f"the guidelines ask for a reason when the answer is {_rule_name(needing[0])}: type it in "
+                    "'Why?' and answer again")
+    return None
 
 
 class _Labeler(anywidget.AnyWidget):
@@ -84,6 +137,9 @@ class _Labeler(anywidget.AnyWidget):
     annotator = traitlets.Unicode("").tag(sync=True)
     flag_names = traitlets.List(traitlets.Unicode()).tag(sync=True)
     guidelines_html = traitlets.Unicode("").tag(sync=True)
+    guidelines_version = traitlets.Unicode("").tag(sync=True)
+    examples = traitlets.List(traitlets.Dict()).tag(sync=True)  # good and bad responses, drawn as plain text
+    rationale_for = traitlets.List(traitlets.Unicode()).tag(sync=True)
     playground = traitlets.Bool(False).tag(sync=True)
     min_view_ms = traitlets.Int(300).tag(sync=True)
     reply_timeout_ms = traitlets.Int(10_000).tag(sync=True)
@@ -92,14 +148,16 @@ class _Labeler(anywidget.AnyWidget):
     progress = traitlets.Dict().tag(sync=True)
     history = traitlets.List().tag(sync=True)
     status = traitlets.Unicode("").tag(sync=True)
+    feedback = traitlets.Dict().tag(sync=True)  # the expected answer to the gold item just answered; {} when none
 
     def __init__(self, store: LabelStore, annotator: str, config: LabelerConfig | None = None,
                  queue: GenerationQueue | None = None, **kwargs):
-        if not annotator or not annotator.strip():
-            raise ValueError("say who is labeling: annotator='your-name' (labels are kept per annotator)")
         self.config = config or LabelerConfig()
-        super().__init__(annotator=annotator, flag_names=list(self.config.flags),
+        super().__init__(annotator=annotator_name(annotator), flag_names=list(self.config.flags),
                          guidelines_html=render_guidelines(self.config.guidelines),
+                         guidelines_version=self.config.guidelines_version,
+                         examples=[asdict(e) for e in self.config.examples],
+                         rationale_for=[_rule_name(name) for name in self.config.rationale_for],
                          min_view_ms=self.config.min_view_ms, reply_timeout_ms=self.config.reply_timeout_ms, **kwargs)
         self.store, self.queue = store, queue
         self.session = uuid.uuid4().hex  # recorded with every event from this widget
@@ -127,13 +185,21 @@ class _Labeler(anywidget.AnyWidget):
         else:
             self._rng.shuffle(order)
         with self.hold_sync():  # item, progress and history reach the browser together: Undo sees the new history
+            self._shown_at = time.time()  # recorded with the answer: the time spent on it
             self.item = {"item_id": item.item_id, "event_id": uuid.uuid4().hex, "prompt": item.prompt,
                          "shown_order": order, "responses": [item.responses[i] for i in order], "editing": editing,
                          "previous": _shown_label(previous, order) if previous else None}
             self.refresh()
 
     def show_next(self):
-        item = self.store.next_item(self.annotator, exclude=self._skipped)
+        try:
+            item = self.store.next_item(self.annotator, exclude=self._skipped)
+        except QualificationFailed as failed:  # no real item for this annotator, and the widget says why
+            with self.hold_sync():
+                self.item = {}
+                self.refresh()
+            self.say(str(failed))
+            return
         if item is not None:
             self.show(item)
             return
@@ -150,7 +216,12 @@ class _Labeler(anywidget.AnyWidget):
 
     def refresh(self):
         progress = self.store.progress(self.annotator)
-        self.progress = {key: progress[key] for key in ("labelled", "skipped", "flagged", "remaining", "by_annotator")}
+        progress = {key: progress[key] for key in ("labelled", "skipped", "flagged", "remaining", "by_annotator")}
+        if self.store.config.qualification:
+            round_ = self.store.qualification(self.annotator)
+            if round_["passed"] is None:
+                progress["qualifying"] = f"{round_['answered']} of {round_['required']}"
+        self.progress = progress
         self.history = [{"event_id": e["event_id"], "action": e["action"], "prompt": e["prompt"][:120],
                          "summary": _summary(e)} for e in self.store.recent(self.annotator, self.config.history)]
 
@@ -217,22 +288,38 @@ class _Labeler(anywidget.AnyWidget):
             raise ValueError(f"you already answered this item, and a {action.replace('_', ' ')} would replace "
                              "that answer: give a new answer, or Cancel to keep it")
         item_id, order = self.item["item_id"], self.item["shown_order"]
-        common = {"session": self.session, "shown_order": order, "event_id": event_id}
         if action == "skip":
-            self.store.skip(item_id, self.annotator, **common)
-            self._skipped.add(item_id)
+            answer = {"action": "skip"}
         elif action == "flag_prompt":
-            self.store.flag_prompt(item_id, self.annotator, rationale=message.get("rationale"), **common)
+            answer = {"action": "flag_prompt", "rationale": message.get("rationale")}
         elif action == "label":
-            self.store.record(item_id, self.annotator, rationale=message.get("rationale"),
-                              flags=_stored_flags(message.get("flags") or {}, order), **common,
-                              **self.labeled(message, order))
+            answer = {"action": "label", "rationale": message.get("rationale"),
+                      "flags": _stored_flags(message.get("flags") or {}, order), **self.labeled(message, order)}
         else:
             raise ValueError(f"unknown action {action!r}")
+        problem = broken_rule(self.config, answer, time.time() - self._shown_at)
+        if problem:
+            raise ValueError(problem)
+        self.store.record(item_id, self.annotator, session=self.session, shown_order=order, event_id=event_id,
+                          shown_at=self._shown_at, guidelines=self.config.guidelines_version, **answer)
+        if action == "skip":
+            self._skipped.add(item_id)
         self._committed.add(event_id)
         self._commits += 1
+        self.feedback = self._gold_feedback(answer, order) if action == "label" and self.config.gold_feedback else {}
         self.say("saved")
         self.show_next()  # only after the commit above returned
+
+    def _gold_feedback(self, answer: dict, order: list[int]) -> dict:
+        """The expected answer to a gold item, as it was shown; {} for other items."""
+        item = self.store.item(self.item["item_id"])
+        if item.gold is None:
+            return {}
+        gold = {"choice": None, "ranking": None, "strength": None,
+                **({"ranking": item.gold} if isinstance(item.gold, list) else {"choice": item.gold})}
+        better = item.responses["ab".index(item.gold)] if item.gold in ("a", "b") else ""
+        return {"correct": matches_gold(answer, item.gold), "expected": _shown_answer(gold, order),
+                "given": _shown_answer(answer, order), "prompt": item.prompt, "better": better}
 
     def labeled(self, message: dict, order: list[int]) -> dict:
         raise NotImplementedError
@@ -330,6 +417,23 @@ def _shown_label(event: dict, order: list[int]) -> dict:
     if event.get("ranking"):
         out["ranks"] = [event["ranking"][i] for i in order]
     return out
+
+
+def _shown_answer(answer: dict, order: list[int]) -> str:
+    """An answer in the words of the screen it was given on: left / right, ranks left to right."""
+    if answer.get("ranking") is not None:
+        return "ranks " + " ".join(str(answer["ranking"][i]) for i in order) + " (left to right)"
+    if answer.get("choice") in ("a", "b"):
+        side = "left" if letter(order[0]) == answer["choice"] else "right"
+        return " ".join(x for x in (side, "better", answer.get("strength")) if x)
+    rated = {"up": "good (thumbs up)", "down": "bad (thumbs down)"}
+    return rated.get(answer["choice"], answer["choice"].replace("_", " "))
+
+
+def _rule_name(name: str) -> str:
+    """A RATIONALE_FOR name as a person reads it."""
+    return {"much": "much better", "slightly": "slightly better", "clearly": "clearly better",
+            "flagged": "a flagged response", "flag_prompt": "a flagged prompt"}.get(name, name.replace("_", " "))
 
 
 def _summary(event: dict) -> str:

@@ -29,21 +29,31 @@ a click reads a few indexed rows instead of replaying the whole log (`next_item`
 
 Assignment: each item should get `overlap` annotators. `next_item` hands an annotator the oldest item
 they have not labeled whose labels plus live leases by others are fewer than `overlap`; gold items
-go to everyone, which is what makes per-annotator accuracy on them meaningful.
+go to everyone, which is what makes per-annotator accuracy on them meaningful. With `gold_rate` they
+are mixed in among the real items at that rate, wherever they sit in the queue; with `qualification`
+an annotator first labels that many gold items and gets real ones only with enough of them right.
+
+Every event keeps when its item went on screen (`shown_at`), so the log holds the time per label, and
+the version of the guidelines the annotator was shown. Annotator names are normalised (`annotator_name`).
+For a team, `annotator_role_sql` (`python -m rlhflab.store annotator-role`) prints the SQL for a Postgres
+login that can add labels but never change or delete one; a SQLite file on a network file system warns.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import time
 import uuid
+import warnings
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (JSON, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
-                        bindparam, create_engine, delete, distinct, event, func, insert, select, update)
+                        bindparam, create_engine, delete, distinct, event, func, insert, inspect, select, update)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -75,10 +85,19 @@ class StoreConfig:
     busy_timeout_s: float = 60.0  # how long a SQLite writer waits for another process's commit
     connect_timeout_s: float = 10.0  # Postgres: give up on an unreachable server after this long (then retry once)
     statement_timeout_s: float = 30.0  # Postgres: cancel a statement stuck this long (then retry once)
+    # Calibration: items with a gold answer go to every annotator, mixed in among the real ones
+    gold_rate: float | None = None  # share of each annotator's items that are gold; None: in queue order, as added
+    qualification: int = 0  # gold items an annotator labels before any real item; 0: no qualification round
+    qualification_accuracy: float = 0.8  # share of those they must get right to be served real items
 
     def __post_init__(self):
         if self.overlap < 1:
             raise ValueError(f"overlap must be at least 1 annotator per item, not {self.overlap}")
+        if self.gold_rate is not None and not 0 <= self.gold_rate <= 1:
+            raise ValueError(f"gold_rate is a share of the items served, between 0 and 1, not {self.gold_rate}")
+        if self.qualification < 0 or not 0 <= self.qualification_accuracy <= 1:
+            raise ValueError(f"qualification is a number of gold items (0 for none), not {self.qualification}, and "
+                             f"qualification_accuracy a share between 0 and 1, not {self.qualification_accuracy}")
         if self.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous must be 'FULL', 'NORMAL' or 'EXTRA', not {self.synchronous!r}")
 
@@ -114,6 +133,8 @@ events_table = Table(
     Column("shown_order", JSON),  # response indices left to right as the annotator saw them
     Column("target", String(32)),  # the event an undo cancels
     Column("created_at", Float, nullable=False),
+    Column("shown_at", Float),  # when the item went on screen (epoch s): created_at - shown_at is the time spent
+    Column("guidelines", String(64)),  # the version of the guidelines the annotator was shown
     Index("events_by_annotator", "project", "annotator", "id"),  # undo, events(annotator)
     Index("events_by_pair", "project", "item_id", "annotator", "id"),  # refolding one pair after an undo
     Index("events_by_target", "target"),  # what undoes an event
@@ -156,6 +177,7 @@ def engine_for(url_or_path: str | Path, config: StoreConfig) -> Engine:
     url = str(url_or_path)
     if "://" not in url:
         Path(url).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        warn_if_networked(Path(url).expanduser())
         url = f"sqlite:///{Path(url).expanduser()}"
     if url.startswith(("postgresql://", "postgres://")):  # psycopg 3 is the driver the lab ships
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
@@ -190,6 +212,40 @@ def engine_for(url_or_path: str | Path, config: StoreConfig) -> Engine:
     return engine
 
 
+# SQLite's locks rely on the file system's; these get them wrong, and a store on them can lose or corrupt labels
+# when two machines write (https://www.sqlite.org/useovernet.html).
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "fuse.sshfs",
+                       "fuse.gcsfuse", "fuse.s3fs")
+MOUNTS = Path("/proc/mounts")
+
+
+class NetworkFilesystemWarning(UserWarning):
+    """A SQLite store sits on a network file system."""
+
+
+def filesystem_of(path: Path, mounts: Path | None = None) -> str | None:
+    """The type of the file system holding `path` (its longest mount point), from /proc/mounts; None
+    where that file is missing (not Linux)."""
+    try:
+        table = [line.split()[1:3] for line in (mounts or MOUNTS).read_text().splitlines() if len(line.split()) >= 3]
+    except OSError:
+        return None
+    path = str(path.resolve())
+    # Mount points escape spaces as \040; the longest one that contains `path` is where it lives.
+    found = [(point.replace("\\040", " "), kind) for point, kind in table]
+    found = [(p, k) for p, k in found if path == p or path.startswith(p.rstrip("/") + "/")]
+    return max(found, key=lambda pk: len(pk[0]))[1] if found else None
+
+
+def warn_if_networked(path: Path):
+    kind = filesystem_of(path.parent)
+    if kind in NETWORK_FILESYSTEMS:
+        warnings.warn(f"the SQLite store {str(path)!r} sits on a network file system ({kind}), whose locks SQLite "
+                      "cannot trust: labels from two machines can be lost or corrupt the file. Keep it on a local "
+                      "disk that every annotator's kernel reaches (one JupyterHub server), or use a Postgres URL",
+                      NetworkFilesystemWarning, stacklevel=4)
+
+
 class LabelStore:
     """The durable home of one labeling project's items and labels.
 
@@ -213,12 +269,14 @@ class LabelStore:
         self.config = config or StoreConfig()
         self.project = project
         self.engine = engine_for(url, self.config)
+        self._qualified: set[str] = set()  # annotators who passed the qualification round (it cannot be undone)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         with self._write() as conn:
             metadata.create_all(conn)
             for table in (events_table, leases_table):  # create_all adds no index to a table that exists
                 for index in table.indexes:
                     index.create(conn, checkfirst=True)
+            _add_missing_columns(conn, events_table)  # nor a column: stores written before shown_at
             count = func.count()
             if (conn.scalar(select(count).where(coverage_table.c.project == project))
                     != conn.scalar(select(count).where(items_table.c.project == project))):
@@ -300,7 +358,8 @@ class LabelStore:
     def record(self, item_id: str, annotator: str, *, action: str = "label", choice: str | None = None,
                strength: str | None = None, ranking: list[int] | None = None, flags: dict | None = None,
                rationale: str | None = None, shown_order: list[int] | None = None, session: str | None = None,
-               target: str | None = None, event_id: str | None = None) -> str:
+               target: str | None = None, event_id: str | None = None, shown_at: float | None = None,
+               guidelines: str | None = None) -> str:
         """Append one event and commit it; returns its event_id once it is durable.
 
         A label of a pair gives `choice` (and `strength` when 'a' or 'b' won; None means the person
@@ -310,11 +369,15 @@ class LabelStore:
         `event_id` makes a retry safe: the widget gives every shown item one id, so sending the same
         event again after a timeout returns that id and stores nothing twice. The same id with other
         content is refused, since it would mean two different answers claim one event.
+
+        `shown_at` (epoch seconds) is when the item went on screen, so the log holds the time spent
+        on each label; `guidelines` names the version of the guidelines the annotator was shown. Like
+        the session, neither is part of what makes a retry the same event.
         """
         return self.record_many([dict(
             item_id=item_id, annotator=annotator, action=action, choice=choice, strength=strength, ranking=ranking,
             flags=flags, rationale=rationale, shown_order=shown_order, session=session, target=target,
-            event_id=event_id)])[0]
+            event_id=event_id, shown_at=shown_at, guidelines=guidelines)])[0]
 
     def record_many(self, events: list[dict]) -> list[str]:
         """Append many events (each the keyword arguments of `record`) in one transaction: all or none.
@@ -324,10 +387,11 @@ class LabelStore:
         """
         rows = [_checked_event(dict(
             event_id=e.get("event_id") or uuid.uuid4().hex, project=self.project, item_id=e["item_id"],
-            annotator=e["annotator"], session=e.get("session"), action=e.get("action", "label"),
+            annotator=annotator_name(e["annotator"]), session=e.get("session"), action=e.get("action", "label"),
             choice=e.get("choice"), strength=e.get("strength"), ranking=_as_json(e.get("ranking")),
             flags=_as_json(e.get("flags") or None), rationale=e.get("rationale") or None,
-            shown_order=_as_json(e.get("shown_order")), target=e.get("target"), created_at=time.time()))
+            shown_order=_as_json(e.get("shown_order")), target=e.get("target"), created_at=time.time(),
+            shown_at=e.get("shown_at"), guidelines=e.get("guidelines")))
             for e in events]
         if not rows:
             return []
@@ -422,6 +486,7 @@ class LabelStore:
 
     def undo(self, annotator: str, event_id: str | None = None, session: str | None = None) -> dict | None:
         """Cancel `event_id`, or the annotator's latest event still in force; returns the cancelled event."""
+        annotator = annotator_name(annotator)
         with self._read() as conn:
             events = self._events(conn, annotator=annotator)
         undone = {e["target"] for e in events if e["action"] == "undo"}
@@ -442,7 +507,7 @@ class LabelStore:
     def _events(self, conn: Connection, annotator: str | None = None, item_id: str | None = None) -> list[dict]:
         query = select(events_table).where(events_table.c.project == self.project)
         if annotator is not None:
-            query = query.where(events_table.c.annotator == annotator)
+            query = query.where(events_table.c.annotator == annotator_name(annotator))
         if item_id is not None:
             query = query.where(events_table.c.item_id == item_id)
         return [dict(r) for r in conn.execute(query.order_by(events_table.c.id)).mappings()]
@@ -480,12 +545,12 @@ class LabelStore:
         they have not answered that is gold, or whose labels plus others' live leases are fewer than
         `overlap`. Each is one indexed query on the derived tables, whatever the length of the log.
         """
-        now = time.time()
+        annotator, now = annotator_name(annotator), time.time()
 
         def assign():
             with self._write() as conn:
                 chosen = (self._own_lease(conn, annotator, now, exclude)
-                          or self._oldest_open(conn, annotator, now, exclude))
+                          or self._next_open(conn, annotator, now, exclude))
                 if chosen is None:
                     return None
                 conn.execute(insert(leases_table), [{"project": self.project, "item_id": chosen,
@@ -496,6 +561,67 @@ class LabelStore:
 
         row = self._retrying(assign)
         return None if row is None else _item_of(row)
+
+    def _next_open(self, conn: Connection, annotator: str, now: float, exclude) -> str | None:
+        """A new item for `annotator`: gold only until they pass the qualification round; then gold at
+        `gold_rate` among the real items (either kind when the other has run out)."""
+        if self.config.qualification and annotator not in self._qualified:
+            round_ = self._qualification(conn, annotator)
+            if round_["passed"] is None:
+                chosen = self._oldest_open(conn, annotator, now, exclude, gold=True)
+                if chosen is None:
+                    raise QualificationFailed(
+                        f"{annotator!r} has labeled {round_['answered']} of the {round_['required']} gold items of "
+                        f"the qualification round and none is left for them (skipped ones do not count): add gold "
+                        f"items (Item(..., gold=...)) or lower StoreConfig.qualification")
+                return chosen
+            if not round_["passed"]:
+                raise QualificationFailed(
+                    f"{annotator!r} did not pass the qualification round: {round_['correct']} of "
+                    f"{round_['required']} gold items right, and this project asks for "
+                    f"{self.config.qualification_accuracy:.0%}. Read the guidelines again and ask the project lead "
+                    f"to go over these items with you; no real items are served until then")
+            self._qualified.add(annotator)
+        if self.config.gold_rate is None:
+            return self._oldest_open(conn, annotator, now, exclude)
+        gold = self._gold_due(conn, annotator)
+        return (self._oldest_open(conn, annotator, now, exclude, gold=gold)
+                or self._oldest_open(conn, annotator, now, exclude, gold=not gold))
+
+    def _gold_due(self, conn: Connection, annotator: str) -> bool:
+        """Whether the next new item should be gold: randomised rounding of `gold_rate` x answers, so the
+        share of gold never drifts by a whole item, and no fixed period tells an annotator which is gold."""
+        f, c = in_force_table.c, coverage_table.c
+        answered, gold = conn.execute(
+            select(func.count(), func.count().filter(c.gold))
+            .join(coverage_table, (c.project == f.project) & (c.item_id == f.item_id))
+            .where(f.project == self.project, f.annotator == annotator)).one()
+        due = self.config.gold_rate * (answered + 1) - gold  # gold items owed once this one is answered
+        draw = zlib.crc32(f"{self.project}/{annotator}/{answered}".encode()) / 2**32  # stable across a reload
+        return due > draw
+
+    def qualification(self, annotator: str) -> dict:
+        """The annotator's qualification round: gold items `required`, how many they `answered` (their
+        first label on each, so an edit after seeing the answer changes nothing) and got `correct`;
+        `passed` is None while the round runs, then True or False."""
+        with self._read() as conn:
+            return self._qualification(conn, annotator_name(annotator))
+
+    def _qualification(self, conn: Connection, annotator: str) -> dict:
+        e, i, c = events_table.c, items_table.c, coverage_table.c
+        rows = conn.execute(
+            select(e.item_id, e.choice, e.ranking, i.gold)
+            .join(coverage_table, (c.project == e.project) & (c.item_id == e.item_id))
+            .join(items_table, (i.project == e.project) & (i.item_id == e.item_id))
+            .where(e.project == self.project, e.annotator == annotator, e.action == "label", c.gold)
+            .order_by(e.id)).mappings()
+        first: dict[str, bool] = {}
+        for row in rows:
+            if row["item_id"] not in first and len(first) < self.config.qualification:
+                first[row["item_id"]] = matches_gold(row, row["gold"])
+        required, correct = self.config.qualification, sum(first.values())
+        passed = None if len(first) < required else correct >= self.config.qualification_accuracy * required
+        return {"required": required, "answered": len(first), "correct": correct, "passed": passed}
 
     def _answered(self, annotator, item_id) -> object:
         """SQL: `annotator` has an answer in force on `item_id` (a column of the enclosing query)."""
@@ -512,13 +638,17 @@ class LabelStore:
             query = query.where(lease.item_id.not_in(list(exclude)))
         return conn.scalar(query)
 
-    def _oldest_open(self, conn: Connection, annotator: str, now: float, exclude) -> str | None:
-        """The oldest gold item, or item with v < overlap labels for some v, that `annotator` may take."""
+    def _oldest_open(self, conn: Connection, annotator: str, now: float, exclude,
+                     gold: bool | None = None) -> str | None:
+        """The oldest gold item, or item with v < overlap labels for some v, that `annotator` may take
+        (`gold`: only gold items, or only real ones)."""
         c, lease = coverage_table.c, leases_table.c
         base = select(c.item_id, c.position).where(c.project == self.project, ~self._answered(annotator, c.item_id))
         if exclude:
             base = base.where(c.item_id.not_in(list(exclude)))
-        found = [conn.execute(base.where(c.gold).order_by(c.position).limit(1)).first()]
+        found = [conn.execute(base.where(c.gold).order_by(c.position).limit(1)).first()] if gold is not False else []
+        if gold:
+            return found[0].item_id if found[0] is not None else None
         # Others holding a live lease and no answer yet count toward the overlap, so that two annotators
         # are not handed the last open slot of one item at once.
         leased_by_others = (select(func.count(distinct(lease.annotator))).where(
@@ -543,6 +673,7 @@ class LabelStore:
                                      .group_by(f.annotator)).all())
             out = {"items": items, "untouched": items - touched, "by_annotator": done}
             if annotator is not None:
+                annotator = annotator_name(annotator)
                 mine = Counter(dict(conn.execute(select(f.action, func.count()).where(
                     f.project == self.project, f.annotator == annotator).group_by(f.action)).all()))
                 out.update(labelled=mine["label"], skipped=mine["skip"], flagged=mine["flag_prompt"])
@@ -554,7 +685,7 @@ class LabelStore:
     def in_force(self, item_id: str, annotator: str) -> dict | None:
         """The annotator's event in force for `item_id` (label, skip or prompt flag), or None: one indexed
         lookup in the derived table, not a replay of the log."""
-        f = in_force_table.c
+        f, annotator = in_force_table.c, annotator_name(annotator)
         with self._read() as conn:
             row = conn.execute(select(events_table).join(in_force_table, events_table.c.id == f.event_row)
                                .where(f.project == self.project, f.item_id == item_id,
@@ -563,7 +694,7 @@ class LabelStore:
 
     def recent(self, annotator: str, n: int = 10) -> list[dict]:
         """The annotator's `n` latest events in force, newest first, each with its item's prompt."""
-        f, i = in_force_table.c, items_table.c
+        f, i, annotator = in_force_table.c, items_table.c, annotator_name(annotator)
         with self._read() as conn:
             rows = conn.execute(
                 select(events_table, i.prompt)
@@ -600,9 +731,28 @@ class LabelStore:
         for label in self.labels():
             item = items.get(label["item_id"])
             if item is not None:
-                given = label["ranking"] if label["ranking"] is not None else label["choice"]
-                scores[label["annotator"]].append(given == item.gold)
+                scores[label["annotator"]].append(matches_gold(label, item.gold))
         return {who: {"gold_items": len(hits), "accuracy": sum(hits) / len(hits)} for who, hits in sorted(scores.items())}
+
+
+def matches_gold(label, gold) -> bool:
+    """Whether a label gives the gold answer: the same choice (strength aside) or the same ranks."""
+    return (label["ranking"] if label.get("ranking") is not None else label["choice"]) == gold
+
+
+class QualificationFailed(Exception):
+    """The annotator has not passed the qualification round (`StoreConfig.qualification`), so no real
+    item is served to them; the message says why and what to do."""
+
+
+def annotator_name(name) -> str:
+    """`name` as the store keeps it: trimmed, inner spaces collapsed, case folded, so that "Ada",
+    "ada " and "ADA" are one person's labels, progress and accuracy; an empty name is refused."""
+    folded = " ".join(name.split()).casefold() if isinstance(name, str) else ""
+    if not folded:
+        raise ValueError(f"every event needs an annotator name, not {name!r}; pass annotator='your-name' "
+                         "(each person their own: labels, progress and accuracy are kept per annotator)")
+    return folded
 
 
 def _fold(events: list[dict]) -> dict[tuple[str, str], dict]:
@@ -638,8 +788,6 @@ def _checked_event(event: dict) -> dict:
     action = event["action"]
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {ACTIONS}, not {action!r}")
-    if not event["annotator"] or not isinstance(event["annotator"], str):
-        raise ValueError("every event needs an annotator name; pass annotator='your-name'")
     if action in VERDICTS:
         if (event["choice"] is None) == (event["ranking"] is None):
             raise ValueError("a label needs exactly one of choice= (pairs, ratings) or ranking= (rankings)")
@@ -654,6 +802,15 @@ def _checked_event(event: dict) -> dict:
     if action == "undo" and not event["target"]:
         raise ValueError("an undo needs target= the event_id it cancels")
     return event
+
+
+def _add_missing_columns(conn: Connection, table: Table):
+    """Add the columns of `table` that a store written by an older rlhflab lacks (all nullable)."""
+    present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+    for column in table.columns:
+        if column.name not in present:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
 
 
 def _new_events(rows: list[dict], stored: dict[str, dict]) -> list[dict]:
@@ -688,3 +845,46 @@ def _chunks(values: list, size: int = 500):
 def _item_of(row) -> Item:
     return Item(prompt=row["prompt"], responses=tuple(row["responses"]), sources=tuple(row["sources"]),
                 gold=row["gold"], meta=row["meta"] or {}, item_id=row["item_id"])
+
+
+# -- team set-up --------------------------------------------------------------------------------------
+
+def annotator_role_sql(database: str, role: str = "annotator") -> str:
+    """SQL, for the database owner to run once, that creates a Postgres login for annotators which can add
+    items, labels and leases and read everything, but can never change or delete a stored label.
+
+    The derived tables (`in_force`, `coverage`) are writable, since every write keeps them in step; they
+    hold nothing that `LabelStore` cannot rebuild from the log. The owner opens the store once
+    (`LabelStore(url)`) first, so that the tables exist. No password is part of the SQL: the owner sets it
+    in psql with `\\password <role>` and hands it over outside the notebook.
+    """
+    for name, value in (("database", database), ("role", role)):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}", value or ""):
+            raise ValueError(f"{name} must be a plain Postgres name (letters, digits, _ or -), not {value!r}")
+    log, derived = "items, events, leases", "in_force, coverage"
+    return "\n".join([
+        f"-- rlhflab: role {role!r} adds and reads labels in {database!r}, and can never change or delete one",
+        f'CREATE ROLE "{role}" LOGIN;  -- then, in psql: \\password "{role}"',
+        f'GRANT CONNECT ON DATABASE "{database}" TO "{role}";',
+        f'GRANT USAGE ON SCHEMA public TO "{role}";',
+        f'REVOKE ALL ON {log}, {derived} FROM "{role}";',
+        f'GRANT SELECT, INSERT ON {log} TO "{role}";  -- append-only: no UPDATE, no DELETE',
+        f'GRANT SELECT, INSERT, UPDATE, DELETE ON {derived} TO "{role}";  -- derived from the log, rebuilt from it',
+        f'GRANT USAGE, SELECT ON SEQUENCE items_id_seq, events_id_seq, leases_id_seq TO "{role}";',
+    ]) + "\n"
+
+
+def main(argv: list[str] | None = None):
+    """`rlhflab annotator-role --database labels [--role annotator]` (or `python -m rlhflab.store ...`):
+    print that SQL."""
+    parser = argparse.ArgumentParser(prog="rlhflab", description="label store set-up")
+    commands = parser.add_subparsers(dest="command", required=True)
+    role = commands.add_parser("annotator-role", help="print SQL for an INSERT + SELECT-only Postgres annotator role")
+    role.add_argument("--database", required=True, help="the Postgres database that holds the store")
+    role.add_argument("--role", default="annotator", help="name of the role to create (default: annotator)")
+    args = parser.parse_args(argv)
+    print(annotator_role_sql(args.database, args.role), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,8 @@
 jupyter_server leaves Nagle's algorithm on for the browser's kernel websocket, so a widget update
 that follows the kernel's "busy" status message in the same round trip can wait for the browser's
 delayed ACK (up to 40 ms on Linux). Labeling sends one small message per key press and wants the
-next item at once; benchmarks/label_latency.py --tcp-nodelay measures the difference.
+next item at once. `make lab` and the tests' JupyterLab serve with it; benchmarks/label_latency.py --nagle
+measures the server without it.
 """
 
 from jupyter_server.services.kernels.websocket import KernelWebsocketHandler

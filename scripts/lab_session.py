@@ -34,12 +34,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+NODELAY = Path(__file__).parent / "jupyter_nodelay.py"  # what `make lab` serves with
+
+
 class JupyterLab:
     """`jupyter lab` on 127.0.0.1 serving `workdir`; stopped (and its kernels with it) on exit."""
 
-    def __init__(self, workdir: Path, startup_timeout: float = 90.0, config: Path | None = None):
+    def __init__(self, workdir: Path, startup_timeout: float = 90.0, config: Path | None = NODELAY):
         self.workdir, self.startup_timeout = Path(workdir), startup_timeout
-        self.config = [f"--config={config}"] if config else []  # an extra jupyter config file
+        self.config = [f"--config={config}"] if config else []  # `make lab`'s config file; None: jupyter's own
         self.port, self.token = free_port(), secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
 

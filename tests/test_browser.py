@@ -5,7 +5,8 @@ checks the exact events in the store, and shows XSS payloads in model text (and 
 must do nothing. The same page then checks that no label is given blind or lost: a held key and a double
 click label one item, Undo has a button after the last item, an edit starts from the stored label (and
 a second Edit click does not freeze the widget), and a busy kernel ends in a message and a Retry that
-stores the label once. A second page uses the playground on the tiny policy: rates replies thumbs up and
+stores the label once, and a broken guidelines rule and a gold item's expected answer show as messages
+(the answer as plain text). A second page uses the playground on the tiny policy: rates replies thumbs up and
 down, then compares two, and the store holds exactly those events; then a background queue delivers an
 item while the person types elsewhere, and the widget leaves their focus alone.
 """
@@ -58,7 +59,7 @@ def open_labeler(lab, name: str, store_path: Path, arguments: str):
     server, browser, _ = lab
     cells = ["from rlhflab import load_policy\n"
              "from rlhflab.store import LabelStore\n"
-             "from rlhflab.labeling import PairwiseLabeler, LabelerConfig",
+             "from rlhflab.labeling import GuidelineExample, PairwiseLabeler, LabelerConfig",
              f"labeler = PairwiseLabeler(LabelStore({str(store_path)!r}), 'browser', {arguments})\nlabeler"]
     page = server.open_notebook(name, cells, browser)
     page.dialogs = []
@@ -72,7 +73,8 @@ def session(lab):
     store_path = lab[2] / "labels.db"
     LabelStore(store_path).add_items(ITEMS)
     page = open_labeler(lab, "label.ipynb", store_path,
-                        f"LabelerConfig(seed=0, guidelines={GUIDELINES!r}, reply_timeout_ms={REPLY_TIMEOUT_MS})")
+                        f"LabelerConfig(seed=0, guidelines={GUIDELINES!r}, reply_timeout_ms={REPLY_TIMEOUT_MS}, "
+                        f"examples=[GuidelineExample(*{PAYLOADS[:4]!r})])")
     page.wait_for_selector(LABELER)
     yield page, store_path
     page.close()
@@ -179,6 +181,9 @@ def test_model_text_and_guidelines_payloads_run_nothing(session):
     prompt = root.locator(".rl-prompt .rl-text").inner_text()
     assert any(p in prompt for p in PAYLOADS)
     assert root.locator(".rl-guidelines-body strong").inner_text() == "helpful"  # markdown still renders
+    example = root.locator(".rl-example")  # good and bad side by side, as the literal text they are
+    assert [example.locator(f".rl-example-{side} .rl-text").inner_text() for side in ("good", "bad")] == PAYLOADS[1:3]
+    assert example.locator(".rl-example-why").inner_text() == PAYLOADS[3]
 
 
 def test_a_held_key_and_a_double_click_each_label_exactly_one_item(session):
@@ -243,7 +248,7 @@ def test_an_edit_starts_from_the_stored_label_cancels_and_a_second_edit_click_do
     assert len(LabelStore(store_path).events()) == count and root.get_attribute("data-item-id") == ""
 
 
-def test_a_kernel_that_answers_late_gets_a_message_and_a_retry_that_stores_the_label_once(session):
+def test_a_late_kernel_gets_a_retry_and_a_broken_rule_and_a_gold_item_get_a_message(session):
     page, store_path = session
     root = page.locator(".rlhflab-labeler")
     act(page, lambda: root.get_by_role("button", name="Undo", exact=True).click())  # an item to label
@@ -264,6 +269,28 @@ def test_a_kernel_that_answers_late_gets_a_message_and_a_retry_that_stores_the_l
                            ".startsWith('already saved')", timeout=10_000)
     assert [(e["item_id"], e["choice"]) for e in LabelStore(store_path).events()[count:]] == [(item, "tie")]
     assert "not saved" not in root.locator(".rl-status").inner_text()
+
+    # The guidelines now ask a reason for "both bad", and a gold item says its expected answer once answered.
+    gold = Item(f"Gold: {PAYLOADS[0]}", (f"right {PAYLOADS[1]}", f"wrong {PAYLOADS[4]}"), ("p1", "p2"), gold="a")
+    run_in_kernel(page, "from rlhflab.records import Item\n"
+                        "labeler.config.rationale_for, labeler.config.gold_feedback = ('both_bad',), True\n"
+                        f"labeler.store.add_items([Item({gold.prompt!r}, {gold.responses!r}, {gold.sources!r}, "
+                        "gold='a')])\nlabeler.show_next()")
+    page.wait_for_function(SETTLED.format(""))
+    count = len(LabelStore(store_path).events())
+    root.get_by_role("button", name="Both bad", exact=True).click()
+    page.wait_for_function("() => document.querySelector('.rlhflab-labeler .rl-status').textContent.startsWith("
+                           "'not saved: the guidelines ask for a reason when the answer is both bad')")
+    assert len(LabelStore(store_path).events()) == count and shown(page)[0] == gold.item_id  # still there to fix
+    root.locator(".rl-rationale").fill("neither says it right")
+    item, left = act(page, lambda: root.get_by_role("button", name="Both bad", exact=True).click())
+    side = "left" if left == gold.responses[0] else "right"
+    feedback = root.locator(".rl-feedback")
+    assert feedback.locator(".rl-heading").inner_text() == (
+        f"Calibration item: the expected answer was {side} better; you gave both bad")
+    assert feedback.locator(".rl-feedback-better").inner_text() == f"the better response: {gold.responses[0]}"
+    assert root.locator("img, script, svg, [onerror], [onload]").count() == 0
+    assert page.evaluate("() => window.__pwned") is None and page.dialogs == []
 
 
 def ask(page, prompt: str, replies: int):

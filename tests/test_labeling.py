@@ -4,6 +4,7 @@ and the front end's pure logic under node."""
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -350,3 +351,23 @@ def test_front_end_key_map_and_ranking_logic_under_node():
     assert out["aOnOne"] is None and out["uOnOne"] == {"type": "undo"}  # a lone reply has no left or right
     assert out["escape"] == {"type": "cancel"}
     assert out["ranks"] == [1, 3, 1]  # third first, first tied with it, second next ("1, 1, 3" ranking)
+
+
+def test_each_answer_records_when_its_item_went_on_screen(store):
+    before = time.time()
+    labeler = PairwiseLabeler(store, "ada", LabelerConfig(seed=0))
+    time.sleep(0.05)  # the person looks at the item
+    labeler.handle({"action": "label", "item_id": labeler.item["item_id"], "choice": "left"})
+    labeler.handle({"action": "skip", "item_id": labeler.item["item_id"]})
+    label, skip = store.events()
+    assert before <= label["shown_at"] <= label["created_at"] - 0.05
+    assert label["created_at"] <= skip["shown_at"] <= skip["created_at"]  # the next item went up after the commit
+
+
+def test_a_labeler_needs_its_own_annotator_name_and_normalises_it(store):
+    for empty in ("", "  "):
+        with pytest.raises(ValueError, match="annotator name.*annotator='your-name'"):
+            PairwiseLabeler(store, empty)
+    labeler = PairwiseLabeler(store, "  Ada   Lovelace ", LabelerConfig(seed=0))
+    labeler.handle({"action": "label", "item_id": labeler.item["item_id"], "choice": "tie"})
+    assert labeler.annotator == "ada lovelace" and store.progress("Ada Lovelace")["labelled"] == 1

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from rlhflab.metrics import (agreement, binomial_two_sided, bradley_terry, cohen_kappa, disagreements, elo,
-                             fleiss_kappa, leaderboard, position_bias)
+from rlhflab.metrics import (agreement, binomial_two_sided, bradley_terry, cohen_kappa, disagreements, elo, elo_mean,
+                             fleiss_kappa, leaderboard, leaderboard_plot, position_bias)
 from rlhflab.records import Item
 from rlhflab.store import LabelStore, StoreConfig
 from rlhflab.tiny import GoldAnnotator
@@ -43,9 +43,25 @@ def test_elo_and_bradley_terry_rank_the_stronger_source_first():
     assert p == pytest.approx(32 / 44, abs=0.01)
 
 
-@pytest.fixture
-def team_store(tmp_path, world):
-    store = LabelStore(tmp_path / "l.db", config=StoreConfig(overlap=3))
+def test_elo_mean_over_shuffles_does_not_depend_on_the_order_of_the_games():
+    games = [("strong", "weak", 1.0)] * 20 + [("strong", "weak", 0.0)] * 12  # every loss at the end
+    assert elo(games)["weak"] > elo(games)["strong"]  # sequential Elo believes the last games most
+    assert elo(games[::-1])["strong"] > elo(games[::-1])["weak"]
+    shuffled = games[:]
+    random.Random(1).shuffle(shuffled)
+    assert elo_mean(games) == elo_mean(games[::-1]) == elo_mean(shuffled)
+    assert elo_mean(games, seed=1) != elo_mean(games)  # the seed picks the orders; the input order does not
+    # it settles near the Bradley-Terry rating of the same games, which no order moves
+    for source, rating in bradley_terry(games).items():
+        assert elo_mean(games)[source] == pytest.approx(rating, abs=10)
+    with pytest.raises(ValueError, match="shuffles must be 1 or more"):
+        elo_mean(games, shuffles=0)
+
+
+@pytest.fixture(scope="module")
+def team_store(tmp_path_factory, world):
+    """Three noisy gold annotators on the same 40 items; built once, since no test writes to it."""
+    store = LabelStore(tmp_path_factory.mktemp("team") / "l.db", config=StoreConfig(overlap=3))
     store.add_items(world_items(world, 40, seed=1))
     for k, who in enumerate(("ann1", "ann2", "ann3")):
         label_with_gold(store, GoldAnnotator(world, noise=0.25, seed=k), annotator=who)
@@ -75,6 +91,32 @@ def test_gold_annotator_shows_no_position_bias_and_the_better_source_leads(team_
     board = leaderboard(team_store)
     assert list(board["source"]) == ["world-p0.7", "world-p0.3"]
     assert board["wins"].sum() + board["ties"].sum() + board["losses"].sum() == 2 * board["games"].iloc[0]
+
+
+def test_leaderboard_keeps_its_columns_and_its_elo_ignores_the_order_of_labeling(team_store, tmp_path):
+    board = leaderboard(team_store, intervals=20)
+    assert list(board.columns) == ["source", "games", "wins", "ties", "losses", "elo", "bradley_terry", "bt_low",
+                                   "bt_high"]
+    assert (board["bt_low"] <= board["bradley_terry"]).all() and (board["bradley_terry"] <= board["bt_high"]).all()
+    assert board["elo"].iloc[0] > board["elo"].iloc[1]
+    reversed_store = LabelStore(tmp_path / "reversed.db")  # the same labels, given newest first
+    reversed_store.add_items(team_store.items().values())
+    reversed_store.record_many([{k: label[k] for k in ("item_id", "annotator", "choice", "strength", "shown_order")}
+                                for label in team_store.labels()[::-1]])
+    again = leaderboard(reversed_store, intervals=20)
+    assert again.equals(board)
+
+
+def test_leaderboard_plot_has_one_row_per_source_with_its_interval():
+    import pandas as pd
+
+    board = pd.DataFrame({"source": ["<b>sft</b>", "round 1"], "elo": [1010.0, 990.0],
+                          "bradley_terry": [1020.0, 980.0], "bt_low": [1000.0, 950.0], "bt_high": [1050.0, 1000.0]})
+    figure = leaderboard_plot(board)
+    bt, elo_points = figure.data
+    assert list(bt.y) == ["&lt;b&gt;sft&lt;/b&gt;", "round 1"] and list(elo_points.x) == [1010.0, 990.0]
+    assert list(bt.error_x.array) == [30.0, 20.0] and list(bt.error_x.arrayminus) == [20.0, 30.0]
+    assert leaderboard_plot(board.drop(columns=["bt_low", "bt_high"])).data[0].error_x.array is None
 
 
 def test_disagreements_lists_split_items_with_every_vote(team_store):

@@ -72,6 +72,11 @@ def test_wheel_holds_model_and_widgets(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(target)}, check=True)
     assert out.stdout.strip() == str(target / "rlhflab" / "notebooks" / "00_quickstart.ipynb")
+    # and the `rlhflab` command prints the SQL of an annotator role that can add labels but never change one
+    assert (target / "bin" / "rlhflab").exists()
+    out = subprocess.run([str(target / "bin" / "rlhflab"), "annotator-role", "--database", "labels"],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(target)}, check=True)
+    assert 'GRANT SELECT, INSERT ON items, events, leases TO "annotator"' in out.stdout
 
 
 def test_tiny_model_works_offline_from_a_fresh_interpreter():
@@ -86,3 +91,36 @@ def test_tiny_model_works_offline_from_a_fresh_interpreter():
     assert out.returncode == 0, out.stderr[-2000:]
     replies = out.stdout.strip().splitlines()
     assert len(replies) == 3 and all(len(eval(r)) > 0 for r in replies)
+
+
+def test_make_lab_serves_the_kernel_websocket_without_nagles_delay(monkeypatch):
+    """Issue 14: the stock `make lab` turns Nagle's algorithm off on the kernel websocket, so a label's reply is
+    not held back by the browser's delayed ACK (README: key press to next item, p95)."""
+    import asyncio
+    import importlib.util
+
+    from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
+
+    recipe = subprocess.run(["make", "-n", "-o", ".venv/.installed", "lab"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout
+    assert "jupyter lab --config=scripts/jupyter_nodelay.py notebooks/" in recipe
+    monkeypatch.setattr(KernelWebsocketHandler, "open", KernelWebsocketHandler.open)  # undone after the test
+    spec = importlib.util.spec_from_file_location("jupyter_nodelay", ROOT / "scripts" / "jupyter_nodelay.py")
+    config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config)
+    opened = []
+
+    async def jupyters_own_open(handler, kernel_id):
+        opened.append(kernel_id)
+
+    config._open = jupyters_own_open
+
+    class Handler:
+        nodelay = False
+
+        def set_nodelay(self, value):
+            self.nodelay = value
+
+    handler = Handler()
+    asyncio.run(KernelWebsocketHandler.open(handler, "kernel-1"))
+    assert handler.nodelay is True and opened == ["kernel-1"]  # and jupyter's own open still runs

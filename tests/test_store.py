@@ -267,6 +267,13 @@ def test_postgres_store_derives_the_same_view(postgres_url):
     assert store.gold_accuracy() == {"ada": {"gold_items": 1, "accuracy": 1.0}}
     with store.engine.connect() as conn:  # a stuck statement fails (and is retried once) instead of hanging
         assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "30s"
+    with store.engine.begin() as conn:  # as a store written before shown_at and guidelines: opening adds them
+        conn.exec_driver_sql("ALTER TABLE events DROP COLUMN shown_at, DROP COLUMN guidelines")
+    mixed = LabelStore(postgres_url, project="view", config=StoreConfig(gold_rate=0.5))
+    mixed.add_items([pair(1)])
+    assert mixed.next_item("bob") is not None  # the query that mixes gold in runs on Postgres too
+    mixed.record(pair(0).item_id, "bob", choice="a", shown_at=12.5, guidelines="v1")
+    assert [(e["shown_at"], e["guidelines"]) for e in mixed.events("bob")] == [(12.5, "v1")]
 
 
 # -- what the store refuses, retries, and derives (issue 14) -------------------------------------
@@ -368,3 +375,83 @@ def test_a_decision_never_takes_the_place_of_the_reviewers_own_label(store):
     assert store.decisions() == {} and [label["event_id"] for label in store.labels()] == [mine]
     with pytest.raises(ValueError, match="exactly one of choice="):
         store.decide(first, "rev")
+
+
+def test_shown_at_is_stored_and_a_store_written_before_it_gains_the_column(tmp_path):
+    path = tmp_path / "old.db"
+    old = LabelStore(path)
+    old.add_items([pair(0), pair(1)])
+    kept = old.record(pair(0).item_id, "ada", choice="a")
+    with old.engine.begin() as conn:  # the events table as rlhflab wrote it before shown_at and guidelines
+        conn.exec_driver_sql("ALTER TABLE events DROP COLUMN shown_at")
+        conn.exec_driver_sql("ALTER TABLE events DROP COLUMN guidelines")
+    old.close()
+    store = LabelStore(path)
+    new = store.record(pair(1).item_id, "ada", choice="b", shown_at=123.5, guidelines="v2", event_id="shown-2")
+    assert store.record(pair(1).item_id, "ada", choice="b", shown_at=124.0, event_id="shown-2") == new  # a retry
+    events = {e["event_id"]: e for e in store.events()}
+    assert (events[kept]["shown_at"], events[kept]["guidelines"]) == (None, None)
+    assert (events[new]["shown_at"], events[new]["guidelines"]) == (123.5, "v2")
+    assert len(events) == 2
+
+
+# -- team set-up (issue 14) ----------------------------------------------------------------------
+
+def test_annotator_names_are_normalised_and_an_empty_one_is_refused(store):
+    first = next(iter(store.items()))
+    store.record(first, "  Ada  Lovelace ", choice="a")
+    assert store.next_item("ada lovelace").item_id != first  # one person, however the name was typed
+    assert store.progress("ADA LOVELACE")["labelled"] == 1
+    assert [e["annotator"] for e in store.events()] == ["ada lovelace"]
+    assert store.undo("Ada Lovelace")["item_id"] == first
+    for empty in ("", "   ", None):
+        with pytest.raises(ValueError, match="annotator name.*annotator='your-name'"):
+            store.record(first, empty, choice="a")
+    assert len(store.events()) == 2
+
+
+def test_a_sqlite_store_on_a_network_file_system_warns(tmp_path, monkeypatch):
+    import warnings
+
+    from rlhflab import store as store_module
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/export {tmp_path}/shared nfs4 rw 0 0\n"
+                      f"//nas/team {tmp_path}/my\\040drive cifs rw 0 0\n")
+    monkeypatch.setattr(store_module, "MOUNTS", mounts)
+    assert store_module.filesystem_of(tmp_path / "shared" / "deep", mounts) == "nfs4"
+    assert store_module.filesystem_of(tmp_path / "my drive", mounts) == "cifs"
+    assert store_module.filesystem_of(tmp_path / "sharedother", mounts) == "ext4"
+    with pytest.warns(store_module.NetworkFilesystemWarning, match="network file system \\(nfs4\\).*Postgres URL"):
+        LabelStore(tmp_path / "shared" / "labels.db").close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", store_module.NetworkFilesystemWarning)
+        LabelStore(tmp_path / "local" / "labels.db").close()
+
+
+def test_the_annotator_role_can_label_but_never_change_or_delete_a_label(postgres_url):
+    import uuid
+
+    from sqlalchemy.exc import ProgrammingError
+
+    from rlhflab.store import annotator_role_sql, main
+    owner = LabelStore(postgres_url, project="roles")
+    owner.add_items([pair(0), pair(1)])
+    role = f"annotator_{uuid.uuid4().hex[:8]}"
+    database = owner.engine.url.database
+    with owner.engine.begin() as conn:
+        conn.exec_driver_sql(annotator_role_sql(database, role))
+    annotator = LabelStore(owner.engine.url.set(username=role), project="roles")
+    item = annotator.next_item("ada")
+    annotator.record(item.item_id, "ada", choice="a")
+    annotator.undo("ada")
+    annotator.add_items([pair(2)])  # the playground and the generation queue add items
+    assert len(annotator.events()) == 2 and annotator.progress("ada")["remaining"] == 3
+    for statement in ("UPDATE events SET choice = 'b'", "DELETE FROM events", "DELETE FROM items"):
+        with pytest.raises(ProgrammingError, match="permission denied"), annotator.engine.begin() as conn:
+            conn.exec_driver_sql(statement)
+    assert len(owner.events()) == 2
+    with pytest.raises(ValueError, match="plain Postgres name"):
+        annotator_role_sql(database, 'x"; DROP TABLE events; --')
+    main(["annotator-role", "--database", database, "--role", role])  # the command prints the same SQL
+    annotator.close()
+    owner.close()

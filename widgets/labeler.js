@@ -8,6 +8,8 @@
 //   {action: "edit", event_id}, {action: "cancel"}, {action: "prompt", text, mode: "compare"|"rate"}
 // Python maps shown positions back to stored responses, commits, then sends the next item. Any item with
 // a single response (the playground's "rate one" mode, or one from the store) is rated thumbs up or down.
+// Python also checks the guidelines' rules (a reason for some answers, a minimum time on an item) and
+// answers a broken one with a status message; after a gold item it may send `feedback`, the expected answer.
 //
 // Labels must be given with eyes on the item: a new item takes input only after `min_view_ms` on screen,
 // and key auto-repeat and the extra clicks of a double click are ignored. The `event_id` Python gave the
@@ -15,9 +17,9 @@
 // names its `target` for the same reason. The widget takes focus only when it already had it, so keys
 // typed elsewhere never become labels. Every key has a button (Colab passes no keys to widgets).
 //
-// Prompts and responses are untrusted model text: they are only ever set with textContent. The one
-// innerHTML is the guidelines panel, which Python renders from the project's own markdown with raw
-// HTML and unsafe links disabled.
+// Prompts and responses are untrusted model text: they are only ever set with textContent, and so are the
+// guidelines' good and bad examples and the gold feedback. The one innerHTML is the guidelines panel, which
+// Python renders from the project's own markdown with raw HTML and unsafe links disabled.
 
 const STRENGTHS = ["slightly", "clearly", "much"];
 
@@ -110,9 +112,10 @@ function render({ model, el }) {
   top.append(progress, who);
 
   const guidelines = element("details", "rl-guidelines");
-  guidelines.append(element("summary", "", "Guidelines"));
+  const guidelinesTitle = element("summary", "", "Guidelines");
   const guidelinesBody = element("div", "rl-guidelines-body");
-  guidelines.append(guidelinesBody);
+  const examples = element("div", "rl-examples"); // good and bad responses side by side
+  guidelines.append(guidelinesTitle, guidelinesBody, examples);
 
   // The playground: "compare two" asks for two replies to judge side by side, "rate one" for one to rate.
   const playground = element("div", "rl-playground");
@@ -135,6 +138,7 @@ function render({ model, el }) {
   const rationale = element("input", "rl-rationale");
   rationale.placeholder = "Why? (optional)";
   const status = element("div", "rl-status");
+  const feedback = element("div", "rl-feedback"); // the expected answer to the gold item just answered
   // Actions that make sense with or without an item on screen: always drawn.
   const always = element("div", "rl-always");
   const retry = button("Retry", "send your last action again (stored at most once)", () => send(lastMessage));
@@ -144,7 +148,7 @@ function render({ model, el }) {
   history.append(element("summary", "", "Your recent labels"));
   const historyList = element("ol", "rl-history-list");
   history.append(historyList);
-  root.append(top, guidelines, playground, promptBox, responses, controls, always, status, history);
+  root.append(top, guidelines, playground, feedback, promptBox, responses, controls, always, status, history);
 
   function send(message) {
     if (pending) return;
@@ -341,14 +345,45 @@ function render({ model, el }) {
 
   function drawFrame() {
     who.textContent = `annotator: ${model.get("annotator")}`;
+    guidelinesTitle.textContent = `Guidelines (version ${model.get("guidelines_version")})`;
     guidelinesBody.innerHTML = model.get("guidelines_html"); // project-written, sanitised by Python
+    examples.replaceChildren(...model.get("examples").map((example) => {
+      const row = element("div", "rl-example");
+      const side = (name, text) => {
+        const card = element("div", `rl-example-side rl-example-${name}`);
+        card.append(element("div", "rl-heading", name), element("div", "rl-text", text));
+        return card;
+      };
+      const pairRow = element("div", "rl-example-pair");
+      pairRow.append(side("good", example.good), side("bad", example.bad));
+      row.append(element("div", "rl-heading", "Example"), element("div", "rl-text", example.prompt), pairRow);
+      if (example.why) row.append(element("div", "rl-example-why", example.why));
+      return row;
+    }));
+    const needed = model.get("rationale_for");
+    rationale.placeholder = needed.length ? `Why? (required for ${needed.join(", ")})` : "Why? (optional)";
     playground.style.display = model.get("playground") ? "" : "none";
+  }
+
+  function drawFeedback() {
+    const f = model.get("feedback");
+    feedback.replaceChildren();
+    feedback.hidden = !f || f.correct === undefined;
+    if (feedback.hidden) return;
+    feedback.classList.toggle("rl-right", f.correct);
+    feedback.classList.toggle("rl-wrong", !f.correct);
+    feedback.append(element("div", "rl-heading", f.correct
+      ? `Calibration item: right, ${f.expected}`
+      : `Calibration item: the expected answer was ${f.expected}; you gave ${f.given}`),
+    element("div", "rl-text", f.prompt));
+    if (f.better) feedback.append(element("div", "rl-text rl-feedback-better", `the better response: ${f.better}`));
   }
 
   function drawProgress() {
     const p = model.get("progress");
     const others = Object.entries(p.by_annotator || {}).map(([name, n]) => `${name} ${n}`).join(", ");
-    progress.textContent = `labelled ${p.labelled ?? 0} · skipped ${p.skipped ?? 0} · prompts flagged ${p.flagged ?? 0}` +
+    progress.textContent = (p.qualifying ? `qualification round: ${p.qualifying} gold items · ` : "") +
+      `labelled ${p.labelled ?? 0} · skipped ${p.skipped ?? 0} · prompts flagged ${p.flagged ?? 0}` +
       ` · remaining ${p.remaining ?? 0}` + (others ? ` · team: ${others}` : "");
   }
 
@@ -389,12 +424,14 @@ function render({ model, el }) {
   root.addEventListener("keydown", onKey);
 
   const handlers = [["change:item", drawItem], ["change:progress", drawProgress], ["change:status", drawStatus],
-                    ["change:history", drawHistory], ["change:guidelines_html", drawFrame]];
+                    ["change:history", drawHistory], ["change:guidelines_html", drawFrame],
+                    ["change:feedback", drawFeedback]];
   handlers.forEach(([name, handler]) => model.on(name, handler));
   drawFrame();
   setPlayMode(playMode);
   drawProgress();
   drawHistory();
+  drawFeedback();
   drawItem();
   drawStatus();
   return () => {
