@@ -22,10 +22,18 @@ test: $(STAMP)            ## the test suite, one worker per core (tests/conftest
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=25
 
 lab: $(STAMP)             ## JupyterLab on the notebooks
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --config=scripts/jupyter_nodelay.py notebooks/   # no Nagle delay on the kernel websocket
 
 tiny-model: $(STAMP)      ## rebuild the shipped tiny base model (about 12 minutes on 2 cores)
 	$(BIN)/python -m rlhflab.tiny.build
+
+pages: $(STAMP)           ## every notebook run headless, one HTML page each in reports/notebooks/ (QUICK=1: small sizes)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m rlhflab.notebook --out reports/notebooks $(if $(QUICK),--quick)
+
+colab-check:              ## Colab's torch and ipywidgets in a fresh venv, the notebooks' install line, 00 at QUICK (10-30 min)
+	PYTHON=$(PYTHON) bash scripts/colab_check.sh
+
+.PHONY: pages colab-check
 
 clean:
 	rm -rf $(VENV) reports runs .pytest_cache

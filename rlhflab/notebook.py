@@ -2,6 +2,7 @@
 
     BASE, QUANTIZATION = setup("tiny")        # the first cell of every notebook
     run_notebook(path, workdir, settings)     # `make demo` and the tests: other sizes, no browser
+    static_page(executed, "reports/notebooks/00_quickstart.html")  # `make pages`: a copy to read first
 
 `setup`:
 
@@ -17,6 +18,10 @@
 Postgres), and `earlier_output` lets a notebook reuse what the one before it left (SFT adapter,
 labels, reward model) and say so, or say what it does instead when that notebook never ran.
 
+`static_page` turns an executed notebook into an HTML page that needs neither a kernel nor the widgets'
+saved state, and `write_pages` (`make pages`, `python -m rlhflab.notebook [--quick]`) writes one for
+each notebook, so a participant can read the results before running anything.
+
 `INSTALL` is the one requirement every notebook's install cell installs on Colab, pinned to the
 release tag of this version, so a notebook always gets the package it was written for
 (tests/test_notebooks.py checks that each notebook's cell says exactly this).
@@ -24,9 +29,14 @@ release tag of this version, so a notebook always gets the package it was writte
 
 from __future__ import annotations
 
+import argparse
+import copy
+import html
 import importlib.metadata
 import importlib.resources
+import shutil
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -37,6 +47,31 @@ from .models import default_device, precision_for
 INSTALL = f"rlhflab @ git+https://github.com/rlhflab/rlhflab@v{__version__}"  # the tag must exist on release
 RESTART_AFTER_UPGRADE = ("torch", "ipywidgets")  # what a kernel keeps using once imported, whatever pip does
 DRIVE = "/content/drive"  # where Colab mounts Google Drive
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"  # nbclient's key in the notebook metadata
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"  # an output that only a widget manager can draw
+PLOTLY = "application/vnd.plotly.v1+json"  # a plotly figure's output, drawn by plotly.js
+PLOTLY_JS = "plotly.min.js"  # written once beside the pages, which load it from there (no CDN)
+# nbconvert's JupyterLab page, less require.js (with it, plotly.js would register as an AMD module instead of
+# `window.Plotly`), plus plotly.js, and with cells collapsed in the notebook (solutions) collapsed on the page
+PAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}
+{%- if resources.plotly_js %}<script charset="utf-8" src="{{ resources.plotly_js }}"></script>{% endif -%}
+{%- endblock html_head_js_requirejs -%}
+{%- block input -%}
+{%- if cell.metadata.get('jupyter', {}).get('source_hidden') -%}
+<details><summary>collapsed in the notebook: click to show the code</summary>{{ super() }}</details>
+{%- else -%}{{ super() }}{%- endif -%}
+{%- endblock input -%}
+"""
+# What `write_pages` runs after a notebook's last cell. A FigureWidget sends each change after its display to
+# the front end as a delta, which the saved widget state does not keep; this re-sends each one's whole figure
+# (as plain JSON), so that the state, and so the page, hold its last picture.
+LAST_PICTURES = """import gc, json
+from plotly.graph_objects import FigureWidget  # once: `go.FigureWidget` is a lazy lookup, slow 400,000 times
+for widget in [o for o in gc.get_objects() if issubclass(type(o), FigureWidget)]:  # type(): no proxy's __class__
+    figure = json.loads(widget.to_json())
+    widget._widget_data, widget._widget_layout = figure["data"], figure["layout"]
+"""
 
 
 def setup(base: str = "tiny", quantization: str | None = "auto") -> tuple[str, str | None]:
@@ -168,3 +203,109 @@ def run_notebook(path: str | Path, workdir: str | Path, settings: str = "", time
         if save_to is not None:
             nbformat.write(notebook, save_to)
     return notebook
+
+
+def static_page(notebook, path: str | Path) -> Path:
+    """Write an executed notebook as an HTML page that needs neither a kernel nor the widgets' saved state.
+
+    nbclient saves every widget's state in the notebook, and each plotly FigureWidget's state carries
+    plotly's whole JavaScript bundle (5 MB), so an executed quickstart weighs 26-36 MB. The page leaves that
+    state out and draws each widget from it: a plotly FigureWidget as a static chart, a progress bar as a
+    bar, and a widget that needs a kernel to act (a labeler) as one line that says so. A FigureWidget's
+    saved state is its figure when it was first shown, unless the notebook ran `LAST_PICTURES` at the end
+    (as `write_pages` does): then every live plot shows its last picture, wherever it was shown.
+    plotly.js is written once beside the page, which loads it from there. Returns the path.
+    """
+    try:
+        from jinja2 import DictLoader
+        from nbconvert import HTMLExporter
+    except ImportError as error:
+        raise ImportError(f"a page needs nbconvert ({error}), which JupyterLab brings: pip install 'rlhflab[lab]', "
+                          "or pip install nbconvert") from error
+
+    notebook = copy.deepcopy(notebook)
+    state = notebook.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    charts = 0
+    for output in (o for cell in notebook.cells for o in cell.get("outputs", [])):
+        data = output.get("data", {})
+        if WIDGET_VIEW in data:
+            output["data"] = {"text/html": _widget_html(state, data[WIDGET_VIEW]["model_id"])}
+        elif PLOTLY in data:  # plotly's notebook renderer may have inlined its own copy of plotly.js
+            output["data"] = {"text/html": _chart_html(data[PLOTLY])}
+        charts += "plotly-graph-div" in output.get("data", {}).get("text/html", "")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if charts:
+        from plotly.offline import get_plotlyjs
+
+        (path.parent / PLOTLY_JS).write_text(get_plotlyjs())  # the plotly.js of the plotly that drew the charts
+    exporter = HTMLExporter(extra_loaders=[DictLoader({"page.html.j2": PAGE_TEMPLATE})], template_file="page.html.j2")
+    body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": path.stem},
+                                                               "plotly_js": PLOTLY_JS if charts else ""})
+    path.write_text(body)
+    return path
+
+
+def _widget_html(state: dict, model_id: str) -> str:
+    """A widget from its saved state, as static HTML (its children too)."""
+    if model_id not in state:
+        return "<p><i>(a widget whose state was not saved)</i></p>"
+    name, traits = state[model_id]["model_name"], state[model_id]["state"]
+    kind = traits.get("_anywidget_id", "")
+    if kind.startswith("plotly."):
+        return _chart_html({"data": traits["_widget_data"], "layout": traits["_widget_layout"]})
+    if name in ("VBoxModel", "HBoxModel", "BoxModel"):
+        direction = "row; align-items: center" if name == "HBoxModel" else "column"
+        children = "".join(_widget_html(state, child.removeprefix("IPY_MODEL_")) for child in traits["children"])
+        return f"<div style='display: flex; flex-direction: {direction}; gap: 4px'>{children}</div>"
+    if name == "HTMLModel":
+        return traits["value"]  # HTML the kernel made and the notebook showed as is (rlhflab escapes model text)
+    if name in ("FloatProgressModel", "IntProgressModel"):
+        return f"<progress value='{float(traits['value'])}' max='{float(traits['max'])}'></progress>"
+    return f"<p><i>({html.escape(kind or name)}: an interactive widget; run the notebook to use it)</i></p>"
+
+
+def _chart_html(figure: dict) -> str:
+    import plotly.graph_objects as go
+
+    return go.Figure(figure).to_html(full_html=False, include_plotlyjs=False, config={"responsive": True})
+
+
+def write_pages(out_dir: str | Path = "reports/notebooks", quick: bool = False,
+                workdir: str | Path = "runs/pages") -> list[Path]:
+    """`make pages`: run every notebook of the lab headless, in order and in one `workdir` (so each one reuses
+    what the one before it left, as for a participant), and write each as a `static_page` in `out_dir`.
+
+    `quick` sets each notebook's QUICK toggle. Returns the pages' paths.
+    """
+    import nbformat
+
+    out_dir, workdir = Path(out_dir), Path(workdir).resolve()
+    shutil.rmtree(workdir, ignore_errors=True)  # every run starts afresh, like `make demo`
+    workdir.mkdir(parents=True)
+    pages = []
+    for notebook in sorted(shipped_notebook("00_quickstart.ipynb").parent.glob("*.ipynb")):
+        started = time.time()
+        ending = nbformat.read(notebook, as_version=4)
+        ending.cells.append(nbformat.v4.new_code_cell(LAST_PICTURES))
+        nbformat.write(ending, workdir / notebook.name)
+        executed = run_notebook(workdir / notebook.name, workdir, f"QUICK = {quick}", timeout_s=3600,
+                                save_to=workdir / notebook.name)
+        executed.cells.pop()  # LAST_PICTURES, which is no part of the notebook
+        pages.append(static_page(executed, out_dir / f"{notebook.stem}.html"))
+        print(f"{notebook.name}: ran in {time.time() - started:.0f} s; {pages[-1]} "
+              f"({pages[-1].stat().st_size / 2**20:.1f} MB)", flush=True)
+    return pages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run every notebook headless and write one HTML page per "
+                                                 "notebook (`make pages`).")
+    parser.add_argument("--out", default="reports/notebooks", help="where the pages go")
+    parser.add_argument("--quick", action="store_true", help="each notebook's QUICK settings (minutes, not an hour)")
+    args = parser.parse_args()
+    write_pages(args.out, quick=args.quick)
+
+
+if __name__ == "__main__":
+    main()
