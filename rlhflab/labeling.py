@@ -143,6 +143,7 @@ class _Labeler(anywidget.AnyWidget):
     playground = traitlets.Bool(False).tag(sync=True)
     min_view_ms = traitlets.Int(300).tag(sync=True)
     reply_timeout_ms = traitlets.Int(10_000).tag(sync=True)
+    lease_renew_ms = traitlets.Int(0).tag(sync=True)  # how often a visible item asks to keep its lease
     # state (Python -> browser): what to show
     item = traitlets.Dict().tag(sync=True)  # {} when the queue is empty
     progress = traitlets.Dict().tag(sync=True)
@@ -158,7 +159,8 @@ class _Labeler(anywidget.AnyWidget):
                          guidelines_version=self.config.guidelines_version,
                          examples=[asdict(e) for e in self.config.examples],
                          rationale_for=[_rule_name(name) for name in self.config.rationale_for],
-                         min_view_ms=self.config.min_view_ms, reply_timeout_ms=self.config.reply_timeout_ms, **kwargs)
+                         min_view_ms=self.config.min_view_ms, reply_timeout_ms=self.config.reply_timeout_ms,
+                         lease_renew_ms=int(store.config.lease_seconds * 1000 / 3), **kwargs)
         self.store, self.queue = store, queue
         self.session = uuid.uuid4().hex  # recorded with every event from this widget
         self._rng = random.Random(self.config.seed)
@@ -247,6 +249,10 @@ class _Labeler(anywidget.AnyWidget):
     def handle(self, message: dict):
         """Apply one browser message; also how tests and scripts drive the widget without a browser."""
         action = message.get("action")
+        if action == "still_here":  # the item is still on screen: keep its lease, quietly
+            if self.item and message.get("item_id") == self.item["item_id"]:
+                self.store.renew_lease(self.item["item_id"], self.annotator)
+            return
         if action == "undo":
             # `target`, the newest event the browser listed, makes a resent undo cancel nothing more
             undone = self.store.undo(self.annotator, event_id=message.get("target"), session=self.session)

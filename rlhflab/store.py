@@ -562,6 +562,28 @@ class LabelStore:
         row = self._retrying(assign)
         return None if row is None else _item_of(row)
 
+    def renew_lease(self, item_id: str, annotator: str) -> bool:
+        """Keep `annotator`'s item: a live lease on `item_id` gets `config.lease_seconds` more from now, as the
+        widget asks while the item stays on screen, so a slow reader is not handed a duplicate by the queue.
+        Returns False when no lease is live (it expired, and the item may be someone else's now).
+
+        The renewal is one more lease row, not an UPDATE: the annotator role appends to the log tables only.
+        """
+        annotator, now = annotator_name(annotator), time.time()
+        lease = leases_table.c
+
+        def renew():
+            with self._write() as conn:
+                live = conn.scalar(select(lease.id).where(lease.project == self.project, lease.item_id == item_id,
+                                                          lease.annotator == annotator, lease.expires_at > now).limit(1))
+                if live is not None:
+                    conn.execute(insert(leases_table), [{"project": self.project, "item_id": item_id,
+                                                          "annotator": annotator,
+                                                          "expires_at": now + self.config.lease_seconds}])
+                return live is not None
+
+        return self._retrying(renew)
+
     def _next_open(self, conn: Connection, annotator: str, now: float, exclude) -> str | None:
         """A new item for `annotator`: gold only until they pass the qualification round; then gold at
         `gold_rate` among the real items (either kind when the other has run out)."""

@@ -14,7 +14,7 @@ from rlhflab.exports import comparisons, kto_rows, ratings
 from rlhflab.labeling import LabelerConfig, PairwiseLabeler, RankingLabeler, render_guidelines
 from rlhflab.records import Item
 from rlhflab.store import LabelStore, StoreConfig
-from rlhflab.tiny import GoldAnnotator
+from rlhflab.tiny import GoldAnnotator, TinyWorld
 from rlhflab.tiny.annotate import label_with_gold, world_items
 
 WIDGETS = Path(__file__).parent.parent / "widgets"
@@ -371,3 +371,16 @@ def test_a_labeler_needs_its_own_annotator_name_and_normalises_it(store):
     labeler = PairwiseLabeler(store, "  Ada   Lovelace ", LabelerConfig(seed=0))
     labeler.handle({"action": "label", "item_id": labeler.item["item_id"], "choice": "tie"})
     assert labeler.annotator == "ada lovelace" and store.progress("Ada Lovelace")["labelled"] == 1
+
+
+def test_the_item_on_screen_keeps_its_lease_while_the_browser_says_it_is_still_there(tmp_path):
+    store = LabelStore(tmp_path / "l.db", config=StoreConfig(lease_seconds=0.6))
+    store.add_items(world_items(TinyWorld(), 2))
+    labeler = PairwiseLabeler(store, "ada")
+    assert labeler.lease_renew_ms == 200  # the browser asks three times a lease
+    time.sleep(0.4)
+    labeler.handle({"action": "still_here", "item_id": labeler.item["item_id"]})
+    time.sleep(0.4)
+    assert store.next_item("bob").item_id != labeler.item["item_id"]  # still ada's
+    labeler.handle({"action": "still_here", "item_id": "an item no longer on screen"})  # a late tick: ignored
+    assert labeler.status == ""

@@ -147,6 +147,20 @@ def test_a_lease_holds_an_item_until_it_expires(tmp_path):
     assert store.next_item("cy").item_id == pair(0).item_id
 
 
+def test_a_renewed_lease_keeps_the_item_while_it_is_on_screen(tmp_path):
+    """Issue 14: the widget renews the lease of the item on screen, so a slow reader is not handed a duplicate."""
+    store = LabelStore(tmp_path / "l.db", config=StoreConfig(overlap=1, lease_seconds=0.6))
+    store.add_items([pair(0)])
+    held = store.next_item("ada")
+    time.sleep(0.4)
+    assert store.renew_lease(held.item_id, "Ada ")  # the name as the widget may pass it
+    time.sleep(0.4)  # past the first lease, inside the renewed one
+    assert store.next_item("bob") is None
+    time.sleep(0.7)  # ada walked away and nothing renewed it
+    assert not store.renew_lease(held.item_id, "ada")  # an expired lease is not brought back
+    assert store.next_item("bob").item_id == held.item_id
+
+
 # -- durability ----------------------------------------------------------------------------------
 # Workers are forked from this process: a spawned one would spend seconds importing torch through
 # rlhflab/__init__ before its first label.

@@ -5,7 +5,8 @@
 //   {action: "label", item_id, event_id, choice: "up"|"down", flags, rationale}                  (one reply)
 //   {action: "label", item_id, event_id, ranks: [rank per shown position], flags, rationale}     (rankings)
 //   {action: "skip" | "flag_prompt", item_id, event_id, rationale}, {action: "undo", target},
-//   {action: "edit", event_id}, {action: "cancel"}, {action: "prompt", text, mode: "compare"|"rate"}
+//   {action: "edit", event_id}, {action: "cancel"}, {action: "prompt", text, mode: "compare"|"rate"},
+//   {action: "still_here", item_id} (every `lease_renew_ms` while the item is on screen: keep its lease)
 // Python maps shown positions back to stored responses, commits, then sends the next item. Any item with
 // a single response (the playground's "rate one" mode, or one from the store) is rated thumbs up or down.
 // Python also checks the guidelines' rules (a reason for some answers, a minimum time on an item) and
@@ -427,6 +428,13 @@ function render({ model, el }) {
                     ["change:history", drawHistory], ["change:guidelines_html", drawFrame],
                     ["change:feedback", drawFeedback]];
   handlers.forEach(([name, handler]) => model.on(name, handler));
+  // While an item is on screen in a visible tab, ask Python now and then to keep its lease, so that the
+  // queue does not hand it to someone else while this person is still reading. Outside `send`: it needs
+  // no reply and must never lock the buttons.
+  const leaseTimer = model.get("lease_renew_ms") > 0 ? setInterval(() => {
+    const item = model.get("item");
+    if (item.item_id && document.visibilityState === "visible") model.send({ action: "still_here", item_id: item.item_id });
+  }, model.get("lease_renew_ms")) : null;
   drawFrame();
   setPlayMode(playMode);
   drawProgress();
@@ -439,6 +447,7 @@ function render({ model, el }) {
     root.removeEventListener("keydown", onKey);
     clearTimeout(replyTimer);
     clearTimeout(readyTimer);
+    clearInterval(leaseTimer);
   };
 }
 
