@@ -52,7 +52,7 @@ class ExportRows(list):
 
     def __init__(self, rows: Iterable[dict] = (), dropped: Counter | None = None):
         super().__init__(rows)
-        self.dropped = Counter(dropped or {})
+        self.dropped = +Counter(dropped or {})  # only the reasons that dropped something
 
 
 # -- which labels an export reads: readable ones, outside gold, aggregated by the policy ------------

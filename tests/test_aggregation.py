@@ -45,6 +45,17 @@ def test_all_keeps_every_label_and_leaves_gold_out_by_default(store):
     assert "gold item" not in trl_rows(store, include_gold=True).dropped
 
 
+def test_what_was_dropped_names_only_reasons_that_dropped_something(tmp_path):
+    unanimous = LabelStore(tmp_path / "unanimous.db")
+    unanimous.add_items([AGREED])
+    for who in ("ada", "bob"):
+        unanimous.record(AGREED.item_id, who, choice="a", strength="clearly")
+    for policy in ("all", "majority", "adjudicated"):
+        rows = trl_rows(unanimous, policy=policy)
+        assert len(rows) == (2 if policy == "all" else 1) and dict(rows.dropped) == {}, (policy, rows.dropped)
+    unanimous.close()
+
+
 def test_majority_gives_one_verdict_per_item_and_reports_the_rest(store):
     rows = trl_rows(store, policy="majority")
     assert pairs(rows) == [(AGREED.prompt, "The fox is red.", 2 / 3, "ada+bob+cy"),  # the median strength
