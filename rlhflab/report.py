@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from .live import page
+from .metrics import leaderboard_plot
 
 # stages.METRICS' names as table headers, with how to print them
 COLUMNS = {
@@ -69,22 +70,6 @@ def win_rate_against_kl(table: pd.DataFrame):
     return figure
 
 
-def leaderboard_intervals(board: pd.DataFrame):
-    """The leaderboard as an interval plot: Bradley-Terry rating and its bootstrap interval per source."""
-    import plotly.graph_objects as go
-
-    figure = go.Figure()
-    error = {}
-    if {"bt_low", "bt_high"} <= set(board.columns):
-        error = dict(error_x=dict(type="data", symmetric=False, array=board["bt_high"] - board["bradley_terry"],
-                                  arrayminus=board["bradley_terry"] - board["bt_low"]))
-    figure.add_scatter(x=board["bradley_terry"], y=board["source"], mode="markers", **error)
-    figure.update_layout(title="Which policy do the labels prefer?", height=120 + 40 * len(board), showlegend=False,
-                         xaxis_title="Bradley-Terry rating (Elo scale; 95% bootstrap interval)",
-                         yaxis=dict(title="policy", autorange="reversed"))
-    return figure
-
-
 def before_after(samples: pd.DataFrame) -> pd.DataFrame:
     """SFT's answer and the last round's, side by side, with the gold score difference, biggest gain first."""
     after = samples.columns[3]  # prompt, SFT, SFT gold, <round r>, <round r> gold
@@ -110,7 +95,7 @@ def write_report(loop, path: str | Path, leaderboard: pd.DataFrame | None = None
     sections += [_div(f, include_plotlyjs=i == 0) for i, f in enumerate(figures)]  # plotly.js once per page
     if leaderboard is not None:
         sections += ["<h2>Leaderboard of the rounds' policies (labels between them)</h2>",
-                     _div(leaderboard_intervals(leaderboard), include_plotlyjs=False),
+                     _div(leaderboard_plot(leaderboard), include_plotlyjs=False),
                      leaderboard.to_html(index=False, escape=True)]
     sections += [f"<h2>Before / after: SFT and round {last.round} on the same prompts</h2>",
                  before_after(last.samples).head(12).to_html(index=False, escape=True, float_format="{:.2f}".format)]
