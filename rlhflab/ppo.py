@@ -282,6 +282,7 @@ class MaskedPolicy:
 
     def __init__(self, model, top_p: float, is_lora: bool):
         self.model, self.top_p, self.is_lora = model, top_p, is_lora
+        self.cache_name = cache_keyword(model)  # read once: nucleus() runs at every sampled token
         if is_lora:
             model.add_adapter(self.ADAPTER, model.peft_config["default"])
             for name, parameter in model.named_parameters():
@@ -312,7 +313,7 @@ class MaskedPolicy:
         seen = cache.get_seq_length() if cache is not None else 0
         kwargs = dict(input_ids=input_ids[:, seen:], attention_mask=attention_mask, logits_to_keep=1,
                       position_ids=left_padded_positions(attention_mask)[:, seen:],
-                      use_cache=cache is not None, **{cache_keyword(self.model): cache})
+                      use_cache=cache is not None, **{self.cache_name: cache})
         if self.is_lora:
             logits = self.model(**kwargs, adapter_names=[self.ADAPTER] * len(input_ids)).logits
         else:
