@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/rlhf_methods.py [--labels 800] [--ppo-steps 60] [--heldout 128]
         [--seeds 0 1 2] [--methods dpo kto ilql ppo nlpo rloo grpo] [--best-of 4 16] [--curve-n 64]
-        [--rl-steps 120] [--no-active] [--jobs 1]
+        [--rl-steps 120] [--no-active] [--ensemble 3] [--jobs 1] [--out part.json]
+    .venv/bin/python benchmarks/rlhf_methods.py --merge part1.json part2.json ...
 
 Every method learns from the same gold-labelled pairs of SFT samples (`rlhflab.loop.compare_methods`);
 'KTO (ratings)' learns from as many gold thumbs ratings of single SFT samples instead. The gold
@@ -15,9 +16,14 @@ weak KL penalty (`chasing_config`) from the same SFT adapter against the same re
 Gao et al. 2022's forms fitted over every seed's points; the curves go to
 benchmarks/results/overoptimization.html and, where Chromium is installed, .png. The
 learning curve (`rlhflab.loop.active_vs_random`) spends the same labels in batches, picked at
-random or by reward-model uncertainty, and measures the reward model's agreement with gold on
-held-out pairs after each batch. `--jobs N` runs N seeds at once in separate processes (a GPU, or a
-machine with the cores). Prints Markdown tables and writes benchmarks/results/rlhf_methods.json.
+random, by one reward model's uncertainty, or by an ensemble's disagreement, and measures the
+reward model's agreement with gold on held-out pairs after each batch; each strategy's gain over
+random is given with a 95% t-interval over seeds (paired: a seed's strategies share SFT, the pool
+and the held-out pairs). `--jobs N` runs N seeds at once in separate processes (a GPU, or a
+machine with the cores); to spread one seed's work too, run parts side by side (say, some
+methods each, `--rl-steps 0 --no-active`; or only the curve, `--methods --best-of --curve-n 0`),
+each with `--out`, and report them together with `--merge` (benchmarks/methods_frontier.sh does
+this). Prints Markdown tables and writes benchmarks/results/rlhf_methods.json.
 """
 
 from __future__ import annotations
@@ -61,6 +67,20 @@ def spread(values, percent: bool = False) -> str:
     return f"{shown(statistics.median(values))} ({shown(min(values))}-{shown(max(values))})"
 
 
+# Student's t quantile t(0.975, df) for df = 1..9 (any statistics table); beyond, the normal's 1.96 is close
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def t_interval(values) -> str:
+    """'mean [low, high]' of paired differences, a 95% t-interval over seeds, in percentage points."""
+    values = list(values)
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:+.1%}"
+    half = T975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+    return f"{mean:+.1%} [{mean - half:+.1%}, {mean + half:+.1%}]"
+
+
 def best_of(args) -> tuple[int, ...]:
     """The n of best-of-n to measure: the table's, and 1, 2, 4, ... up to --curve-n for the curve."""
     curve = [2 ** k for k in range(int(math.log2(args.curve_n)) + 1)] if args.curve_n else []
@@ -79,14 +99,16 @@ def run_seed(job: tuple) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFram
     args, seed = job
     world = TinyWorld(seed=0)
     gold = GoldAnnotator(world)
-    seconds, curve, rl = {}, None, None
+    seconds, table, curve, rl = {}, None, None, None
     with tempfile.TemporaryDirectory() as scratch:
-        started = time.time()
         config = RLHFConfig(out_dir=f"{scratch}/methods", labels_per_round=args.labels, ppo_steps=args.ppo_steps,
                             n_heldout=args.heldout, seed=seed)
-        table = compare_methods(world, gold, config, best_of=best_of(args), methods=tuple(args.methods))
-        table = table.assign(seed=seed, labels=table.attrs["labels"])
-        seconds[f"methods seed {seed}"] = round(time.time() - started, 1)
+        if args.methods or best_of(args) or args.rl_steps:  # the RL curve starts from its SFT and reward model
+            started = time.time()
+            table = compare_methods(world, gold, config, best_of=best_of(args), methods=tuple(args.methods),
+                                    kto_ratings="kto" in args.methods)
+            table = table.assign(seed=seed, labels=table.attrs["labels"])
+            seconds[f"methods seed {seed}"] = round(time.time() - started, 1)
         if args.rl_steps:
             started = time.time()
             rl = rl_curve(world, gold, config, args.rl_steps).assign(seed=seed)
@@ -96,7 +118,7 @@ def run_seed(job: tuple) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFram
             curve = active_vs_random(world, gold, RLHFConfig(out_dir=f"{scratch}/active", seed=seed,
                                                              n_heldout=args.heldout,
                                                              labels_per_round=args.labels // args.batches),
-                                     batches=args.batches).assign(seed=seed)
+                                     batches=args.batches, ensemble=args.ensemble).assign(seed=seed)
             seconds[f"active seed {seed}"] = round(time.time() - started, 1)
     return table, curve, rl, seconds
 
@@ -106,16 +128,20 @@ def json_records(table: pd.DataFrame) -> list[dict]:
     return table.replace(math.inf, None).to_dict("records")
 
 
-def report_overoptimization(methods: pd.DataFrame, rls: list[pd.DataFrame], args) -> dict:
+def report_overoptimization(methods: pd.DataFrame, rl: pd.DataFrame | None, curve_n: int, rl_steps: int) -> dict:
     """Fit Gao et al.'s forms over every seed's points (and per seed), print them, and draw the curves."""
-    points = {"best_of_n": best_of_n_points(methods) if args.curve_n else None,
-              "rl": pd.concat(rls) if rls else None}
+    points = {"best_of_n": best_of_n_points(methods) if curve_n else None, "rl": rl}
+    seeds = sorted(set(methods["seed"]) | (set(rl["seed"]) if rl is not None else set()))
     study = overoptimization(**points)
-    per_seed = pd.concat([overoptimization(**{k: v[v["seed"] == seed] if v is not None else None
-                                              for k, v in points.items()}).table().assign(seed=seed)
-                          for seed in args.seeds])
-    print(f"\n## Over-optimisation: Gao et al. 2022 fits, d = sqrt(KL to SFT) (best-of-n to n = {args.curve_n}, "
-          f"a weak-KL PPO run of {args.rl_steps} steps; all seeds' points, and the median (range) of per-seed fits)\n")
+    per_seed = []
+    for seed in seeds:  # a seed's own fit, from the curves that have its points
+        own = {k: v[v["seed"] == seed] if v is not None else None for k, v in points.items()}
+        own = {k: v if v is not None and len(v) else None for k, v in own.items()}
+        if any(v is not None for v in own.values()):
+            per_seed.append(overoptimization(**own).table().assign(seed=seed))
+    per_seed = pd.concat(per_seed)
+    print(f"\n## Over-optimisation: Gao et al. 2022 fits, d = sqrt(KL to SFT) (best-of-n to n = {curve_n}, "
+          f"a weak-KL PPO run of {rl_steps} steps; all seeds' points, and the median (range) of per-seed fits)\n")
     print("| curve | reward | fit | alpha | beta | peak KL (nats) | alpha per seed | beta per seed |\n"
           "|---|---|---|---|---|---|---|---|")
     for row in study.table().to_dict("records"):
@@ -123,13 +149,93 @@ def report_overoptimization(methods: pd.DataFrame, rls: list[pd.DataFrame], args
         print(f"| {row['curve']} | {row['reward']} | {row['fit']} | {row['alpha']:.3f} | {row['beta']:.3f} | "
               f"{row['peak KL (nats)']:.3g} | {spread(seeds['alpha'])} | {spread(seeds['beta'])} |")
     html = RESULTS / "overoptimization.html"
-    figure = study.figure(title=f"Reward over-optimisation on the tiny world, {len(args.seeds)} seed(s): gain over "
+    figure = study.figure(title=f"Reward over-optimisation on the tiny world, {len(seeds)} seed(s): gain over "
                                 "SFT as KL grows, with Gao et al. 2022 fits")
     figure.write_html(html, include_plotlyjs=True)  # plotly.js inlined: opens offline
     pictures = screenshots({html: html.with_suffix(".png")})  # kaleido is not installed; Chromium draws the PNG
     print("curves:", html, *pictures)
     return {"fits": json_records(study.table()), "fits_per_seed": json_records(per_seed),
             **{name: frame.to_dict("records") for name, frame in study.curves.items()}}
+
+
+def report_active(curve: pd.DataFrame) -> None:
+    """Agreement per label spent for each strategy, and each strategy's gain over random with a t-interval."""
+    strategies = list(dict.fromkeys(curve["strategy"]))
+    others = [s for s in strategies if s != "random"]
+    print(f"\n## Reward-model agreement with gold per label spent ({curve['seed'].nunique()} seeds; median (range); "
+          "gain over random: mean [95% t-interval]; decided: share of labels that became a training pair)\n")
+    columns = ["labels", *strategies, *(f"{s} - random" for s in others), *(f"decided: {s}" for s in strategies)]
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for batch, rows in curve.groupby("batch"):
+        by = {s: rows[rows["strategy"] == s].set_index("seed")["reward/gold_agreement_sft_samples"]
+              for s in strategies}
+        decided = [spread(rows[rows["strategy"] == s]["decided_share"], percent=True) for s in strategies]
+        agreement = [spread(by[s], percent=True) for s in strategies]
+        gains = [t_interval(by[s] - by["random"]) for s in others]
+        print(f"| {int(rows['labels'].median())} | " + " | ".join(agreement + gains + decided) + " |")
+
+
+def run(args) -> dict:
+    """Every seed of `args` (N at once with --jobs N): the raw rows, as JSON-ready records. With --out,
+    the file is rewritten as each seed ends, so a run stopped early keeps the seeds it finished."""
+    runs = []
+    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+        for run in pool.imap_unordered(run_seed, [(args, seed) for seed in args.seeds]):
+            print(run[0].to_string() if run[0] is not None else "", run[3], flush=True)  # each seed as it ends
+            runs.append(run)
+            part = raw_rows(runs, args)
+            if args.out:
+                Path(args.out).write_text(json.dumps(part, default=float) + "\n")
+    return part
+
+
+def raw_rows(runs: list[tuple], args) -> dict:
+    """The finished seeds' tables, curves and timings as one JSON-ready part (what --merge reads)."""
+    frames = {name: [run[i] for run in runs if run[i] is not None]
+              for i, name in ((0, "methods"), (1, "active_vs_random"), (2, "rl_points"))}
+    return {"args": vars(args), "device": device_name(),
+            "seconds": {name: value for *_, timings in runs for name, value in timings.items()},
+            **{name: json_records(pd.concat(parts)) if parts else [] for name, parts in frames.items()}}
+
+
+def report_methods(methods: pd.DataFrame, parts: list[dict]) -> None:
+    """The methods table: gold win-rate, KL and gold mean of each method, median (range) over seeds."""
+    shown = {f"best-of-{n}" for part in parts for n in part["args"]["best_of"]}  # the curve's other n: below
+    order = [m for m in dict.fromkeys(methods["method"]) if not m.startswith("best-of-") or m in shown]
+    labels = sorted({part["args"]["labels"] for part in parts})
+    heldout = sorted({part["args"]["heldout"] for part in parts})
+    print(f"\n## Methods at an equal budget of {labels} gold labels, {methods['seed'].nunique()} seeds "
+          f"({heldout} held-out prompts; median (range))\n")
+    print("| method | gold win-rate vs SFT | KL to SFT (nats) | gold mean |\n|---|---|---|---|")
+    for name in order:
+        rows = methods[methods["method"] == name]
+        print(f"| {name} | {spread(rows['gold/win_rate_vs_sft'], percent=True)} | {spread(rows['kl/to_sft'])} | "
+              f"{spread(rows['gold/mean'])} |")
+
+
+def report(parts: list[dict]) -> dict:
+    """Print the tables of one run, or of several (`--merge`), and write benchmarks/results/rlhf_methods.json."""
+    result = {"parts": [{k: part[k] for k in ("args", "device", "seconds")} for part in parts]}
+    rows = [row for part in parts for row in part["methods"]]
+    methods = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["seed", "method"])
+    if len(methods):
+        methods = methods.drop_duplicates(["seed", "method"])  # every part has its own SFT row of the same seed
+        report_methods(methods, parts)
+        result["methods"] = json_records(methods)
+    rl = pd.DataFrame([row for part in parts for row in part["rl_points"]])
+    has_best_of = methods["method"].str.startswith("best-of-").any()
+    curve_n = max(part["args"]["curve_n"] for part in parts) if has_best_of else 0
+    if curve_n or len(rl):
+        rl_steps = max(part["args"]["rl_steps"] for part in parts)
+        result["overoptimization"] = report_overoptimization(methods, rl if len(rl) else None, curve_n, rl_steps)
+    curve = pd.DataFrame([row for part in parts for row in part["active_vs_random"]])
+    if len(curve):
+        report_active(curve)
+        result["active_vs_random"] = json_records(curve)
+    for part in parts:
+        print(f"\n{part['device']}; seconds:", part["seconds"])
+    (RESULTS / "rlhf_methods.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    return result
 
 
 def main() -> None:
@@ -139,50 +245,25 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=128, help="held-out prompts")
     parser.add_argument("--batches", type=int, default=4, help="batches of the active-vs-random curve")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=["dpo", "kto", "ilql", "ppo", "nlpo", "rloo", "grpo"],
-                        choices=METHODS)
+    parser.add_argument("--methods", nargs="*", default=["dpo", "kto", "ilql", "ppo", "nlpo", "rloo", "grpo"],
+                        choices=METHODS, help="methods from the labels ('KTO (ratings)' comes with kto)")
     parser.add_argument("--best-of", type=int, nargs="*", default=[4, 16], help="n of best-of-n rows (none: skip)")
     parser.add_argument("--curve-n", type=int, default=64, help="best-of-n curve to this n (a power of 2; 0: skip)")
     parser.add_argument("--rl-steps", type=int, default=120, help="steps of the weak-KL PPO run for the RL curve "
                         "(0: skip)")
     parser.add_argument("--no-active", action="store_true", help="skip the active-vs-random curve")
+    parser.add_argument("--ensemble", type=int, default=3, help="reward models of the 'ensemble' strategy "
+                        "(0: leave that strategy out)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")
+    parser.add_argument("--out", help="also write this run's raw rows to this JSON file, for --merge")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="report the runs that --out wrote (say, "
+                        "parts of the work run side by side) as one, and run nothing")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
-
-    runs = []
-    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-        for run in pool.imap_unordered(run_seed, [(args, seed) for seed in args.seeds]):
-            print(run[0].to_string(), run[3], flush=True)  # each seed as it finishes
-            runs.append(run)
-    tables = [table for table, _, _, _ in runs]
-    curves = [curve for _, curve, _, _ in runs if curve is not None]
-    rls = [rl for _, _, rl, _ in runs if rl is not None]
-    seconds = {name: value for _, _, _, timings in runs for name, value in timings.items()}
-    methods = pd.concat(tables)
-    shown = {f"best-of-{n}" for n in args.best_of}  # the curve's other n are reported below, not as rows
-    order = [m for m in dict.fromkeys(methods["method"]) if not m.startswith("best-of-") or m in shown]
-    print(f"\n## Methods at an equal budget of {args.labels} gold labels, {len(args.seeds)} seeds "
-          f"({args.heldout} held-out prompts; median (range))\n")
-    print("| method | gold win-rate vs SFT | KL to SFT (nats) | gold mean |\n|---|---|---|---|")
-    for name in order:
-        rows = methods[methods["method"] == name]
-        print(f"| {name} | {spread(rows['gold/win_rate_vs_sft'], percent=True)} | {spread(rows['kl/to_sft'])} | "
-              f"{spread(rows['gold/mean'])} |")
-    result = {"args": vars(args), "seconds": seconds, "device": device_name(), "methods": methods.to_dict("records")}
-    if args.curve_n or rls:
-        result["overoptimization"] = report_overoptimization(methods, rls, args)
-    if curves:
-        curve = pd.concat(curves)
-        print("\n## Reward-model agreement with gold per label spent (median (range) over seeds)\n")
-        print("| labels | random | active | decided pairs: random | decided pairs: active |\n|---|---|---|---|---|")
-        for batch, rows in curve.groupby("batch"):
-            cells = [spread(rows[rows["strategy"] == s][column], percent=True)
-                     for column in ("reward/gold_agreement_sft_samples", "decided_share") for s in ("random", "active")]
-            print(f"| {int(rows['labels'].median())} | " + " | ".join(cells) + " |")
-        result["active_vs_random"] = curve.to_dict("records")
-    print(f"\n{device_name()}; seconds:", seconds)
-    (RESULTS / "rlhf_methods.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    if args.merge:
+        report([json.loads(Path(path).read_text()) for path in args.merge])
+        return
+    report([run(args)])
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 Labels are the expensive part of RLHF, so each batch sent to annotators mixes three kinds of pair:
 
 - **uncertain**: pairs the current reward model cannot tell apart, P(a beats b) = sigmoid(r_a - r_b)
-  nearest 0.5 (uncertainty sampling, Lewis & Gale 1994; used for preference data by Christiano
-  et al. 2017, sec. 2.2.4, with an ensemble);
+  nearest 0.5 (uncertainty sampling, Lewis & Gale 1994); or, given an ensemble of reward models,
+  pairs on which the members' P(a beats b) vary most (Christiano et al. 2017, sec. 2.2.4). One
+  model's margin also picks pairs that are simply close, which people more often call a tie; the
+  ensemble's disagreement picks pairs the models have not learnt yet;
 - **disagreement**: pairs whose annotators chose differently, queued again for one more vote;
 - **random**: a uniform share, so the labeled set stays an unbiased sample of what the policy writes
   and the reward model's held-out accuracy can still be trusted.
@@ -38,14 +40,24 @@ class ActiveConfig:
                 raise ValueError(f"{name} is a share of the batch between 0 and 1, not {share}")
 
 
-def preference_uncertainty(reward, items: list[Item]) -> torch.Tensor:
-    """1 - |2 P(a beats b) - 1| per pair: 1 when the reward model cannot tell a from b, 0 when sure."""
+def preference_probability(reward, items: list[Item]) -> torch.Tensor:
+    """P(a beats b) = sigmoid(r_a - r_b) per pair under one reward model (Bradley-Terry): (N,)."""
     if any(len(item.responses) != 2 for item in items):
         raise ValueError("uncertainty sampling compares pairs; give items with exactly 2 responses")
     prompts = [item.prompt for item in items]
     score_a = reward.score(prompts, [item.responses[0] for item in items])
     score_b = reward.score(prompts, [item.responses[1] for item in items])
-    return 1.0 - (2.0 * torch.sigmoid(score_a - score_b) - 1.0).abs()  # (N,)
+    return torch.sigmoid(score_a - score_b)
+
+
+def preference_uncertainty(reward, items: list[Item]) -> torch.Tensor:
+    """How unsure the reward model is of each pair, from 0 (sure) to 1: given one model,
+    1 - |2 P(a beats b) - 1|; given an ensemble (a list of models), 4 x the variance of the members'
+    P(a beats b), which is 1 when half are sure of a and half of b."""
+    if isinstance(reward, (list, tuple)):
+        return 4.0 * torch.stack([preference_probability(member, items) for member in reward]).var(dim=0,
+                                                                                                   correction=0)
+    return 1.0 - (2.0 * preference_probability(reward, items) - 1.0).abs()  # (N,)
 
 
 def review_items(store) -> list[Item]:
@@ -72,8 +84,9 @@ def choose_items(pool: list[Item], n: int, reward=None, store=None, config: Acti
     Args:
         pool: candidate pairs, e.g. two samples of the current policy per prompt.
         n: how many items to return.
-        reward: the current reward model (anything with `score`); without one the batch is all
-            random (there is nothing to be uncertain with yet).
+        reward: the current reward model (anything with `score`), or a list of them (an ensemble,
+            see `preference_uncertainty`); without one the batch is all random (there is nothing
+            to be uncertain with yet).
         store: a LabelStore whose disagreements get up to `review_share` of the batch.
         config: the shares.
 

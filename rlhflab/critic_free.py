@@ -15,6 +15,11 @@ trainers fit the lab as they are, so we wrap them rather than write our own:
   `rlhflab.reward_functions.as_reward` (a reward model, the gold annotator, a function, a weighted
   sum) plugs in, through `checked_scores`: TRL would average a NaN away, we name the reward;
 - they take callbacks, so `LivePlot` draws reward, KL and length as they train.
+
+A step is our PPO's: one batch of `batch_size` sampled completions, trained on for `ppo_epochs`
+passes of `mini_batch_size` (TRL's `steps_per_generation` and `num_iterations`). TRL's defaults
+take one optimizer step per batch, an eighth of PPO's at our sizes: 6 such steps left the tiny
+model where SFT was (gold win-rate 50.0%, KL 0.00), so the methods were not compared like for like.
 """
 
 from __future__ import annotations
@@ -41,8 +46,10 @@ class CriticFreeConfig:
     method: str = "grpo"  # 'grpo' or 'rloo'
     output_dir: str = "runs/grpo"  # the adapter (peft format) or full model, tokenizer and metrics
     epochs: float = 1.0  # passes over the prompts
-    max_steps: int = 50  # optimizer steps (-1: run all epochs)
-    batch_size: int = 16  # completions per device per step; a multiple of num_generations
+    max_steps: int = 50  # batches of batch_size sampled completions, as PPO's steps (-1: run all epochs)
+    batch_size: int = 16  # completions sampled per batch (per device); a multiple of num_generations
+    mini_batch_size: int = 8  # completions per optimizer step
+    ppo_epochs: int = 4  # passes over each sampled batch (TRL's num_iterations, GRPO's mu), as in our PPO
     num_generations: int = 4  # k: responses sampled per prompt, each other's baseline
     learning_rate: float = 1e-4  # LoRA rate; full fine-tuning wants ~1e-6
     beta: float = 0.05  # weight of the KL penalty to the reference (TRL's RLOO default; GRPO's is 0)
@@ -60,6 +67,14 @@ class CriticFreeConfig:
         if self.batch_size % self.num_generations:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_generations "
                              f"({self.num_generations}): every prompt's group is sampled in one batch")
+        if self.batch_size % self.mini_batch_size or self.ppo_epochs < 1:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size "
+                             f"({self.mini_batch_size}), and ppo_epochs ({self.ppo_epochs}) at least 1")
+
+    @property
+    def optimizer_steps(self) -> int:
+        """TRL's max_steps: every sampled batch is split into minibatches, each taken ppo_epochs times."""
+        return self.max_steps * self.batch_size // self.mini_batch_size * self.ppo_epochs if self.max_steps > 0 else -1
 
 
 @dataclass
@@ -104,12 +119,15 @@ def train_critic_free(policy: Policy, prompts: list[str], reward, config: Critic
     trl_config, trl_trainer = METHODS[config.method]
     output_dir = Path(config.output_dir)
     live = live or LivePlot(output_dir, title=config.method.upper(), layout="critic_free")
-    args = trl_args(trl_config, config, policy.device, num_generations=config.num_generations, beta=config.beta,
-                    max_completion_length=config.max_completion_length, temperature=config.temperature,
-                    activation_checkpointing=False, gradient_checkpointing=False)
+    args = trl_args(trl_config, config, policy.device, recompute=False, max_steps=config.optimizer_steps,
+                    per_device_train_batch_size=config.mini_batch_size,
+                    steps_per_generation=config.batch_size // config.mini_batch_size, num_iterations=config.ppo_epochs,
+                    num_generations=config.num_generations, beta=config.beta,
+                    max_completion_length=config.max_completion_length, temperature=config.temperature)
     trainer = trl_trainer(model=policy.model, reward_funcs=[trl_reward(reward)], args=args,
                           train_dataset=chat_dataset([{"prompt": p} for p in prompts], ()),
                           processing_class=policy.tokenizer, callbacks=[live])
     outcome = train_against_reference(trainer, policy, output_dir)
     return CriticFreeResult({"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"],
+                             "train/optimizer_steps": trainer.state.global_step,
                              **last_logged(trainer, LOGGED)}, output_dir)

@@ -24,6 +24,7 @@ strategies on the same stages (notebook 05 and benchmarks/rlhf_methods.py).
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import statistics
 from dataclasses import asdict, dataclass, replace
@@ -270,36 +271,52 @@ def compare_methods(world, gold, config: RLHFConfig, best_of: tuple[int, ...] = 
     return table
 
 
-def active_vs_random(world, gold, config: RLHFConfig, batches: int = 4) -> pd.DataFrame:
+def active_vs_random(world, gold, config: RLHFConfig, batches: int = 4, ensemble: int = 3) -> pd.DataFrame:
     """Reward-model agreement with gold on held-out pairs per label spent: active learning vs random picks.
 
-    Both strategies draw from one pool of SFT sample pairs (`batches * labels_per_round *
-    pool_per_label` of them) and spend `labels_per_round` gold labels per batch; after each batch a
-    fresh reward model trains on every label so far. 'active' picks by reward-model uncertainty
-    (with `random_share` random), 'random' picks uniformly.
+    Every strategy draws from one pool of SFT sample pairs (`batches * labels_per_round *
+    pool_per_label` of them) and spends `labels_per_round` gold labels per batch; after each batch a
+    fresh reward model trains on every label so far. 'random' picks uniformly; 'active' picks by that
+    reward model's uncertainty, and 'ensemble' by the disagreement of `ensemble` reward models (the
+    same one and `ensemble - 1` more, each on a bootstrap resample of the labels, as Christiano et al.
+    2017 did), both with `random_share` random. Agreement is always the first model's, trained on
+    every label, so the strategies differ only in which pairs were labelled (0 or 1: no 'ensemble').
     """
     rows = []
     pool, sft_dir = None, None
-    for strategy in ("random", "active"):
+    strategies = ("random", "active", "ensemble") if ensemble > 1 else ("random", "active")
+    for strategy in strategies:
         loop = RLHFLoop(world, gold, replace(config, out_dir=str(Path(config.out_dir) / strategy),
                                              labels_per_round=config.labels_per_round * batches))
-        if sft_dir is not None:  # both strategies start from the same SFT policy
+        if sft_dir is not None:  # every strategy starts from the same SFT policy
             shutil.copytree(sft_dir, loop.out_dir / "sft")
         sft_dir = loop.sft()
         pool = pool or loop.pool(1)
         second = loop.sample(loop.sft_policy, loop.heldout, seed=config.seed + 61)
         heldout_pairs = gold.preferences(loop.heldout, loop.sft_responses, second)
-        reward_model = None
+        picker = None  # what choose_items is unsure with: nothing (random), one reward model, or an ensemble
         for batch in range(1, batches + 1):
             shares = ActiveConfig(random_share=1.0 if strategy == "random" else config.random_share,
                                   seed=config.seed + batch)
-            loop.store.add_items(choose_items(pool, config.labels_per_round, reward=reward_model, store=loop.store,
+            loop.store.add_items(choose_items(pool, config.labels_per_round, reward=picker, store=loop.store,
                                               config=shares))
             loop.label()
             _, reward_model = loop.fit_reward(batch)
+            picker = reward_model
+            if strategy == "ensemble" and batch < batches:  # the members only pick the next batch
+                picker = [reward_model] + [bootstrap_reward(loop, batch, member) for member in range(1, ensemble)]
             accuracy = evaluate_reward_model(reward_model, heldout_pairs)["metrics"]["eval/accuracy"]
             labels = len(loop.store.labels())
             rows.append({"strategy": strategy, "batch": batch, "labels": labels,
                          "reward/gold_agreement_sft_samples": accuracy,
                          "decided_share": len(trl_rows(loop.store)) / labels})  # the rest: ties and 'both bad'
     return pd.DataFrame(rows)
+
+
+def bootstrap_reward(loop: RLHFLoop, batch: int, member: int):
+    """A reward model on a resample (with replacement) of the loop's training pairs: one ensemble member."""
+    rows = trl_rows(loop.store)
+    draw = random.Random(f"bootstrap:{loop.config.seed}:{batch}:{member}")
+    resample = [rows[draw.randrange(len(rows))] for _ in rows]
+    out = loop.out_dir / f"round_{batch}" / f"reward_member_{member}"
+    return reward_stage(resample, replace(loop.config, seed=loop.config.seed + member), loop.baseline, out)

@@ -236,6 +236,7 @@ def policy_stage(method: str, world, gold, config: RLHFConfig, *, sft_dir: Path,
         reward = load_reward_model(str(reward_dir), quantization=config.quantization)
         train_critic_free(policy, ppo_prompts(world, config), reward, CriticFreeConfig(
             method=method, output_dir=str(out), max_steps=config.ppo_steps, batch_size=config.ppo_batch_size,
+            mini_batch_size=config.ppo_batch_size // 2,
             num_generations=config.group_size, learning_rate=config.ppo_learning_rate, beta=config.critic_free_beta,
             max_completion_length=config.response_length, seed=seed), live=live)
     elif method == "dpo":

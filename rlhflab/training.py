@@ -34,22 +34,25 @@ def refuse_to_train_quantized(model: torch.nn.Module, is_lora: bool, loader: str
                          "to train a LoRA adapter on it (QLoRA)")
 
 
-def trl_args(trl_config_class, config, device: str | torch.device, **fields):
+def trl_args(trl_config_class, config, device: str | torch.device, recompute: bool = True, **fields):
     """`trl_config_class` (e.g. `trl.DPOConfig`) from a stage config, training where the weights are and in
     the device's precision (`rlhflab.models.precision_for`): fp32 on a CPU, bf16 on Ampere and newer,
-    fp16 with loss scaling on a T4. Checkpoints and reporting are off: the stage saves what it trained."""
+    fp16 with loss scaling on a T4. Checkpoints and reporting are off: the stage saves what it trained.
+    Activations are recomputed in the backward pass only on a GPU, and never with `recompute=False`."""
     shared = dict(output_dir=str(config.output_dir), num_train_epochs=config.epochs, max_steps=config.max_steps,
                   per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
                   learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
                   logging_steps=config.logging_steps, seed=config.seed,
                   save_strategy="no", report_to="none", **precision_for(device).trainer_args())
-    if "activation_checkpointing" in {field.name for field in dataclasses.fields(trl_config_class)}:
-        # Recompute activations in the backward pass on a GPU, where memory runs out first (TRL's default);
-        # on a CPU, RAM is large next to the compute and recomputing only costs time (96 labels, tiny model,
-        # one thread: DPO 16.6 s with, 14.4 s without; KTO 24.2 s, 20.7 s). Set under transformers' new
-        # name: left unset, TRL's `gradient_checkpointing=True` sets it through the deprecated one, and a
-        # FutureWarning lands in every notebook.
-        shared["activation_checkpointing"] = torch.device(device).type == "cuda"
+    # Recompute activations in the backward pass on a GPU, where memory runs out first (TRL's default); on a
+    # CPU, RAM is large next to the compute and recomputing only costs time (96 labels, tiny model, one
+    # thread: DPO 16.6 s with, 14.4 s without; KTO 24.2 s, 20.7 s). Set under transformers' new name where
+    # it has one (5.2x): left unset, TRL's `gradient_checkpointing=True` sets it through the deprecated
+    # one, and a FutureWarning lands in every notebook. Earlier 5.x releases (5.17 on a GPU image) know
+    # only the old name and refuse the new one.
+    names = {field.name for field in dataclasses.fields(trl_config_class)}
+    recompute = recompute and torch.device(device).type == "cuda"
+    shared["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = recompute
     if hasattr(config, "max_length"):  # RLOO and GRPO cap the completion instead
         shared["max_length"] = config.max_length
     return trl_config_class(**{**shared, **fields})

@@ -39,6 +39,30 @@ def test_batch_mixes_the_least_certain_pairs_with_a_random_share():
     assert len({item.item_id for item in batch}) == 8
 
 
+class PrefersLonger:
+    """A stand-in ensemble member: sure that the longer of two responses is better, by `confidence` per character."""
+
+    def __init__(self, confidence: float):
+        self.confidence = confidence
+
+    def score(self, prompts, responses):
+        return torch.tensor([self.confidence * len(r) for r in responses])
+
+
+def test_an_ensemble_picks_the_pairs_its_members_disagree_on_not_the_close_ones():
+    """Christiano et al. 2017: pairs where the members' P(a beats b) vary most. One model's margin would
+    pick the closest pairs (pair 0 here, where every member says 50%); the ensemble picks pair 4, the
+    pair its members judge most differently."""
+    ensemble = [PrefersLonger(0.0), PrefersLonger(1.0), PrefersLonger(-1.0)]
+    pool = pool_of(5)
+    disagreement = preference_uncertainty(ensemble, pool)
+    assert disagreement[0] == pytest.approx(0.0) and disagreement.argmax() == 4
+    assert 0.0 <= disagreement.min() and disagreement.max() <= 1.0
+    batch = choose_items(pool, 2, reward=ensemble, config=ActiveConfig(random_share=0.0))
+    assert [item.item_id for item in batch] == [pool[4].item_id, pool[3].item_id]
+    assert preference_uncertainty([PrefersLonger(1.0)] * 3, pool).max() == pytest.approx(0.0)  # all agree
+
+
 def test_without_a_reward_model_the_batch_is_random_and_skips_stored_items(tmp_path):
     store = LabelStore(tmp_path / "labels.db")
     pool = pool_of(30)

@@ -2,15 +2,18 @@
 plain function and one by a weighted sum of a function and the reward model; bad settings and bad
 rewards are refused with errors that name them."""
 
+import dataclasses
 from dataclasses import replace
 
 import pytest
+import trl
 
 from rlhflab import load_policy
 from rlhflab.critic_free import CriticFreeConfig, train_critic_free, trl_reward
 from rlhflab.reward import load_reward_model
 from rlhflab.reward_functions import WeightedReward, length_reward
 from rlhflab.stages import evaluate, load, ppo_prompts, sft_baseline
+from rlhflab.training import trl_args
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +31,14 @@ def test_raises_gold_over_sft(method, world, gold, recipe, sft_answers, tmp_path
             return [gold.score(p, r) for p, r in zip(prompts, responses)]
     else:  # the reward model plus a small length penalty
         reward = WeightedReward((1.0, load_reward_model(str(reward_dir))), (0.1, length_reward(12)))
+    # PPO's sizes and learning rate (stages.policy_stage's): 2 sampled batches of 16, each taken 4 times in
+    # minibatches of 8. With TRL's default of one optimizer step per batch the policy stayed SFT's.
     result = train_critic_free(load(config, sft_dir, trainable=True), ppo_prompts(world, config), reward,
-                               CriticFreeConfig(method=method, output_dir=str(tmp_path / method), max_steps=8,
-                                                batch_size=16, num_generations=4, learning_rate=5e-4,
+                               CriticFreeConfig(method=method, output_dir=str(tmp_path / method), max_steps=2,
+                                                batch_size=16, mini_batch_size=8, ppo_epochs=4, num_generations=4,
+                                                learning_rate=config.ppo_learning_rate,
                                                 max_completion_length=config.response_length))
+    assert result.metrics["train/optimizer_steps"] == 2 * 2 * 4
     assert {"reward", "kl", "completions/mean_length"} <= set(result.metrics), result.metrics
     outcome, _ = evaluate(load(config, result.output_dir), sft_answers, gold, config)
     assert outcome["gold/mean"] > outcome["gold/sft_mean"] + 0.1, outcome
@@ -45,6 +52,8 @@ def test_bad_settings_and_bad_rewards_are_named():
         CriticFreeConfig(batch_size=6, num_generations=4)
     with pytest.raises(ValueError, match="num_generations must be 2 or more"):
         CriticFreeConfig(num_generations=1, batch_size=4)
+    with pytest.raises(ValueError, match="mini_batch_size"):
+        CriticFreeConfig(batch_size=16, mini_batch_size=6)
 
     def sometimes_nan(prompts, responses):
         return [float("nan")] * len(responses)
@@ -55,3 +64,14 @@ def test_bad_settings_and_bad_rewards_are_named():
         score([[{"role": "user", "content": "p"}]], [[{"role": "assistant", "content": "r"}]])
     with pytest.raises(ValueError, match="a 4-bit or 8-bit model cannot be trained directly"):
         train_critic_free(load_policy("tiny", quantization="4bit"), ["p"], sometimes_nan)
+
+
+def test_arguments_build_where_transformers_has_only_the_old_checkpointing_name(tmp_path):
+    """transformers 5.17 (a GPU image's) has `gradient_checkpointing` but no `activation_checkpointing`:
+    RLOO once passed the new name and stopped with a TypeError there."""
+    old_fields = [(f.name, f.type, dataclasses.field(default=None)) for f in dataclasses.fields(trl.RLOOConfig)
+                  if f.name != "activation_checkpointing"]
+    OldRLOOConfig = dataclasses.make_dataclass("OldRLOOConfig", old_fields)
+    config = CriticFreeConfig(method="rloo", output_dir=str(tmp_path), max_steps=3)
+    args = trl_args(OldRLOOConfig, config, "cpu", recompute=False, max_steps=config.optimizer_steps)
+    assert args.gradient_checkpointing is False and args.max_steps == 3 * 2 * 4
