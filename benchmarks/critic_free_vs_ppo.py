@@ -7,7 +7,8 @@ the same shape, batch 16, 32-token responses, 4 epochs over each batch in miniba
 rate 1e-4. PPO adds what the critic-free methods do without: a value head on the policy's trunk
 and its GAE; RLOO / GRPO sample 4 responses per prompt (4 prompts a batch) and keep the SFT
 adapter's frozen copy as the KL reference. Each measurement runs in a fresh process, the methods
-interleaved per repeat: samples (responses) per second over `--steps` steps, and the largest
+interleaved per repeat: samples (responses) per second over `--steps` steps (building the trainer
+and saving the result included, for every method), and the largest
 anonymous RSS sampled while training (`RssAnon`, which leaves out memory-mapped checkpoints). Models:
 a random Llama of GPT-2-small scale (12 layers x 768, the tiny tokenizer) or SmolLM2-135M-Instruct
 (`rlhflab.embedded`). Prints the median (range) and the ratio to PPO; writes
@@ -48,7 +49,8 @@ def train(method: str, model_dir: Path, steps: int) -> dict:
         config = PPOConfig(output_dir=output_dir, steps=steps, batch_size=BATCH, mini_batch_size=MINI_BATCH,
                            ppo_epochs=EPOCHS, response_length=RESPONSE_LENGTH, learning_rate=LEARNING_RATE,
                            save_every=10**9, sample_every=10**9)
-        work = PPOTrainer(policy, prompts(model_dir), reward, config).train
+        def work():  # building the trainer is timed for every method: TRL's builds its reference copy there
+            return PPOTrainer(policy, prompts(model_dir), reward, config).train()
     else:
         config = CriticFreeConfig(method=method, output_dir=output_dir, max_steps=steps, batch_size=BATCH,
                                   mini_batch_size=MINI_BATCH, ppo_epochs=EPOCHS, num_generations=GROUP,

@@ -5,8 +5,8 @@
 Runs `RLHFLoop` with `RLHFConfig`'s defaults, which are the quickstart notebook's (and so `make
 demo`'s) sizes: SFT on 128 demonstrations, 3 rounds of 300 gold labels, 16 PPO steps of 16
 responses per round, 48 held-out prompts. Each seed redraws SFT, the labels, the training and the
-held-out samples. `--set` overrides RLHFConfig fields (`--set round_kl_budget=0` turns the
-per-round KL budget off), so a variant and the defaults run side by side. Prints each round per
+held-out samples. `--set` overrides RLHFConfig fields (say, `--set n_heldout=128 kl_coef=0.1`),
+so a variant and the defaults run side by side. Prints each round per
 seed and the largest fall of the gold win-rate from one round to the next, and writes
 benchmarks/results/loop_rounds.json. `--jobs N` runs N seeds at once, each in its own process.
 """
@@ -33,15 +33,21 @@ SHOWN = ("round", "labels", "gold/win_rate_vs_sft", "gold/mean", "kl/to_sft", "r
 
 
 def overrides(pairs: list[str]) -> dict:
-    """'key=value' pairs as RLHFConfig fields, each value parsed as the field's type."""
+    """'key=value' pairs as RLHFConfig fields, each value read as its field's declared type."""
     fields = {f.name: f for f in dataclasses.fields(RLHFConfig)}
     parsed = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
         if key not in fields:
             raise SystemExit(f"--set {pair}: RLHFConfig has no field {key!r}; fields: {', '.join(fields)}")
-        kind = type(getattr(RLHFConfig(), key))
-        parsed[key] = None if value == "None" else kind(value)
+        kind = str(fields[key].type)  # a string: this module and rlhflab.stages use postponed annotations
+        if value == "None" and "None" in kind:
+            parsed[key] = None
+        elif kind == "bool":
+            parsed[key] = value.lower() in ("1", "true", "yes")
+        else:
+            parsed[key] = next(cast for name, cast in (("int", int), ("float", float), ("str", str))
+                               if kind.startswith(name))(value)
     return parsed
 
 

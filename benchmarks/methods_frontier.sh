@@ -17,6 +17,7 @@ part() {  # part NAME ARGS...: one rlhf_methods.py run over the 3 seeds, in the 
     local name=$1 where=()
     shift
     [[ " ${CPU_PARTS:-} " == *" $name "* ]] && where=(CUDA_VISIBLE_DEVICES=)  # no GPU visible
+    rm -f "$out/$name.json"  # an earlier run's rows must not stand in for a part that fails this time
     env "${where[@]}" OMP_NUM_THREADS=1 "$python" benchmarks/rlhf_methods.py --seeds 0 1 2 --jobs 3 "$@" \
         --out "$out/$name.json" >"$out/$name.log" 2>&1 &
 }

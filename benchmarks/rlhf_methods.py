@@ -62,23 +62,29 @@ def spread(values, percent: bool = False) -> str:
     """'median (min-max)' of one metric over seeds."""
     shown = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.2f}")
     values = list(values)
+    if not values:
+        return "n/a"
     if len(values) == 1:
         return shown(values[0])
     return f"{shown(statistics.median(values))} ({shown(min(values))}-{shown(max(values))})"
 
 
-# Student's t quantile t(0.975, df) for df = 1..9 (any statistics table); beyond, the normal's 1.96 is close
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+# Student's t quantile t(0.975, df) for df = 1..30 (any statistics table); beyond, the normal's 1.96
+T975 = dict(enumerate([12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+                       2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+                       2.052, 2.048, 2.045, 2.042], start=1))
 
 
 def t_interval(values) -> str:
-    """'mean [low, high]' of paired differences, a 95% t-interval over seeds, in percentage points."""
-    values = list(values)
+    """'mean [low, high] pp' of paired differences (shares), a 95% t-interval over seeds, in percentage points."""
+    values = [100 * v for v in values]
+    if not values:
+        return "n/a"
     mean = statistics.fmean(values)
     if len(values) < 2:
-        return f"{mean:+.1%}"
+        return f"{mean:+.1f} pp"
     half = T975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-    return f"{mean:+.1%} [{mean - half:+.1%}, {mean + half:+.1%}]"
+    return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}] pp"
 
 
 def best_of(args) -> tuple[int, ...]:
@@ -128,8 +134,9 @@ def json_records(table: pd.DataFrame) -> list[dict]:
     return table.replace(math.inf, None).to_dict("records")
 
 
-def report_overoptimization(methods: pd.DataFrame, rl: pd.DataFrame | None, curve_n: int, rl_steps: int) -> dict:
-    """Fit Gao et al.'s forms over every seed's points (and per seed), print them, and draw the curves."""
+def report_overoptimization(methods: pd.DataFrame, rl: pd.DataFrame | None, curve_n: int, rl_steps: int,
+                            draw: bool = True) -> dict:
+    """Fit Gao et al.'s forms over every seed's points (and per seed), print them, and (`draw`) draw the curves."""
     points = {"best_of_n": best_of_n_points(methods) if curve_n else None, "rl": rl}
     seeds = sorted(set(methods["seed"]) | (set(rl["seed"]) if rl is not None else set()))
     study = overoptimization(**points)
@@ -145,17 +152,20 @@ def report_overoptimization(methods: pd.DataFrame, rl: pd.DataFrame | None, curv
     print("| curve | reward | fit | alpha | beta | peak KL (nats) | alpha per seed | beta per seed |\n"
           "|---|---|---|---|---|---|---|---|")
     for row in study.table().to_dict("records"):
-        seeds = per_seed[(per_seed["curve"] == row["curve"]) & (per_seed["reward"] == row["reward"])]
+        fits = per_seed[(per_seed["curve"] == row["curve"]) & (per_seed["reward"] == row["reward"])]
         print(f"| {row['curve']} | {row['reward']} | {row['fit']} | {row['alpha']:.3f} | {row['beta']:.3f} | "
-              f"{row['peak KL (nats)']:.3g} | {spread(seeds['alpha'])} | {spread(seeds['beta'])} |")
+              f"{row['peak KL (nats)']:.3g} | {spread(fits['alpha'])} | {spread(fits['beta'])} |")
+    summary = {"fits": json_records(study.table()), "fits_per_seed": json_records(per_seed),
+               **{name: frame.to_dict("records") for name, frame in study.curves.items()}}
+    if not draw:
+        return summary
     html = RESULTS / "overoptimization.html"
     figure = study.figure(title=f"Reward over-optimisation on the tiny world, {len(seeds)} seed(s): gain over "
                                 "SFT as KL grows, with Gao et al. 2022 fits")
     figure.write_html(html, include_plotlyjs=True)  # plotly.js inlined: opens offline
     pictures = screenshots({html: html.with_suffix(".png")})  # kaleido is not installed; Chromium draws the PNG
     print("curves:", html, *pictures)
-    return {"fits": json_records(study.table()), "fits_per_seed": json_records(per_seed),
-            **{name: frame.to_dict("records") for name, frame in study.curves.items()}}
+    return summary
 
 
 def report_active(curve: pd.DataFrame) -> None:
@@ -168,10 +178,10 @@ def report_active(curve: pd.DataFrame) -> None:
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for batch, rows in curve.groupby("batch"):
         by = {s: rows[rows["strategy"] == s].set_index("seed")["reward/gold_agreement_sft_samples"]
-              for s in strategies}
+              for s in strategies}  # aligned by seed: a seed's strategies share SFT, the pool and the held-out pairs
         decided = [spread(rows[rows["strategy"] == s]["decided_share"], percent=True) for s in strategies]
         agreement = [spread(by[s], percent=True) for s in strategies]
-        gains = [t_interval(by[s] - by["random"]) for s in others]
+        gains = [t_interval((by[s] - by["random"]).dropna()) for s in others]  # seeds that have both
         print(f"| {int(rows['labels'].median())} | " + " | ".join(agreement + gains + decided) + " |")
 
 
@@ -180,9 +190,10 @@ def run(args) -> dict:
     the file is rewritten as each seed ends, so a run stopped early keeps the seeds it finished."""
     runs = []
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-        for run in pool.imap_unordered(run_seed, [(args, seed) for seed in args.seeds]):
-            print(run[0].to_string() if run[0] is not None else "", run[3], flush=True)  # each seed as it ends
-            runs.append(run)
+        for finished in pool.imap_unordered(run_seed, [(args, seed) for seed in args.seeds]):
+            table, _, _, seconds = finished
+            print(table.to_string() if table is not None else "", seconds, flush=True)  # each seed as it ends
+            runs.append(finished)
             part = raw_rows(runs, args)
             if args.out:
                 Path(args.out).write_text(json.dumps(part, default=float) + "\n")
@@ -202,19 +213,20 @@ def report_methods(methods: pd.DataFrame, parts: list[dict]) -> None:
     """The methods table: gold win-rate, KL and gold mean of each method, median (range) over seeds."""
     shown = {f"best-of-{n}" for part in parts for n in part["args"]["best_of"]}  # the curve's other n: below
     order = [m for m in dict.fromkeys(methods["method"]) if not m.startswith("best-of-") or m in shown]
-    labels = sorted({part["args"]["labels"] for part in parts})
-    heldout = sorted({part["args"]["heldout"] for part in parts})
-    print(f"\n## Methods at an equal budget of {labels} gold labels, {methods['seed'].nunique()} seeds "
-          f"({heldout} held-out prompts; median (range))\n")
-    print("| method | gold win-rate vs SFT | KL to SFT (nats) | gold mean |\n|---|---|---|---|")
+    labels = " / ".join(str(n) for n in sorted({part["args"]["labels"] for part in parts}))
+    heldout = " / ".join(str(n) for n in sorted({part["args"]["heldout"] for part in parts}))
+    print(f"\n## Methods at an equal budget of {labels} gold labels ({heldout} held-out prompts; median (range) "
+          "over the seeds of each row)\n")
+    print("| method | seeds | gold win-rate vs SFT | KL to SFT (nats) | gold mean |\n|---|---|---|---|---|")
     for name in order:
         rows = methods[methods["method"] == name]
-        print(f"| {name} | {spread(rows['gold/win_rate_vs_sft'], percent=True)} | {spread(rows['kl/to_sft'])} | "
-              f"{spread(rows['gold/mean'])} |")
+        print(f"| {name} | {len(rows)} | {spread(rows['gold/win_rate_vs_sft'], percent=True)} | "
+              f"{spread(rows['kl/to_sft'])} | {spread(rows['gold/mean'])} |")
 
 
-def report(parts: list[dict]) -> dict:
-    """Print the tables of one run, or of several (`--merge`), and write benchmarks/results/rlhf_methods.json."""
+def report(parts: list[dict], write: bool = True) -> dict:
+    """Print the tables of one run, or of several (`--merge`); with `write`, also benchmarks/results/
+    rlhf_methods.json and the over-optimisation curves (a part run with --out leaves them to the merge)."""
     result = {"parts": [{k: part[k] for k in ("args", "device", "seconds")} for part in parts]}
     rows = [row for part in parts for row in part["methods"]]
     methods = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["seed", "method"])
@@ -227,14 +239,17 @@ def report(parts: list[dict]) -> dict:
     curve_n = max(part["args"]["curve_n"] for part in parts) if has_best_of else 0
     if curve_n or len(rl):
         rl_steps = max(part["args"]["rl_steps"] for part in parts)
-        result["overoptimization"] = report_overoptimization(methods, rl if len(rl) else None, curve_n, rl_steps)
+        result["overoptimization"] = report_overoptimization(methods, rl if len(rl) else None, curve_n, rl_steps,
+                                                             draw=write)
     curve = pd.DataFrame([row for part in parts for row in part["active_vs_random"]])
     if len(curve):
+        curve = curve.drop_duplicates(["seed", "strategy", "batch"])
         report_active(curve)
         result["active_vs_random"] = json_records(curve)
     for part in parts:
         print(f"\n{part['device']}; seconds:", part["seconds"])
-    (RESULTS / "rlhf_methods.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    if write:
+        (RESULTS / "rlhf_methods.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     return result
 
 
@@ -255,7 +270,8 @@ def main() -> None:
     parser.add_argument("--ensemble", type=int, default=3, help="reward models of the 'ensemble' strategy "
                         "(0: leave that strategy out)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")
-    parser.add_argument("--out", help="also write this run's raw rows to this JSON file, for --merge")
+    parser.add_argument("--out", help="write this run's raw rows to this JSON file, for --merge (and leave "
+                        "benchmarks/results/ to the merge)")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="report the runs that --out wrote (say, "
                         "parts of the work run side by side) as one, and run nothing")
     args = parser.parse_args()
@@ -263,7 +279,7 @@ def main() -> None:
     if args.merge:
         report([json.loads(Path(path).read_text()) for path in args.merge])
         return
-    report([run(args)])
+    report([run(args)], write=not args.out)
 
 
 if __name__ == "__main__":

@@ -55,8 +55,11 @@ def preference_uncertainty(reward, items: list[Item]) -> torch.Tensor:
     1 - |2 P(a beats b) - 1|; given an ensemble (a list of models), 4 x the variance of the members'
     P(a beats b), which is 1 when half are sure of a and half of b."""
     if isinstance(reward, (list, tuple)):
-        return 4.0 * torch.stack([preference_probability(member, items) for member in reward]).var(dim=0,
-                                                                                                   correction=0)
+        if len(reward) < 2:
+            raise ValueError(f"an ensemble needs 2 or more reward models to disagree, not {len(reward)}; "
+                             "pass a single reward model itself (not in a list) for its own uncertainty")
+        probabilities = torch.stack([preference_probability(member, items) for member in reward])
+        return 4.0 * probabilities.var(dim=0, correction=0)
     return 1.0 - (2.0 * preference_probability(reward, items) - 1.0).abs()  # (N,)
 
 

@@ -16,15 +16,18 @@ trainers fit the lab as they are, so we wrap them rather than write our own:
   sum) plugs in, through `checked_scores`: TRL would average a NaN away, we name the reward;
 - they take callbacks, so `LivePlot` draws reward, KL and length as they train.
 
-A step is our PPO's: one batch of `batch_size` sampled completions, trained on for `ppo_epochs`
-passes of `mini_batch_size` (TRL's `steps_per_generation` and `num_iterations`). TRL's defaults
-take one optimizer step per batch, an eighth of PPO's at our sizes: 6 such steps left the tiny
-model where SFT was (gold win-rate 50.0%, KL 0.00), so the methods were not compared like for like.
+A step is sized like our PPO's: one batch of `batch_size` sampled completions, trained on for
+`ppo_epochs` passes of `mini_batch_size` (TRL's `steps_per_generation` and `num_iterations`). TRL's
+defaults take one optimizer step per batch, an eighth of PPO's at our sizes: 6 such steps left the
+tiny model where SFT was (gold win-rate 50.0%, KL 0.00), so the methods were not compared like for
+like. Two differences stay: TRL splits a sampled batch into minibatches once and reuses the split
+every pass (our PPO reshuffles each epoch), and its learning rate follows a cosine decay (PPO's is
+constant by default).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trl
@@ -55,8 +58,9 @@ class CriticFreeConfig:
     beta: float = 0.05  # weight of the KL penalty to the reference (TRL's RLOO default; GRPO's is 0)
     max_completion_length: int = 32  # most tokens sampled per response
     temperature: float = 1.0  # sampling temperature
-    logging_steps: int = 1  # log (and plot) every this many steps
+    logging_steps: int = 1  # log (and plot) every this many optimizer steps (batch / minibatch x epochs per step)
     seed: int = 0
+    optimizer_steps: int = field(init=False)  # derived: TRL's max_steps
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -67,14 +71,14 @@ class CriticFreeConfig:
         if self.batch_size % self.num_generations:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_generations "
                              f"({self.num_generations}): every prompt's group is sampled in one batch")
-        if self.batch_size % self.mini_batch_size or self.ppo_epochs < 1:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size "
-                             f"({self.mini_batch_size}), and ppo_epochs ({self.ppo_epochs}) at least 1")
-
-    @property
-    def optimizer_steps(self) -> int:
-        """TRL's max_steps: every sampled batch is split into minibatches, each taken ppo_epochs times."""
-        return self.max_steps * self.batch_size // self.mini_batch_size * self.ppo_epochs if self.max_steps > 0 else -1
+        if self.mini_batch_size < 1 or self.batch_size % self.mini_batch_size:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a whole number of minibatches: set "
+                             f"mini_batch_size to a divisor of it, not {self.mini_batch_size}")
+        if self.ppo_epochs < 1:
+            raise ValueError(f"ppo_epochs is the passes over each sampled batch, at least 1, not {self.ppo_epochs}")
+        # TRL's max_steps counts optimizer steps: each sampled batch gives (batch / minibatch) x epochs of them
+        self.optimizer_steps = (self.max_steps * self.batch_size // self.mini_batch_size * self.ppo_epochs
+                                if self.max_steps > 0 else -1)
 
 
 @dataclass
@@ -94,6 +98,17 @@ def trl_reward(reward):
 
     score.__name__ = getattr(reward, "__name__", type(reward).__name__)  # TRL logs rewards/<name>/mean
     return score
+
+
+def critic_free_args(trl_config_class, config: CriticFreeConfig, device):
+    """TRL's RLOOConfig / GRPOConfig for `config`. No activation recomputation, even on a GPU: TRL samples
+    the groups with the model it trains, and checkpointing in training mode turns transformers' KV cache
+    off, so every sampled token would run the whole sequence again."""
+    return trl_args(trl_config_class, config, device, recompute=False, max_steps=config.optimizer_steps,
+                    per_device_train_batch_size=config.mini_batch_size,
+                    steps_per_generation=config.batch_size // config.mini_batch_size,
+                    num_iterations=config.ppo_epochs, num_generations=config.num_generations, beta=config.beta,
+                    max_completion_length=config.max_completion_length, temperature=config.temperature)
 
 
 def train_critic_free(policy: Policy, prompts: list[str], reward, config: CriticFreeConfig | None = None, *,
@@ -119,11 +134,7 @@ def train_critic_free(policy: Policy, prompts: list[str], reward, config: Critic
     trl_config, trl_trainer = METHODS[config.method]
     output_dir = Path(config.output_dir)
     live = live or LivePlot(output_dir, title=config.method.upper(), layout="critic_free")
-    args = trl_args(trl_config, config, policy.device, recompute=False, max_steps=config.optimizer_steps,
-                    per_device_train_batch_size=config.mini_batch_size,
-                    steps_per_generation=config.batch_size // config.mini_batch_size, num_iterations=config.ppo_epochs,
-                    num_generations=config.num_generations, beta=config.beta,
-                    max_completion_length=config.max_completion_length, temperature=config.temperature)
+    args = critic_free_args(trl_config, config, policy.device)
     trainer = trl_trainer(model=policy.model, reward_funcs=[trl_reward(reward)], args=args,
                           train_dataset=chat_dataset([{"prompt": p} for p in prompts], ()),
                           processing_class=policy.tokenizer, callbacks=[live])

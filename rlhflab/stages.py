@@ -97,6 +97,11 @@ class RLHFConfig:
         if self.rounds < 1 or self.labels_per_round < 1:
             raise ValueError("the loop needs at least 1 round and 1 label per round")
 
+    @property
+    def ppo_mini_batch_size(self) -> int:
+        """Responses per gradient step of PPO, NLPO, RLOO and GRPO: two minibatches per sampled batch."""
+        return self.ppo_batch_size // 2
+
     @classmethod
     def quick(cls, out_dir: str, **overrides) -> RLHFConfig:
         settings = dict(out_dir=out_dir, rounds=2, n_demonstrations=64, labels_per_round=96, ppo_steps=4,
@@ -203,7 +208,7 @@ def ppo_trainer(world, gold, config: RLHFConfig, sft_dir: Path, reward_dir: Path
     reward = (load_reward_model(str(reward_dir), quantization=config.quantization) if separate_reward
               else SharedReward(policy, reward_dir))
     ppo_config = PPOConfig(output_dir=str(out or Path(config.out_dir) / "ppo"), steps=first_step + config.ppo_steps,
-                           batch_size=config.ppo_batch_size, mini_batch_size=config.ppo_batch_size // 2,
+                           batch_size=config.ppo_batch_size, mini_batch_size=config.ppo_mini_batch_size,
                            learning_rate=config.ppo_learning_rate, kl_coef=config.kl_coef,
                            target_kl=config.target_kl, kl_horizon=50 * config.ppo_batch_size,
                            response_length=config.response_length, seed=config.seed if seed is None else seed,
@@ -236,7 +241,7 @@ def policy_stage(method: str, world, gold, config: RLHFConfig, *, sft_dir: Path,
         reward = load_reward_model(str(reward_dir), quantization=config.quantization)
         train_critic_free(policy, ppo_prompts(world, config), reward, CriticFreeConfig(
             method=method, output_dir=str(out), max_steps=config.ppo_steps, batch_size=config.ppo_batch_size,
-            mini_batch_size=config.ppo_batch_size // 2,
+            mini_batch_size=config.ppo_mini_batch_size,
             num_generations=config.group_size, learning_rate=config.ppo_learning_rate, beta=config.critic_free_beta,
             max_completion_length=config.response_length, seed=seed), live=live)
     elif method == "dpo":

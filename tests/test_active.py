@@ -61,6 +61,8 @@ def test_an_ensemble_picks_the_pairs_its_members_disagree_on_not_the_close_ones(
     batch = choose_items(pool, 2, reward=ensemble, config=ActiveConfig(random_share=0.0))
     assert [item.item_id for item in batch] == [pool[4].item_id, pool[3].item_id]
     assert preference_uncertainty([PrefersLonger(1.0)] * 3, pool).max() == pytest.approx(0.0)  # all agree
+    with pytest.raises(ValueError, match="an ensemble needs 2 or more reward models"):
+        preference_uncertainty([PrefersLonger(1.0)], pool)
 
 
 def test_without_a_reward_model_the_batch_is_random_and_skips_stored_items(tmp_path):

@@ -9,11 +9,10 @@ import pytest
 import trl
 
 from rlhflab import load_policy
-from rlhflab.critic_free import CriticFreeConfig, train_critic_free, trl_reward
+from rlhflab.critic_free import CriticFreeConfig, critic_free_args, train_critic_free, trl_reward
 from rlhflab.reward import load_reward_model
 from rlhflab.reward_functions import WeightedReward, length_reward
 from rlhflab.stages import evaluate, load, ppo_prompts, sft_baseline
-from rlhflab.training import trl_args
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +51,10 @@ def test_bad_settings_and_bad_rewards_are_named():
         CriticFreeConfig(batch_size=6, num_generations=4)
     with pytest.raises(ValueError, match="num_generations must be 2 or more"):
         CriticFreeConfig(num_generations=1, batch_size=4)
-    with pytest.raises(ValueError, match="mini_batch_size"):
+    with pytest.raises(ValueError, match="mini_batch_size to a divisor of it, not 6"):
         CriticFreeConfig(batch_size=16, mini_batch_size=6)
+    with pytest.raises(ValueError, match="ppo_epochs is the passes"):
+        CriticFreeConfig(ppo_epochs=0)
 
     def sometimes_nan(prompts, responses):
         return [float("nan")] * len(responses)
@@ -73,5 +74,7 @@ def test_arguments_build_where_transformers_has_only_the_old_checkpointing_name(
                   if f.name != "activation_checkpointing"]
     OldRLOOConfig = dataclasses.make_dataclass("OldRLOOConfig", old_fields)
     config = CriticFreeConfig(method="rloo", output_dir=str(tmp_path), max_steps=3)
-    args = trl_args(OldRLOOConfig, config, "cpu", recompute=False, max_steps=config.optimizer_steps)
+    args = critic_free_args(OldRLOOConfig, config, "cpu")
     assert args.gradient_checkpointing is False and args.max_steps == 3 * 2 * 4
+    new = critic_free_args(trl.RLOOConfig, config, "cpu")  # the installed transformers: the TRL config validates
+    assert new.generation_batch_size == 16 and new.steps_per_generation == 2 and new.num_iterations == 4
