@@ -57,8 +57,10 @@ def test_shipped_model_is_safetensors_under_20_mb():
 
 @pytest.mark.slow
 def test_wheel_holds_model_and_widgets(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(ROOT)], check=True)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, text=True)
+    # the notebooks' install cell shows what the build prints: setuptools' boxed warning read as a failure
+    assert "would be ignored" not in build.stdout + build.stderr, build.stderr[-2000:]
     names = zipfile.ZipFile(next(tmp_path.glob("rlhflab-*.whl"))).namelist()
     assert "rlhflab/tiny/model/model.safetensors" in names
     assert "rlhflab/tiny/model/tokenizer.json" in names
