@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from ppo_vs_trl import BATCH, EPOCHS, MEMORY, RESPONSE_LENGTH, build_models, prompts, smollm2_models, while_sampling
+from ppo_vs_trl import (BATCH, EPOCHS, MEMORY, RESPONSE_LENGTH, build_models, prompts, run_worker, smollm2_models,
+                        while_sampling)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("ppo", "rloo", "grpo")
@@ -63,14 +63,6 @@ def train(method: str, model_dir: Path, steps: int) -> dict:
             "rss_anon_mb": run["rss_anon_mb"]}
 
 
-def measure(method: str, model_dir: Path, steps: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "worker", method, str(model_dir), str(steps)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{method} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     if sys.argv[1:2] == ["worker"]:
         method, model_dir, steps = sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
@@ -87,7 +79,8 @@ def main() -> None:
         model_dir = smollm2_models(root) if args.model == "smollm2" else build_models(root, **MEMORY)
         for repeat in range(args.repeats):
             for method in METHODS:
-                runs[method].append(measure(method, model_dir, args.steps))
+                worker = [method, str(model_dir), str(args.steps)]
+                runs[method].append(run_worker(Path(sys.executable), worker, script=Path(__file__)))
                 print(f"repeat {repeat + 1}: {method}: {json.dumps(runs[method][-1])}", flush=True)
     ppo = {key: statistics.median(r[key] for r in runs["ppo"]) for key in ("samples_per_s", "rss_anon_mb")}
     print(f"\n## RLOO and GRPO vs our PPO, {args.model}, LoRA, batch {BATCH} x {RESPONSE_LENGTH} tokens, "

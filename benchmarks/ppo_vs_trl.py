@@ -153,8 +153,9 @@ def smollm2_models(root: Path) -> Path:
     return root
 
 
-def run_worker(python: Path, args: list[str]) -> dict:
-    out = subprocess.run([str(python), str(Path(__file__).resolve()), "worker", *args], capture_output=True, text=True)
+def run_worker(python: Path, args: list[str], script: Path = Path(__file__)) -> dict:
+    """`script worker ARGS...` in a fresh `python` process: the JSON its last line prints."""
+    out = subprocess.run([str(python), str(script.resolve()), "worker", *args], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

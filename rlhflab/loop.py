@@ -302,20 +302,21 @@ def active_vs_random(world, gold, config: RLHFConfig, batches: int = 4, ensemble
                                               config=shares))
             loop.label()
             _, reward_model = loop.fit_reward(batch)
+            pairs = trl_rows(loop.store)  # the decided labels, as training pairs
             picker = reward_model
             if strategy == "ensemble" and batch < batches:  # the members only pick the next batch
-                picker = [reward_model] + [bootstrap_reward(loop, batch, member) for member in range(1, ensemble)]
+                members = [bootstrap_reward(loop, pairs, batch, member) for member in range(1, ensemble)]
+                picker = [reward_model, *members]
             accuracy = evaluate_reward_model(reward_model, heldout_pairs)["metrics"]["eval/accuracy"]
             labels = len(loop.store.labels())
             rows.append({"strategy": strategy, "batch": batch, "labels": labels,
                          "reward/gold_agreement_sft_samples": accuracy,
-                         "decided_share": len(trl_rows(loop.store)) / labels})  # the rest: ties and 'both bad'
+                         "decided_share": len(pairs) / labels})  # the rest: ties and 'both bad'
     return pd.DataFrame(rows)
 
 
-def bootstrap_reward(loop: RLHFLoop, batch: int, member: int):
-    """A reward model on a resample (with replacement) of the loop's training pairs: one ensemble member."""
-    rows = trl_rows(loop.store)
+def bootstrap_reward(loop: RLHFLoop, rows: list[dict], batch: int, member: int):
+    """A reward model on a resample (with replacement) of the training pairs `rows`: one ensemble member."""
     draw = random.Random(f"bootstrap:{loop.config.seed}:{batch}:{member}")
     resample = [rows[draw.randrange(len(rows))] for _ in rows]
     out = loop.out_dir / f"round_{batch}" / f"reward_member_{member}"

@@ -553,9 +553,7 @@ class LabelStore:
                           or self._next_open(conn, annotator, now, exclude))
                 if chosen is None:
                     return None
-                conn.execute(insert(leases_table), [{"project": self.project, "item_id": chosen,
-                                                      "annotator": annotator,
-                                                      "expires_at": now + self.config.lease_seconds}])
+                conn.execute(insert(leases_table), [self._lease(chosen, annotator, now)])
                 return conn.execute(select(items_table).where(items_table.c.project == self.project,
                                                               items_table.c.item_id == chosen)).mappings().one()
 
@@ -577,12 +575,15 @@ class LabelStore:
                 live = conn.scalar(select(lease.id).where(lease.project == self.project, lease.item_id == item_id,
                                                           lease.annotator == annotator, lease.expires_at > now).limit(1))
                 if live is not None:
-                    conn.execute(insert(leases_table), [{"project": self.project, "item_id": item_id,
-                                                          "annotator": annotator,
-                                                          "expires_at": now + self.config.lease_seconds}])
+                    conn.execute(insert(leases_table), [self._lease(item_id, annotator, now)])
                 return live is not None
 
         return self._retrying(renew)
+
+    def _lease(self, item_id: str, annotator: str, now: float) -> dict:
+        """A lease row: `item_id` is `annotator`'s for `config.lease_seconds` from `now`."""
+        return {"project": self.project, "item_id": item_id, "annotator": annotator,
+                "expires_at": now + self.config.lease_seconds}
 
     def _next_open(self, conn: Connection, annotator: str, now: float, exclude) -> str | None:
         """A new item for `annotator`: gold only until they pass the qualification round; then gold at
