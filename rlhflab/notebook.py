@@ -119,10 +119,22 @@ def replaced_under_the_kernel() -> list[str]:
             on_disk = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
-        running = getattr(module, "__version__", on_disk)
-        if running != on_disk:
+        running = str(getattr(module, "__version__", on_disk))
+        if not same_release(running, on_disk):
             replaced.append(f"{name} {running} -> {on_disk}")
     return replaced
+
+
+def same_release(running: str, on_disk: str) -> bool:
+    """Whether two version strings name one release. A build tag such as '+cu130' counts only when both
+    carry one: some images install CUDA torch under metadata that omits it ('2.11.0' for '2.11.0+cu130')."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        a, b = Version(running), Version(on_disk)
+    except InvalidVersion:
+        return running == on_disk
+    return a.public == b.public and (a.local == b.local or a.local is None or b.local is None)
 
 
 def label_store(url: str, drive: bool = False) -> str:

@@ -1,6 +1,7 @@
 """Every notebook runs headless, top to bottom, with small settings; the quickstart's report reads well
 in a real browser."""
 
+import importlib.metadata
 import os
 import re
 import subprocess
@@ -213,6 +214,26 @@ def test_setup_stops_when_the_install_replaced_a_library_the_kernel_had_loaded(m
     with pytest.raises(RuntimeError, match=r"upgraded ipywidgets 7\.7\.1 -> 8\.\S+ while this kernel still runs the "
                                            r"old version; restart it \(Colab: Runtime > Restart session"):
         setup("tiny")
+
+
+def test_setup_runs_where_torch_metadata_omits_the_cuda_build_tag(monkeypatch):
+    """On the lent GPU image torch says '2.11.0+cu130' while its metadata says '2.11.0': no upgrade happened, so
+    setup must not ask for a restart (it did, and every notebook stopped in its first cell)."""
+    import types
+
+    from rlhflab import notebook
+
+    on_disk = importlib.metadata.version("torch")
+    public = on_disk.split("+")[0]
+    monkeypatch.setattr(notebook.importlib.metadata, "version",
+                        lambda name: public if name == "torch" else importlib.metadata.distribution(name).version)
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__=f"{public}+cu130"))
+    assert notebook.replaced_under_the_kernel() == []
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="1.0.0+cu130"))
+    assert notebook.replaced_under_the_kernel() == [f"torch 1.0.0+cu130 -> {public}"]  # a real change still stops
+    monkeypatch.setattr(notebook.importlib.metadata, "version", lambda name: f"{public}+cpu")
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__=f"{public}+cu130"))
+    assert notebook.replaced_under_the_kernel() == [f"torch {public}+cu130 -> {public}+cpu"]  # CUDA build swapped for CPU
 
 
 def test_label_store_says_whether_labels_outlive_the_session(tmp_path, monkeypatch, capsys):

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -268,6 +269,39 @@ def postgres_url():
 
 def test_four_processes_into_postgres_lose_and_duplicate_nothing(postgres_url):
     run_concurrently(postgres_url)
+
+
+def label_the_queue(url: str, project: str, overlap: int, annotator: str, start, done):
+    """Take items from the queue and label each at once, until none is left for `annotator`; send the items."""
+    store = LabelStore(url, project, StoreConfig(overlap=overlap))
+    start.wait()
+    labelled = []
+    while (item := store.next_item(annotator)) is not None:
+        store.record(item.item_id, annotator, choice="a", strength="clearly", shown_order=[0, 1])
+        labelled.append(item.item_id)
+    done.put(labelled)
+
+
+@pytest.mark.parametrize("overlap", [1, 2])
+def test_annotators_asking_at_once_are_never_handed_an_item_beyond_its_overlap(postgres_url, overlap):
+    """Postgres assigns without a project-wide lock (each annotator claims one item); six processes asking at
+    once must still give every item exactly `overlap` labels, never one more."""
+    project = f"claims-{overlap}"
+    LabelStore(postgres_url, project).add_items([pair(n) for n in range(40)])
+    start, done = FORK.Event(), FORK.Queue()
+    workers = [FORK.Process(target=label_the_queue, args=(postgres_url, project, overlap, f"w{k}", start, done))
+               for k in range(6)]
+    for worker in workers:
+        worker.start()
+    start.set()
+    handed = [done.get(timeout=240) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    per_item = Counter(item_id for items in handed for item_id in items)
+    assert sorted(set(per_item.values())) == [overlap] and len(per_item) == 40
+    assert all(len(set(items)) == len(items) for items in handed)  # nobody got one item twice
+    assert sum(1 for items in handed if items) >= 2  # the annotators really did share the queue
 
 
 def test_postgres_store_derives_the_same_view(postgres_url):
