@@ -170,10 +170,11 @@ def earlier_output(path: str | Path, what: str, notebook: str, otherwise: str,
     """`path` when the earlier `notebook` left `what` there, else None; prints which, and what this notebook
     does `otherwise`, so a participant who skipped a notebook knows the next one still runs.
 
-    `marker` is the file inside the directory `path` that a finished save writes last or alone (peft's
-    adapter_config.json), so a half-written directory is not reused; None when `path` is itself the file.
+    When `path` is a directory, `marker` is the file inside it that a finished save writes last or alone
+    (peft's adapter_config.json), so a half-written directory is not reused. A file (a label store) is the
+    output itself.
     """
-    found = Path(path) / marker if marker else Path(path)
+    found = Path(path) / marker if marker and Path(path).is_dir() else Path(path)
     if found.is_file():
         print(f"reusing the {what} of {notebook}: {path}")
         return Path(path)
