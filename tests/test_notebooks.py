@@ -14,6 +14,7 @@ import pytest
 
 from rlhflab.demo import CHROMIUM
 from rlhflab.notebook import INSTALL, run_notebook
+from rlhflab.store import LabelStore
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 SHARED = Path(__file__).parent.parent.parent / "shared"
@@ -110,6 +111,20 @@ def test_notebooks_point_where_they_should():
     assert "trainer.resume(checkpoint)" in text["04_ppo.ipynb"]
     assert 'earlier_output(FROM_03, "SFT adapter and reward model", "03_reward"' in text["04_ppo.ipynb"]
     assert 'earlier_output(LABELS_02, "labels", "02_label"' in text["03_reward.ipynb"]
+
+
+def test_each_notebook_states_the_times_the_readme_states():
+    """Issue 15: the notebooks and the README disagreed on how long each notebook takes. Each notebook's
+    introduction now gives its time measured at the defaults and at QUICK, and the README's table the same."""
+    measured = re.compile(r"\*\*Time on a 2-core CPU\*\* \(measured, `make pages`\): ([\d.]+ min) at the defaults, "
+                          r"([\d.]+ min) with `QUICK = True`\.")
+    readme = (NOTEBOOKS.parent / "README.md").read_text()
+    for name in QUICK:
+        intro = notebook_cells(name)[0].source
+        [(defaults, quick)] = measured.findall(intro)
+        assert not re.search(r"(?i)about (a|\w+) minutes? on", intro), name  # the old, unmeasured estimates
+        [row] = [line for line in readme.splitlines() if line.startswith(f"| `{name}` |")]
+        assert row.endswith(f"| {defaults} | {quick} |"), (name, row)
 
 
 def test_labels_and_team_stores_of_the_notebooks_stay_out_of_git():
@@ -266,6 +281,18 @@ def test_earlier_output_is_reused_only_when_finished(tmp_path, capsys):
     (adapter / "adapter_config.json").write_text("{}")
     assert earlier_output(adapter, "SFT adapter", "01_sft", "training one here") == adapter
     assert "reusing the SFT adapter of 01_sft" in capsys.readouterr().out
+
+
+def test_the_labels_of_02_are_reused_by_03(tmp_path, capsys):
+    """03_reward passes 02_label's store file, which has no adapter_config.json inside it: in a `make pages` run
+    03 said "02_label did not run here" beside 02's labels and trained without them."""
+    from rlhflab.notebook import earlier_output
+
+    labels = tmp_path / "labels/02_label.db"
+    labels.parent.mkdir()
+    LabelStore(labels, project="02_label").close()
+    assert earlier_output(labels, "labels", "02_label", "the gold annotator's labels alone train it") == labels
+    assert "reusing the labels of 02_label" in capsys.readouterr().out
 
 
 def test_known_harmless_library_messages_stay_out_and_others_still_show():
