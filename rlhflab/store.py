@@ -75,7 +75,6 @@ CHOICES = ("a", "b", "tie", "both_bad")  # of a pair; 'a' / 'b' name the respons
 # KTO learns from it (rlhflab.exports.kto_rows). Undo and edit work on it as on any other label.
 RATINGS = ("up", "down")
 STRENGTHS = ("slightly", "clearly", "much")
-CANDIDATES = 8  # open items one look fetches on Postgres, tried in queue order until one is claimed
 
 
 @dataclass
@@ -293,8 +292,9 @@ class LabelStore:
 
     def _write(self, serialise: bool = True, durable: bool = True):
         """A write transaction. SQLite always takes the database's write lock; on Postgres, `serialise`
-        takes a per-project lock (schema and items; assignment locks single items, and appends need none),
-        and `durable=False` commits without waiting for the disk (leases: a crash only returns the item)."""
+        takes a per-project lock so that assignment cannot race (plain appends need none), and
+        `durable=False` commits without waiting for the disk (leases: a crash only returns their items to
+        the queue), so the lock is held for no fsync."""
         return _WriteTransaction(self, serialise, durable)
 
     def _read(self):
@@ -549,12 +549,11 @@ class LabelStore:
         Their own live lease comes first (a reload resumes the item on screen); then the oldest item
         they have not answered that is gold, or whose labels plus others' live leases are fewer than
         `overlap`. Each is one indexed query on the derived tables, whatever the length of the log.
-        On Postgres annotators do not wait for each other: each claims a single item (`_claim`).
         """
         annotator, now = annotator_name(annotator), time.time()
 
         def assign():
-            with self._write(serialise=False, durable=False) as conn:
+            with self._write(durable=False) as conn:
                 chosen = (self._own_lease(conn, annotator, now, exclude)
                           or self._next_open(conn, annotator, now, exclude))
                 if chosen is None:
@@ -577,8 +576,7 @@ class LabelStore:
         lease = leases_table.c
 
         def renew():
-            with self._write(serialise=False, durable=False) as conn:
-                self._lock_items(conn, [item_id])  # no assignment of this item sees the lease expired meanwhile
+            with self._write(durable=False) as conn:
                 live = conn.scalar(select(lease.id).where(lease.project == self.project, lease.item_id == item_id,
                                                           lease.annotator == annotator, lease.expires_at > now).limit(1))
                 if live is not None:
@@ -671,57 +669,25 @@ class LabelStore:
     def _oldest_open(self, conn: Connection, annotator: str, now: float, exclude,
                      gold: bool | None = None) -> str | None:
         """The oldest gold item, or item with v < overlap labels for some v, that `annotator` may take
-        (`gold`: only gold items, or only real ones). A real item is `_claim`ed first."""
-        c = coverage_table.c
+        (`gold`: only gold items, or only real ones)."""
+        c, lease = coverage_table.c, leases_table.c
         base = select(c.item_id, c.position).where(c.project == self.project, ~self._answered(annotator, c.item_id))
         if exclude:
             base = base.where(c.item_id.not_in(list(exclude)))
-        gold_item = conn.execute(base.where(c.gold).order_by(c.position).limit(1)).first() if gold is not False else None
+        found = [conn.execute(base.where(c.gold).order_by(c.position).limit(1)).first()] if gold is not False else []
         if gold:
-            return gold_item.item_id if gold_item is not None else None
-        while True:
-            candidates = self._open(conn, base, annotator, now, limit=1 if self.is_sqlite else CANDIDATES)
-            if gold_item is not None and (not candidates or gold_item.position < candidates[0].position):
-                return gold_item.item_id  # gold goes to everyone: nothing to claim
-            if not candidates:
-                return None
-            claimed = self._claim(conn, base, annotator, now, [row.item_id for row in candidates])
-            if claimed is not None:
-                return claimed
-
-    def _open(self, conn: Connection, base, annotator: str, now: float, limit: int) -> list:
-        """Up to `limit` real items of `base` (item_id, position) in queue order whose labels plus others'
-        live, unanswered leases are fewer than `overlap`."""
-        c, lease = coverage_table.c, leases_table.c
+            return found[0].item_id if found[0] is not None else None
         # Others holding a live lease and no answer yet count toward the overlap, so that two annotators
         # are not handed the last open slot of one item at once.
         leased_by_others = (select(func.count(distinct(lease.annotator))).where(
             lease.project == self.project, lease.item_id == c.item_id, lease.expires_at > now,
             lease.annotator != annotator, ~self._answered(lease.annotator, lease.item_id)).scalar_subquery())
-        found = []
         for labels in range(self.config.overlap):  # one index range per count: each walks in queue order
-            found += conn.execute(base.where(~c.gold, c.labels == labels,
-                                             leased_by_others < self.config.overlap - labels)
-                                  .order_by(c.position).limit(limit)).all()
-        return sorted(found, key=lambda row: row.position)[:limit]
-
-    def _claim(self, conn: Connection, base, annotator: str, now: float, item_ids: list[str]) -> str | None:
-        """The first of `item_ids` that is still open once this transaction holds its lock (None: look again).
-
-        SQLite's write lock already serialises assignment. On Postgres each item has its own lock, held to
-        commit, under which its leases are written: a candidate another annotator is claiming is passed
-        over, and once every candidate was busy the first is waited for, so each look makes progress.
-        """
-        if self.is_sqlite:
-            return item_ids[0]
-        c = coverage_table.c
-        for item_id in item_ids:
-            project, [item] = self._lock_keys([item_id])
-            if (conn.scalar(select(func.pg_try_advisory_xact_lock(project, item)))
-                    and self._open(conn, base.where(c.item_id == item_id), annotator, now, limit=1)):
-                return item_id
-        self._lock_items(conn, item_ids[:1])
-        return item_ids[0] if self._open(conn, base.where(c.item_id == item_ids[0]), annotator, now, limit=1) else None
+            found.append(conn.execute(base.where(~c.gold, c.labels == labels,
+                                                 leased_by_others < self.config.overlap - labels)
+                                      .order_by(c.position).limit(1)).first())
+        found = [row for row in found if row is not None]
+        return min(found, key=lambda row: row.position).item_id if found else None
 
     def _lock_items(self, conn: Connection, item_ids):
         """On Postgres, wait for the items' locks (held to commit), in one order for every writer; SQLite's
