@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from .critic_free import CriticFreeConfig, train_critic_free
 from .dpo import DPOConfig, train_dpo
@@ -146,6 +147,7 @@ def sft_stage(world, config: RLHFConfig, out: str | Path | None = None, live: Li
     out = Path(out or Path(config.out_dir) / "sft")
     if not (out / ADAPTER_WEIGHTS).exists():
         demonstrations = world.demonstrations("train", config.n_demonstrations, seed=config.seed)
+        torch.manual_seed(config.seed)  # the new adapter's first weights follow the seed, not what ran before
         train_sft(load(config, trainable=True), demonstrations,
                   SFTConfig(output_dir=str(out), seed=config.seed, logging_steps=2), live=live)
     return out
@@ -172,6 +174,7 @@ def reward_stage(comparisons, config: RLHFConfig, baseline: Baseline, out: str |
                  live: LivePlot | None = None) -> RewardModel:
     """A fresh LoRA reward model on comparison rows (a store, its `trl_rows`, or any prompt / chosen /
     rejected rows), normalised to mean 0 and std 1 on SFT's held-out samples, and saved to `out`."""
+    torch.manual_seed(config.seed)  # the new adapter's and score head's first weights follow the seed
     reward_model = load_reward_model(config.base, lora=True, quantization=config.quantization)
     train_reward_model(reward_model, comparisons, RewardConfig(output_dir=str(out), epochs=config.reward_epochs,
                                                                seed=config.seed, logging_steps=10), live=live)
