@@ -690,20 +690,16 @@ class LabelStore:
         return min(found, key=lambda row: row.position).item_id if found else None
 
     def _lock_items(self, conn: Connection, item_ids):
-        """On Postgres, wait for the items' locks (held to commit), in one order for every writer; SQLite's
-        write lock is already held."""
-        if not self.is_sqlite:
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s, k) FROM (SELECT unnest(%s::int4[]) AS k ORDER BY k) "
-                                 "AS ordered", self._lock_keys(item_ids))
-
-    def _lock_keys(self, item_ids) -> tuple[int, list[int]]:
-        """The int4 key pair of each item's advisory lock: the project's key and the items' sorted keys (a
-        space apart from the project lock's one bigint key). Two items that share a key only wait for each other."""
+        """On Postgres, wait for the items' advisory locks (held to commit), in one order for every writer; SQLite's
+        write lock is already held. Each lock is an int4 pair, the project's key and the item's (a space apart from
+        the project lock's one bigint key); two items that share a key only wait for each other."""
         def int4(text: str) -> int:
             key = zlib.crc32(text.encode())
             return key - 2**32 if key >= 2**31 else key
 
-        return int4(self.project), sorted({int4(item_id) for item_id in item_ids})
+        if not self.is_sqlite:
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s, k) FROM (SELECT unnest(%s::int4[]) AS k ORDER BY k) "
+                                 "AS ordered", (int4(self.project), sorted({int4(item_id) for item_id in item_ids})))
 
     def progress(self, annotator: str | None = None) -> dict:
         """Items in the queue, items nobody has answered yet, answers in force per annotator; and for
