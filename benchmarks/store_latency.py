@@ -1,12 +1,16 @@
 """The store's label round trip at 100,000 events: `next_item` + `record`, p50 / p95 (goal: p95 <= 20 ms).
 
     .venv/bin/python benchmarks/store_latency.py [--events 100000] [--annotators 8] [--rounds 200]
-                                                 [--backends sqlite postgres] [--out FILE]
+                                                 [--pace 0.3] [--backends sqlite postgres] [--out FILE]
 
 For each backend the store is filled with `--events` labels (one per item, from the annotators in
 turn, written in batches), then `--annotators` forked processes label at once, each timing
 `--rounds` round trips: ask for the next item, then record a label on it, as the widget does on
-every click. Afterwards it checks that nothing was lost or duplicated: every event is stored once,
+every click. Between round trips each annotator looks at the item for `--pace` seconds: by default
+the widget's `min_view_ms`, the shortest time it lets an item be on screen before it takes a label,
+so this is 8 people labelling as fast as the widget allows. `--pace 0` is a stress test instead:
+every process asks again at once, so on a machine with fewer cores than annotators it measures how
+long a round trip waits for a core. Afterwards it checks that nothing was lost or duplicated: every event is stored once,
 and no item was handed to two annotators (overlap 1). Postgres is a throwaway local cluster
 (tests/test_store.py's `throwaway_postgres`), or RLHFLAB_POSTGRES_URL when set.
 """
@@ -19,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from test_store import throwaway_postgres
 
+from rlhflab.labeling import LabelerConfig
 from rlhflab.records import Item
 from rlhflab.store import LabelStore
 
@@ -43,12 +49,12 @@ def fill(url: str, project: str, events: int, annotators: int, rounds: int):
     item_ids = list(store.items())
     for start in range(0, events, FILL_BATCH):
         store.record_many([{"item_id": item_ids[n], "annotator": f"w{n % annotators}", "choice": "ab"[n % 2],
-                            "strength": "clearly", "shown_order": [n % 2, 1 - n % 2], "event_id": f"fill-{n:07d}"}
+                            "strength": "clearly", "shown_order": [n % 2, 1 - n % 2], "event_id": f"{project}-fill-{n:07d}"}
                            for n in range(start, min(start + FILL_BATCH, events))])
     store.close()
 
 
-def label(url: str, project: str, annotator: str, rounds: int, start, results):
+def label(url: str, project: str, annotator: str, rounds: int, pace: float, start, results):
     """Time `rounds` round trips of one annotator; send back the latencies (s) and the items labelled."""
     store = LabelStore(url, project)
     start.wait()
@@ -57,19 +63,20 @@ def label(url: str, project: str, annotator: str, rounds: int, start, results):
         began = time.perf_counter()
         shown = store.next_item(annotator)
         store.record(shown.item_id, annotator, choice="ab"[i % 2], strength="clearly", shown_order=[i % 2, 1 - i % 2],
-                     event_id=f"{annotator}-{i:05d}")
+                     event_id=f"{project}-{annotator}-{i:05d}")
         latencies.append(time.perf_counter() - began)
         labelled.append(shown.item_id)
+        time.sleep(pace)  # the person reads the next item
     results.put((annotator, latencies, labelled))
     store.close()
 
 
-def run(url: str, events: int, annotators: int, rounds: int) -> dict:
-    project = f"latency-{os.getpid()}-{time.time():.0f}"  # a fresh project, also in a database used before
+def run(url: str, events: int, annotators: int, rounds: int, pace: float) -> dict:
+    project = uuid.uuid4().hex[:8]  # a fresh project, also in a database used before; it prefixes the event ids
     fill(url, project, events, annotators, rounds)
     fork = multiprocessing.get_context("fork")
     start, results = fork.Event(), fork.Queue()
-    workers = [fork.Process(target=label, args=(url, project, f"w{k}", rounds, start, results)) for k in range(annotators)]
+    workers = [fork.Process(target=label, args=(url, project, f"w{k}", rounds, pace, start, results)) for k in range(annotators)]
     for worker in workers:
         worker.start()
     time.sleep(1.0)  # every worker has opened the store
@@ -83,14 +90,14 @@ def run(url: str, events: int, annotators: int, rounds: int) -> dict:
 
     store = LabelStore(url, project)
     stored = [e["event_id"] for e in store.events()]
-    expected = {f"fill-{n:07d}" for n in range(events)} | {f"w{k}-{i:05d}" for k in range(annotators)
+    expected = {f"{project}-fill-{n:07d}" for n in range(events)} | {f"{project}-w{k}-{i:05d}" for k in range(annotators)
                                                             for i in range(rounds)}
     assert len(stored) == len(set(stored)) == len(expected) and set(stored) == expected, "events lost or duplicated"
     assert max(labelled.values()) == 1, "an item was handed to two annotators"
     labels_per_item = Counter(label["item_id"] for label in store.labels())
     assert max(labels_per_item.values()) == 1 and sum(labels_per_item.values()) == len(expected)
     store.close()
-    return {"events_before": events, "annotators": annotators, "round_trips": len(latencies),
+    return {"events_before": events, "annotators": annotators, "pace_s": pace, "round_trips": len(latencies),
             "p50_ms": round(1000 * statistics.median(latencies), 2),
             "p95_ms": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 2),
             "max_ms": round(1000 * latencies[-1], 2)}
@@ -101,6 +108,8 @@ def main():
     parser.add_argument("--events", type=int, default=100_000, help="labels in the store before timing starts")
     parser.add_argument("--annotators", type=int, default=8, help="processes labelling at once")
     parser.add_argument("--rounds", type=int, default=200, help="timed round trips per annotator")
+    parser.add_argument("--pace", type=float, default=LabelerConfig().min_view_ms / 1000,
+                        help="seconds each annotator waits between round trips (0: all ask at once)")
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"])
     parser.add_argument("--out", type=Path, default=None, help="also write the figures here as JSON")
     args = parser.parse_args()
@@ -108,14 +117,14 @@ def main():
     for backend in args.backends:
         if backend == "sqlite":
             url = str(Path(tempfile.mkdtemp(prefix="rlhflab-latency-")) / "labels.db")
-            figures["sqlite"] = run(url, args.events, args.annotators, args.rounds)
+            figures["sqlite"] = run(url, args.events, args.annotators, args.rounds, args.pace)
         elif os.environ.get("RLHFLAB_POSTGRES_URL"):
-            figures["postgres"] = run(os.environ["RLHFLAB_POSTGRES_URL"], args.events, args.annotators, args.rounds)
+            figures["postgres"] = run(os.environ["RLHFLAB_POSTGRES_URL"], args.events, args.annotators, args.rounds, args.pace)
         else:
             with throwaway_postgres() as url:
                 if url is None:
                     sys.exit("no Postgres binaries here (apt-get install postgresql), and RLHFLAB_POSTGRES_URL is unset")
-                figures["postgres"] = run(url, args.events, args.annotators, args.rounds)
+                figures["postgres"] = run(url, args.events, args.annotators, args.rounds, args.pace)
         print(json.dumps({backend: figures[backend]}), flush=True)
     print(json.dumps(figures, indent=2))
     if args.out:

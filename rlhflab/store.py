@@ -3,7 +3,7 @@
 One SQLite file (WAL mode, fsync on every commit) holds a project on a laptop or a shared
 JupyterHub disk; a Postgres URL lets annotators on separate machines (Colab) label together.
 
-Three tables, all insert-only:
+Two tables, both insert-only:
 
     items    what can be labeled: a prompt and K responses (K = 2 for pairs, 1 for a reply to rate
              up or down), the policy that wrote each response, and optionally a gold answer for
@@ -11,21 +11,24 @@ Three tables, all insert-only:
     events   one row per action: label (a choice, a ranking or a rating), skip, flag_prompt (a bad
              prompt), undo, and decide (a reviewer's verdict on an item the annotators disagree on;
              see `rlhflab.exports.adjudication_queue`)
-    leases   "annotator X is looking at item Y until time T", so that an abandoned item goes back
-             to the queue when its lease runs out
 
 Nothing in them is updated in place or deleted. An edit is a new label for the same item; an undo is
 an event naming the event it cancels. The current view (`labels()`) is derived by folding the log, so
 every state the project ever had can be reconstructed. `record` returns only after the commit, so a
 label is durable before the widget shows the next item.
 
-Two more tables hold derived state, kept in step with the log inside every write transaction, so that
-a click reads a few indexed rows instead of replaying the whole log (`next_item`, `progress`,
-`recent`); both are rebuilt from the log when a store written before them is opened:
+Three more tables hold state that is not part of the record, kept in step inside every write
+transaction, so that a click reads a few indexed rows instead of replaying the whole log (`next_item`,
+`progress`, `recent`):
 
-    in_force   (item, annotator) -> the event in force: that annotator's answer on that item
-    coverage   per item: its queue position, whether it is gold, and how many annotators' answers
-               in force are labels
+    in_force     (item, annotator) -> the event in force: that annotator's answer on that item
+    coverage     per item: its queue position, whether it is gold, and how many annotators' answers
+                 in force are labels
+    open_leases  "annotator X is looking at item Y until time T", so that an abandoned item goes back
+                 to the queue when its lease runs out; the row goes when X answers Y
+
+The first two are rebuilt from the log when a store written before them is opened; a lease lost in an
+upgrade only lets its item be handed out once more.
 
 Assignment: each item should get `overlap` annotators. `next_item` hands an annotator the oldest item
 they have not labeled whose labels plus live leases by others are fewer than `overlap`; gold items
@@ -53,7 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (JSON, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
-                        bindparam, create_engine, delete, distinct, event, func, insert, inspect, select, update)
+                        bindparam, create_engine, delete, distinct, event, func, insert, inspect, literal, select, union_all,
+                        update)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -140,14 +144,13 @@ events_table = Table(
     Index("events_by_target", "target"),  # what undoes an event
 )
 leases_table = Table(
-    "leases", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("project", String(200), nullable=False, index=True),
+    "open_leases", metadata,  # current state, not a log: a row goes when its annotator answers the item
+    Column("project", String(200), nullable=False),
     Column("item_id", String(64), nullable=False),
     Column("annotator", String(200), nullable=False),
     Column("expires_at", Float, nullable=False),
-    Index("leases_by_item", "project", "item_id", "expires_at"),
-    Index("leases_by_annotator", "project", "annotator", "expires_at"),
+    UniqueConstraint("project", "item_id", "annotator"),  # also the index of "who holds this item"
+    Index("open_leases_by_annotator", "project", "annotator", "expires_at"),
 )
 in_force_table = Table(
     "in_force", metadata,
@@ -273,9 +276,8 @@ class LabelStore:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         with self._write() as conn:
             metadata.create_all(conn)
-            for table in (events_table, leases_table):  # create_all adds no index to a table that exists
-                for index in table.indexes:
-                    index.create(conn, checkfirst=True)
+            for index in events_table.indexes:  # create_all adds no index to a table that exists
+                index.create(conn, checkfirst=True)
             _add_missing_columns(conn, events_table)  # nor a column: stores written before shown_at
             count = func.count()
             if (conn.scalar(select(count).where(coverage_table.c.project == project))
@@ -469,10 +471,11 @@ class LabelStore:
         now = [{"project": self.project, "item_id": e["item_id"], "annotator": e["annotator"],
                 "event_id": e["event_id"], "action": e["action"], "event_row": e["id"]} for e in state.values() if e]
         if now:
-            upsert = (sqlite_insert if self.is_sqlite else postgresql_insert)(in_force_table)
-            conn.execute(upsert.on_conflict_do_update(
-                index_elements=["project", "item_id", "annotator"],
-                set_={k: upsert.excluded[k] for k in ("event_id", "action", "event_row")}), now)
+            self._upsert(conn, in_force_table, now, ["event_id", "action", "event_row"])
+            lease = leases_table.c  # an answered item's lease is done
+            conn.execute(delete(leases_table).where(lease.project == self.project, lease.item_id == bindparam("i"),
+                                                    lease.annotator == bindparam("a")),
+                         [{"i": e["item_id"], "a": e["annotator"]} for e in now])
         cov, g = coverage_table.c, in_force_table.alias()
         labels = select(func.count()).where(g.c.project == self.project, g.c.item_id == cov.item_id,
                                             g.c.action == "label").scalar_subquery()
@@ -481,6 +484,13 @@ class LabelStore:
         conn.execute(update(coverage_table).where(cov.project == self.project, cov.item_id == bindparam("i"),
                                                   cov.labels != labels)
                      .values(labels=labels), [{"i": item_id} for item_id in sorted({k[0] for k in state})])
+
+    def _upsert(self, conn: Connection, table: Table, rows: list[dict], changing: list[str]):
+        """Insert `rows` into `table`; a row whose (project, item_id, annotator) is there already has its
+        `changing` columns set instead."""
+        upsert = (sqlite_insert if self.is_sqlite else postgresql_insert)(table)
+        conn.execute(upsert.on_conflict_do_update(index_elements=["project", "item_id", "annotator"],
+                                                  set_={k: upsert.excluded[k] for k in changing}), rows)
 
     def skip(self, item_id: str, annotator: str, **kwargs) -> str:
         return self.record(item_id, annotator, action="skip", **kwargs)
@@ -548,19 +558,17 @@ class LabelStore:
 
         Their own live lease comes first (a reload resumes the item on screen); then the oldest item
         they have not answered that is gold, or whose labels plus others' live leases are fewer than
-        `overlap`. Each is one indexed query on the derived tables, whatever the length of the log.
+        `overlap`. All of it is one query of a few index ranges, whatever the length of the log.
         """
         annotator, now = annotator_name(annotator), time.time()
 
         def assign():
             with self._write(durable=False) as conn:
-                chosen = (self._own_lease(conn, annotator, now, exclude)
-                          or self._next_open(conn, annotator, now, exclude))
-                if chosen is None:
-                    return None
-                conn.execute(insert(leases_table), [self._lease(chosen, annotator, now)])
-                return conn.execute(select(items_table).where(items_table.c.project == self.project,
-                                                              items_table.c.item_id == chosen)).mappings().one()
+                chosen = self._first(conn, [[self._own_lease(annotator, now, exclude)],
+                                            *self._open_items(conn, annotator, now, exclude)])
+                if chosen is not None:
+                    self._upsert(conn, leases_table, [self._lease(chosen["item_id"], annotator, now)], ["expires_at"])
+                return chosen
 
         row = self._retrying(assign)
         return None if row is None else _item_of(row)
@@ -569,19 +577,15 @@ class LabelStore:
         """Keep `annotator`'s item: a live lease on `item_id` gets `config.lease_seconds` more from now, as the
         widget asks while the item stays on screen, so a slow reader is not handed a duplicate by the queue.
         Returns False when no lease is live (it expired, and the item may be someone else's now).
-
-        The renewal is one more lease row, not an UPDATE: the annotator role appends to the log tables only.
         """
         annotator, now = annotator_name(annotator), time.time()
         lease = leases_table.c
 
         def renew():
             with self._write(durable=False) as conn:
-                live = conn.scalar(select(lease.id).where(lease.project == self.project, lease.item_id == item_id,
-                                                          lease.annotator == annotator, lease.expires_at > now).limit(1))
-                if live is not None:
-                    conn.execute(insert(leases_table), [self._lease(item_id, annotator, now)])
-                return live is not None
+                return conn.execute(update(leases_table).where(
+                    lease.project == self.project, lease.item_id == item_id, lease.annotator == annotator,
+                    lease.expires_at > now).values(expires_at=now + self.config.lease_seconds)).rowcount > 0
 
         return self._retrying(renew)
 
@@ -590,19 +594,20 @@ class LabelStore:
         return {"project": self.project, "item_id": item_id, "annotator": annotator,
                 "expires_at": now + self.config.lease_seconds}
 
-    def _next_open(self, conn: Connection, annotator: str, now: float, exclude) -> str | None:
-        """A new item for `annotator`: gold only until they pass the qualification round; then gold at
-        `gold_rate` among the real items (either kind when the other has run out)."""
+    def _open_items(self, conn: Connection, annotator: str, now: float, exclude) -> list[list]:
+        """New items for `annotator`, as groups of candidates (see `_first`) in order of preference: gold
+        only until they pass the qualification round; then gold at `gold_rate` among the real items
+        (either kind when the other has run out)."""
         if self.config.qualification and annotator not in self._qualified:
             round_ = self._qualification(conn, annotator)
             if round_["passed"] is None:
-                chosen = self._oldest_open(conn, annotator, now, exclude, gold=True)
-                if chosen is None:
+                gold = self._oldest_open(annotator, now, exclude, gold=True)
+                if self._first(conn, [gold]) is None:
                     raise QualificationFailed(
                         f"{annotator!r} has labeled {round_['answered']} of the {round_['required']} gold items of "
                         f"the qualification round and none is left for them (skipped ones do not count): add gold "
                         f"items (Item(..., gold=...)) or lower StoreConfig.qualification")
-                return chosen
+                return [gold]
             if not round_["passed"]:
                 raise QualificationFailed(
                     f"{annotator!r} did not pass the qualification round: {round_['correct']} of "
@@ -611,10 +616,10 @@ class LabelStore:
                     f"to go over these items with you; no real items are served until then")
             self._qualified.add(annotator)
         if self.config.gold_rate is None:
-            return self._oldest_open(conn, annotator, now, exclude)
+            return [self._oldest_open(annotator, now, exclude)]
         gold = self._gold_due(conn, annotator)
-        return (self._oldest_open(conn, annotator, now, exclude, gold=gold)
-                or self._oldest_open(conn, annotator, now, exclude, gold=not gold))
+        return [self._oldest_open(annotator, now, exclude, gold=gold),
+                self._oldest_open(annotator, now, exclude, gold=not gold)]
 
     def _gold_due(self, conn: Connection, annotator: str) -> bool:
         """Whether the next new item should be gold: randomised rounding of `gold_rate` x answers, so the
@@ -657,37 +662,46 @@ class LabelStore:
         return select(f.c.item_id).where(f.c.project == self.project, f.c.item_id == item_id,
                                          f.c.annotator == annotator).exists()
 
-    def _own_lease(self, conn: Connection, annotator: str, now: float, exclude) -> str | None:
+    def _own_lease(self, annotator: str, now: float, exclude):
+        """A candidate (see `_first`): the annotator's oldest live lease on an item they have not answered."""
         lease, c = leases_table.c, coverage_table.c
-        query = (select(lease.item_id).join(coverage_table, (c.project == lease.project) & (c.item_id == lease.item_id))
+        query = (select(c.item_id, c.position).join(leases_table, (c.project == lease.project) & (c.item_id == lease.item_id))
                  .where(lease.project == self.project, lease.annotator == annotator, lease.expires_at > now,
                         ~self._answered(annotator, lease.item_id)).order_by(c.position).limit(1))
         if exclude:
             query = query.where(lease.item_id.not_in(list(exclude)))
-        return conn.scalar(query)
+        return query
 
-    def _oldest_open(self, conn: Connection, annotator: str, now: float, exclude,
-                     gold: bool | None = None) -> str | None:
-        """The oldest gold item, or item with v < overlap labels for some v, that `annotator` may take
-        (`gold`: only gold items, or only real ones)."""
+    def _oldest_open(self, annotator: str, now: float, exclude, gold: bool | None = None) -> list:
+        """Candidates (see `_first`) whose oldest is the oldest gold item, or item with v < overlap labels
+        for some v, that `annotator` may take (`gold`: only gold items, or only real ones)."""
         c, lease = coverage_table.c, leases_table.c
         base = select(c.item_id, c.position).where(c.project == self.project, ~self._answered(annotator, c.item_id))
         if exclude:
             base = base.where(c.item_id.not_in(list(exclude)))
-        found = [conn.execute(base.where(c.gold).order_by(c.position).limit(1)).first()] if gold is not False else []
+        found = [base.where(c.gold).order_by(c.position).limit(1)] if gold is not False else []
         if gold:
-            return found[0].item_id if found[0] is not None else None
+            return found
         # Others holding a live lease and no answer yet count toward the overlap, so that two annotators
         # are not handed the last open slot of one item at once.
-        leased_by_others = (select(func.count(distinct(lease.annotator))).where(
+        leased_by_others = (select(func.count()).where(
             lease.project == self.project, lease.item_id == c.item_id, lease.expires_at > now,
             lease.annotator != annotator, ~self._answered(lease.annotator, lease.item_id)).scalar_subquery())
         for labels in range(self.config.overlap):  # one index range per count: each walks in queue order
-            found.append(conn.execute(base.where(~c.gold, c.labels == labels,
-                                                 leased_by_others < self.config.overlap - labels)
-                                      .order_by(c.position).limit(1)).first())
-        found = [row for row in found if row is not None]
-        return min(found, key=lambda row: row.position).item_id if found else None
+            found.append(base.where(~c.gold, c.labels == labels, leased_by_others < self.config.overlap - labels)
+                         .order_by(c.position).limit(1))
+        return found
+
+    def _first(self, conn: Connection, preferences: list[list]):
+        """The item row (a mapping) of the best candidate, or None. A candidate is a query for at most one
+        (item_id, position); the first group of `preferences` with any wins, and within a group the oldest
+        in queue order. All of them run as one statement: each is an index range walked in queue order."""
+        ranked = union_all(*(select(literal(rank).label("rank"), found.c.item_id, found.c.position)
+                             for rank, group in enumerate(preferences) for found in (q.subquery() for q in group)))
+        best = ranked.subquery()
+        i = items_table.c
+        return conn.execute(select(items_table).join(best, (i.project == self.project) & (i.item_id == best.c.item_id))
+                            .order_by(best.c.rank, best.c.position).limit(1)).mappings().first()
 
     def _lock_items(self, conn: Connection, item_ids):
         """On Postgres, wait for the items' advisory locks (held to commit), in one order for every writer; SQLite's
@@ -816,11 +830,12 @@ class _WriteTransaction:
     def __enter__(self) -> Connection:
         self._context = self.store.engine.begin()
         conn = self._context.__enter__()
-        if not self.store.is_sqlite:
-            if not self.durable:
-                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+        if not self.store.is_sqlite:  # one statement for both: each costs a round trip to the server
+            settings = [func.set_config("synchronous_commit", "off", True)] if not self.durable else []
             if self.serialise:
-                conn.execute(select(func.pg_advisory_xact_lock(zlib.crc32(self.store.project.encode()))))
+                settings.append(func.pg_advisory_xact_lock(zlib.crc32(self.store.project.encode())))
+            if settings:
+                conn.execute(select(*settings))
         return conn
 
     def __exit__(self, *exc):
@@ -895,17 +910,17 @@ def _item_of(row) -> Item:
 
 def annotator_role_sql(database: str, role: str = "annotator") -> str:
     """SQL, for the database owner to run once, that creates a Postgres login for annotators which can add
-    items, labels and leases and read everything, but can never change or delete a stored label.
+    items and labels, take and renew leases, and read everything, but can never change or delete a stored label.
 
-    The derived tables (`in_force`, `coverage`) are writable, since every write keeps them in step; they
-    hold nothing that `LabelStore` cannot rebuild from the log. The owner opens the store once
+    The tables of current state (`in_force`, `coverage`, `open_leases`) are writable, since every write keeps
+    them in step; they hold nothing that `LabelStore` cannot rebuild from the log but live leases. The owner opens the store once
     (`LabelStore(url)`) first, so that the tables exist. No password is part of the SQL: the owner sets it
     in psql with `\\password <role>` and hands it over outside the notebook.
     """
     for name, value in (("database", database), ("role", role)):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}", value or ""):
             raise ValueError(f"{name} must be a plain Postgres name (letters, digits, _ or -), not {value!r}")
-    log, derived = "items, events, leases", "in_force, coverage"
+    log, derived = "items, events", "in_force, coverage, open_leases"
     return "\n".join([
         f"-- rlhflab: role {role!r} adds and reads labels in {database!r}, and can never change or delete one",
         f'CREATE ROLE "{role}" LOGIN;  -- then, in psql: \\password "{role}"',
@@ -913,8 +928,8 @@ def annotator_role_sql(database: str, role: str = "annotator") -> str:
         f'GRANT USAGE ON SCHEMA public TO "{role}";',
         f'REVOKE ALL ON {log}, {derived} FROM "{role}";',
         f'GRANT SELECT, INSERT ON {log} TO "{role}";  -- append-only: no UPDATE, no DELETE',
-        f'GRANT SELECT, INSERT, UPDATE, DELETE ON {derived} TO "{role}";  -- derived from the log, rebuilt from it',
-        f'GRANT USAGE, SELECT ON SEQUENCE items_id_seq, events_id_seq, leases_id_seq TO "{role}";',
+        f'GRANT SELECT, INSERT, UPDATE, DELETE ON {derived} TO "{role}";  -- current state, kept in step with the log',
+        f'GRANT USAGE, SELECT ON SEQUENCE items_id_seq, events_id_seq TO "{role}";',
     ]) + "\n"
 
 

@@ -80,7 +80,7 @@ def test_wheel_holds_model_and_widgets(tmp_path):
     assert (target / "bin" / "rlhflab").exists()
     out = subprocess.run([str(target / "bin" / "rlhflab"), "annotator-role", "--database", "labels"],
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(target)}, check=True)
-    assert 'GRANT SELECT, INSERT ON items, events, leases TO "annotator"' in out.stdout
+    assert 'GRANT SELECT, INSERT ON items, events TO "annotator"' in out.stdout
 
 
 def test_tiny_model_works_offline_from_a_fresh_interpreter():

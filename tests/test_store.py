@@ -148,6 +148,22 @@ def test_a_lease_holds_an_item_until_it_expires(tmp_path):
     assert store.next_item("cy").item_id == pair(0).item_id
 
 
+def test_an_answer_ends_its_lease_so_the_leases_a_click_reads_stay_few(tmp_path):
+    """Issue 14: every lease ever given stayed live for `lease_seconds` and every click read them all (2.1 ms
+    of a 13 ms Postgres round trip after 200 labels); an answer now ends its item's lease."""
+    from sqlalchemy import func, select
+
+    from rlhflab.store import leases_table
+    store = LabelStore(tmp_path / "l.db", config=StoreConfig(overlap=1))
+    store.add_items([pair(n) for n in range(5)])
+    on_screen = store.next_item("ada").item_id
+    for _ in range(3):  # the widget's queue asks past the item on screen
+        store.record(store.next_item("ada", exclude={on_screen}).item_id, "ada", choice="a")
+    with store.engine.connect() as conn:  # one lease left: the item on screen
+        assert conn.scalar(select(func.count()).select_from(leases_table)) == 1
+    assert store.next_item("ada").item_id == pair(0).item_id  # and ada resumes it
+
+
 def test_a_renewed_lease_keeps_the_item_while_it_is_on_screen(tmp_path):
     """Issue 14: the widget renews the lease of the item on screen, so a slow reader is not handed a duplicate."""
     store = LabelStore(tmp_path / "l.db", config=StoreConfig(overlap=1, lease_seconds=0.6))
