@@ -273,6 +273,8 @@ class LabelStore:
         self.project = project
         self.engine = engine_for(url, self.config)
         self._qualified: set[str] = set()  # annotators who passed the qualification round (it cannot be undone)
+        self._responses: dict[str, int] = {}  # item_id -> its number of responses (items never change)
+        self._statements: dict = {}  # see `_built`
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         with self._write() as conn:
             metadata.create_all(conn)
@@ -399,18 +401,19 @@ class LabelStore:
             for e in events]
         if not rows:
             return []
-        given = [e["event_id"] for e in events if e.get("event_id")]  # a fresh uuid needs no look-up
 
         def append():
-            # On Postgres (no lock here) an event_id another writer stores between the check and the
-            # insert fails the insert on its unique index, and the retry then finds it.
             with self._write(serialise=False) as conn:
                 self._check_items(conn, rows)
-                new = _new_events(rows, self._stored_events(conn, given))
-                if new:
-                    ids = dict(conn.execute(insert(events_table).returning(events_table.c.event_id, events_table.c.id),
-                                            new).all())
-                    self._keep_in_force(conn, [{**e, "id": ids[e["event_id"]]} for e in new])
+                new = _new_events(rows, {})  # the batch's own repeats
+                # An event_id stored before (by this writer or another, committed first) is left out here and
+                # compared below: a retry is stored once, the same id with other content is refused.
+                ids = dict(conn.execute(self._built("append", lambda: self._insert(events_table).on_conflict_do_nothing(
+                    index_elements=["event_id"]).returning(events_table.c.event_id, events_table.c.id)), new).all())
+                repeated = [e for e in new if e["event_id"] not in ids]
+                if repeated:
+                    _new_events(repeated, self._stored_events(conn, [e["event_id"] for e in repeated]))
+                self._keep_in_force(conn, [{**e, "id": ids[e["event_id"]]} for e in new if e["event_id"] in ids])
 
         self._retrying(append)
         return [r["event_id"] for r in rows]
@@ -418,17 +421,17 @@ class LabelStore:
     def _check_items(self, conn: Connection, rows: list[dict]):
         """Refuse events about items this project does not hold, and ratings of anything but a one-response item."""
         wanted = sorted({r["item_id"] for r in rows})
-        responses = {}
-        for chunk in _chunks(wanted):
-            responses.update(conn.execute(select(items_table.c.item_id, items_table.c.responses).where(
-                items_table.c.project == self.project, items_table.c.item_id.in_(chunk))).all())
+        for chunk in _chunks([item_id for item_id in wanted if item_id not in self._responses]):  # new to this store
+            self._responses.update((item_id, len(responses)) for item_id, responses in conn.execute(
+                select(items_table.c.item_id, items_table.c.responses).where(
+                    items_table.c.project == self.project, items_table.c.item_id.in_(chunk))).all())
         for item_id in wanted:
-            if item_id not in responses:
+            if item_id not in self._responses:
                 raise ValueError(f"no item {item_id!r} in {self!r}; nothing was written. "
                                  f"Add it with store.add_items([...]) first, or check the project name")
         for r in rows:
-            if r["choice"] in RATINGS and len(responses[r["item_id"]]) != 1:
-                raise ValueError(f"item {r['item_id']!r} has {len(responses[r['item_id']])} responses; 'up' / 'down' "
+            if r["choice"] in RATINGS and self._responses[r["item_id"]] != 1:
+                raise ValueError(f"item {r['item_id']!r} has {self._responses[r['item_id']]} responses; 'up' / 'down' "
                                  f"rate an item with exactly one, so give a pair choice {CHOICES} or a ranking instead")
 
     def _stored_events(self, conn: Connection, event_ids: list[str]) -> dict[str, dict]:
@@ -463,34 +466,44 @@ class LabelStore:
         # On Postgres two labels of one item, committed at once, would each count the item's labels without
         # the other's: the item's lock makes the second count wait for the first commit.
         self._lock_items(conn, {item_id for item_id, _ in state})
-        f = in_force_table.c
         gone = [{"i": item_id, "a": who} for (item_id, who), e in state.items() if e is None]
         if gone:
-            conn.execute(delete(in_force_table).where(f.project == self.project, f.item_id == bindparam("i"),
-                                                      f.annotator == bindparam("a")), gone)
+            self._delete_pairs(conn, in_force_table, gone)
         now = [{"project": self.project, "item_id": e["item_id"], "annotator": e["annotator"],
                 "event_id": e["event_id"], "action": e["action"], "event_row": e["id"]} for e in state.values() if e]
         if now:
-            self._upsert(conn, in_force_table, now, ["event_id", "action", "event_row"])
-            lease = leases_table.c  # an answered item's lease is done
-            conn.execute(delete(leases_table).where(lease.project == self.project, lease.item_id == bindparam("i"),
-                                                    lease.annotator == bindparam("a")),
-                         [{"i": e["item_id"], "a": e["annotator"]} for e in now])
-        cov, g = coverage_table.c, in_force_table.alias()
-        labels = select(func.count()).where(g.c.project == self.project, g.c.item_id == cov.item_id,
-                                            g.c.action == "label").scalar_subquery()
-        # Only rows whose count changed are written: an edit of a label locks no row that other
-        # annotators' labels of the same item must wait for.
-        conn.execute(update(coverage_table).where(cov.project == self.project, cov.item_id == bindparam("i"),
-                                                  cov.labels != labels)
-                     .values(labels=labels), [{"i": item_id} for item_id in sorted({k[0] for k in state})])
+            self._upsert(conn, in_force_table, now, ("event_id", "action", "event_row"))
+            self._delete_pairs(conn, leases_table, [{"i": e["item_id"], "a": e["annotator"]} for e in now])  # done
 
-    def _upsert(self, conn: Connection, table: Table, rows: list[dict], changing: list[str]):
+        def count_labels():
+            cov, g = coverage_table.c, in_force_table.alias()
+            labels = select(func.count()).where(g.c.project == self.project, g.c.item_id == cov.item_id,
+                                                g.c.action == "label").scalar_subquery()
+            # Only rows whose count changed are written: an edit of a label locks no row that other
+            # annotators' labels of the same item must wait for.
+            return (update(coverage_table).where(cov.project == self.project, cov.item_id == bindparam("i"),
+                                                 cov.labels != labels).values(labels=labels))
+        conn.execute(self._built("count labels", count_labels), [{"i": item_id} for item_id in sorted({k[0] for k in state})])
+
+    def _delete_pairs(self, conn: Connection, table: Table, pairs: list[dict]):
+        """Delete the rows of `table` (in_force or open_leases) of these (item "i", annotator "a") pairs."""
+        def build():
+            c = table.c
+            return delete(table).where(c.project == self.project, c.item_id == bindparam("i"), c.annotator == bindparam("a"))
+        conn.execute(self._built(("delete", table.name), build), pairs)
+
+    def _upsert(self, conn: Connection, table: Table, rows: list[dict], changing: tuple[str, ...]):
         """Insert `rows` into `table`; a row whose (project, item_id, annotator) is there already has its
         `changing` columns set instead."""
-        upsert = (sqlite_insert if self.is_sqlite else postgresql_insert)(table)
-        conn.execute(upsert.on_conflict_do_update(index_elements=["project", "item_id", "annotator"],
-                                                  set_={k: upsert.excluded[k] for k in changing}), rows)
+        def build():
+            upsert = self._insert(table)
+            return upsert.on_conflict_do_update(index_elements=["project", "item_id", "annotator"],
+                                                set_={k: upsert.excluded[k] for k in changing})
+        conn.execute(self._built(("upsert", table.name, changing), build), rows)
+
+    def _insert(self, table: Table):
+        """An INSERT with the database's ON CONFLICT clauses."""
+        return (sqlite_insert if self.is_sqlite else postgresql_insert)(table)
 
     def skip(self, item_id: str, annotator: str, **kwargs) -> str:
         return self.record(item_id, annotator, action="skip", **kwargs)
@@ -564,10 +577,18 @@ class LabelStore:
 
         def assign():
             with self._write(durable=False) as conn:
-                chosen = self._first(conn, [[self._own_lease(annotator, now, exclude)],
-                                            *self._open_items(conn, annotator, now, exclude)])
+                plan = self._plan(conn, annotator)
+                chosen = conn.execute(self._assignment(plan, excluding=bool(exclude)),
+                                      {"annotator": annotator, "now": now, "exclude": sorted(exclude)}).mappings().first()
+                if chosen is None and plan == QUALIFYING:
+                    round_ = self._qualification(conn, annotator)
+                    raise QualificationFailed(
+                        f"{annotator!r} has labeled {round_['answered']} of the {round_['required']} gold items of "
+                        f"the qualification round and none is left for them (skipped ones do not count): add gold "
+                        f"items (Item(..., gold=...)) or lower StoreConfig.qualification")
                 if chosen is not None:
-                    self._upsert(conn, leases_table, [self._lease(chosen["item_id"], annotator, now)], ["expires_at"])
+                    self._upsert(conn, leases_table, [self._lease(chosen["item_id"], annotator, now)], ("expires_at",))
+                    self._responses[chosen["item_id"]] = len(chosen["responses"])
                 return chosen
 
         row = self._retrying(assign)
@@ -594,20 +615,14 @@ class LabelStore:
         return {"project": self.project, "item_id": item_id, "annotator": annotator,
                 "expires_at": now + self.config.lease_seconds}
 
-    def _open_items(self, conn: Connection, annotator: str, now: float, exclude) -> list[list]:
-        """New items for `annotator`, as groups of candidates (see `_first`) in order of preference: gold
-        only until they pass the qualification round; then gold at `gold_rate` among the real items
-        (either kind when the other has run out)."""
+    def _plan(self, conn: Connection, annotator: str) -> tuple:
+        """Which new items `annotator` may get, in order of preference, as the `gold` arguments of `_oldest_open`:
+        gold only until they pass the qualification round (QUALIFYING); then gold at `gold_rate` among the real
+        items (either kind when the other has run out), or without a `gold_rate` the queue as it stands."""
         if self.config.qualification and annotator not in self._qualified:
             round_ = self._qualification(conn, annotator)
             if round_["passed"] is None:
-                gold = self._oldest_open(annotator, now, exclude, gold=True)
-                if self._first(conn, [gold]) is None:
-                    raise QualificationFailed(
-                        f"{annotator!r} has labeled {round_['answered']} of the {round_['required']} gold items of "
-                        f"the qualification round and none is left for them (skipped ones do not count): add gold "
-                        f"items (Item(..., gold=...)) or lower StoreConfig.qualification")
-                return [gold]
+                return QUALIFYING
             if not round_["passed"]:
                 raise QualificationFailed(
                     f"{annotator!r} did not pass the qualification round: {round_['correct']} of "
@@ -616,10 +631,9 @@ class LabelStore:
                     f"to go over these items with you; no real items are served until then")
             self._qualified.add(annotator)
         if self.config.gold_rate is None:
-            return [self._oldest_open(annotator, now, exclude)]
+            return IN_QUEUE_ORDER
         gold = self._gold_due(conn, annotator)
-        return [self._oldest_open(annotator, now, exclude, gold=gold),
-                self._oldest_open(annotator, now, exclude, gold=not gold)]
+        return (gold, not gold)
 
     def _gold_due(self, conn: Connection, annotator: str) -> bool:
         """Whether the next new item should be gold: randomised rounding of `gold_rate` x answers, so the
@@ -662,46 +676,54 @@ class LabelStore:
         return select(f.c.item_id).where(f.c.project == self.project, f.c.item_id == item_id,
                                          f.c.annotator == annotator).exists()
 
-    def _own_lease(self, annotator: str, now: float, exclude):
-        """A candidate (see `_first`): the annotator's oldest live lease on an item they have not answered."""
+    def _assignment(self, plan: tuple, excluding: bool):
+        """The query behind `next_item` under `plan` (see `_plan`), with the annotator, the time and the items to
+        exclude bound when it runs. It ranks a few candidates, each a query for at most one (item_id, position):
+        the annotator's own lease first, then the groups of `plan` in order, and within a group the oldest in queue
+        order. All of them run as one statement, each an index range walked in queue order."""
+        def build():
+            groups = [[self._own_lease(excluding)], *(self._oldest_open(gold, excluding) for gold in plan)]
+            ranked = union_all(*(select(literal(rank).label("rank"), found.c.item_id, found.c.position)
+                                 for rank, group in enumerate(groups) for found in (q.subquery() for q in group)))
+            best, i = ranked.subquery(), items_table.c
+            return (select(items_table).join(best, (i.project == self.project) & (i.item_id == best.c.item_id))
+                    .order_by(best.c.rank, best.c.position).limit(1))
+        return self._built(("assignment", plan, excluding), build)
+
+    def _own_lease(self, excluding: bool):
+        """A candidate (see `_assignment`): the annotator's oldest live lease on an item they have not answered."""
         lease, c = leases_table.c, coverage_table.c
         query = (select(c.item_id, c.position).join(leases_table, (c.project == lease.project) & (c.item_id == lease.item_id))
-                 .where(lease.project == self.project, lease.annotator == annotator, lease.expires_at > now,
-                        ~self._answered(annotator, lease.item_id)).order_by(c.position).limit(1))
-        if exclude:
-            query = query.where(lease.item_id.not_in(list(exclude)))
-        return query
+                 .where(lease.project == self.project, lease.annotator == ANNOTATOR, lease.expires_at > NOW,
+                        ~self._answered(ANNOTATOR, lease.item_id)).order_by(c.position).limit(1))
+        return query.where(lease.item_id.not_in(EXCLUDE)) if excluding else query
 
-    def _oldest_open(self, annotator: str, now: float, exclude, gold: bool | None = None) -> list:
-        """Candidates (see `_first`) whose oldest is the oldest gold item, or item with v < overlap labels
-        for some v, that `annotator` may take (`gold`: only gold items, or only real ones)."""
+    def _oldest_open(self, gold: bool | None, excluding: bool) -> list:
+        """Candidates (see `_assignment`) whose oldest is the oldest gold item, or item with v < overlap labels
+        for some v, that the annotator may take (`gold`: only gold items, or only real ones)."""
         c, lease = coverage_table.c, leases_table.c
-        base = select(c.item_id, c.position).where(c.project == self.project, ~self._answered(annotator, c.item_id))
-        if exclude:
-            base = base.where(c.item_id.not_in(list(exclude)))
+        base = select(c.item_id, c.position).where(c.project == self.project, ~self._answered(ANNOTATOR, c.item_id))
+        if excluding:
+            base = base.where(c.item_id.not_in(EXCLUDE))
         found = [base.where(c.gold).order_by(c.position).limit(1)] if gold is not False else []
         if gold:
             return found
         # Others holding a live lease and no answer yet count toward the overlap, so that two annotators
         # are not handed the last open slot of one item at once.
         leased_by_others = (select(func.count()).where(
-            lease.project == self.project, lease.item_id == c.item_id, lease.expires_at > now,
-            lease.annotator != annotator, ~self._answered(lease.annotator, lease.item_id)).scalar_subquery())
+            lease.project == self.project, lease.item_id == c.item_id, lease.expires_at > NOW,
+            lease.annotator != ANNOTATOR, ~self._answered(lease.annotator, lease.item_id)).scalar_subquery())
         for labels in range(self.config.overlap):  # one index range per count: each walks in queue order
             found.append(base.where(~c.gold, c.labels == labels, leased_by_others < self.config.overlap - labels)
                          .order_by(c.position).limit(1))
         return found
 
-    def _first(self, conn: Connection, preferences: list[list]):
-        """The item row (a mapping) of the best candidate, or None. A candidate is a query for at most one
-        (item_id, position); the first group of `preferences` with any wins, and within a group the oldest
-        in queue order. All of them run as one statement: each is an index range walked in queue order."""
-        ranked = union_all(*(select(literal(rank).label("rank"), found.c.item_id, found.c.position)
-                             for rank, group in enumerate(preferences) for found in (q.subquery() for q in group)))
-        best = ranked.subquery()
-        i = items_table.c
-        return conn.execute(select(items_table).join(best, (i.project == self.project) & (i.item_id == best.c.item_id))
-                            .order_by(best.c.rank, best.c.position).limit(1)).mappings().first()
+    def _built(self, key, build):
+        """The statement `build()` makes, made once per store and kept under `key`: a click then spends its CPU
+        on binding values, not on building SQL (about half of a round trip's client time when rebuilt each time)."""
+        if key not in self._statements:
+            self._statements[key] = build()
+        return self._statements[key]
 
     def _lock_items(self, conn: Connection, item_ids):
         """On Postgres, wait for the items' advisory locks (held to commit), in one order for every writer; SQLite's
@@ -789,6 +811,11 @@ class LabelStore:
         return {who: {"gold_items": len(hits), "accuracy": sum(hits) / len(hits)} for who, hits in sorted(scores.items())}
 
 
+# The values the assignment query binds when it runs (see `LabelStore._assignment`)
+ANNOTATOR, NOW, EXCLUDE = bindparam("annotator", type_=String), bindparam("now", type_=Float), bindparam("exclude", expanding=True)
+IN_QUEUE_ORDER, QUALIFYING = (None,), (True,)  # plans (see `LabelStore._plan`): any open item; gold items only
+
+
 def matches_gold(label, gold) -> bool:
     """Whether a label gives the gold answer: the same choice (strength aside) or the same ranks."""
     return (label["ranking"] if label.get("ranking") is not None else label["choice"]) == gold
@@ -830,13 +857,16 @@ class _WriteTransaction:
     def __enter__(self) -> Connection:
         self._context = self.store.engine.begin()
         conn = self._context.__enter__()
-        if not self.store.is_sqlite:  # one statement for both: each costs a round trip to the server
-            settings = [func.set_config("synchronous_commit", "off", True)] if not self.durable else []
-            if self.serialise:
-                settings.append(func.pg_advisory_xact_lock(zlib.crc32(self.store.project.encode())))
-            if settings:
-                conn.execute(select(*settings))
+        if not self.store.is_sqlite and (self.serialise or not self.durable):
+            conn.execute(self.store._built(("begin", self.serialise, self.durable), self._settings))
         return conn
+
+    def _settings(self):
+        """One statement for both settings: each costs a round trip to the server."""
+        settings = [func.set_config("synchronous_commit", "off", True)] if not self.durable else []
+        if self.serialise:
+            settings.append(func.pg_advisory_xact_lock(zlib.crc32(self.store.project.encode())))
+        return select(*settings)
 
     def __exit__(self, *exc):
         return self._context.__exit__(*exc)

@@ -321,6 +321,22 @@ def test_annotators_asking_at_once_are_never_handed_an_item_beyond_its_overlap(p
     assert sum(1 for items in handed if items) >= 2  # the annotators really did share the queue
 
 
+def test_a_label_round_trip_on_postgres_is_eight_statements_whatever_the_log(postgres_url):
+    """Issue 14: a click (`next_item` + `record`) took 13 statements, and the own-lease one read every lease the
+    annotator ever had; now 8, the same after 40 labels as after 1."""
+    from sqlalchemy import event
+    store = LabelStore(postgres_url, project="round-trip")
+    store.add_items([pair(n) for n in range(41)])
+    sent = []
+    event.listen(store.engine, "before_cursor_execute", lambda _c, _cur, statement, *_: sent.append(statement))
+    per_click = []
+    for n in range(41):
+        before = len(sent)
+        store.record(store.next_item("ada").item_id, "ada", choice="a", event_id=f"round-trip-{n}")
+        per_click.append(len(sent) - before)
+    assert per_click[-1] == per_click[0] == 8, per_click
+
+
 def test_postgres_store_derives_the_same_view(postgres_url):
     store = LabelStore(postgres_url, project="view")
     store.add_items([pair(0), Item("rank?", ("x", "y", "z"), gold=[1, 2, 2])])
