@@ -22,6 +22,7 @@ version and the moment its item went on screen. After a gold item the widget can
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.resources
 import json
@@ -186,28 +187,25 @@ class _Labeler(anywidget.AnyWidget):
             order = list(previous["shown_order"])
         else:
             self._rng.shuffle(order)
-        with self.hold_sync():  # item, progress and history reach the browser together: Undo sees the new history
+        with self.hold_sync():  # item and history reach the browser together: Undo sees the new history
             self._shown_at = time.time()  # recorded with the answer: the time spent on it
             self.item = {"item_id": item.item_id, "event_id": uuid.uuid4().hex, "prompt": item.prompt,
                          "shown_order": order, "responses": [item.responses[i] for i in order], "editing": editing,
                          "previous": _shown_label(previous, order) if previous else None}
-            self.refresh()
+            self.history = self._history()
+        self._after_this_message(self.refresh_progress)
 
     def show_next(self):
         try:
             item = self.store.next_item(self.annotator, exclude=self._skipped)
         except QualificationFailed as failed:  # no real item for this annotator, and the widget says why
-            with self.hold_sync():
-                self.item = {}
-                self.refresh()
+            self.show_nothing()
             self.say(str(failed))
             return
         if item is not None:
             self.show(item)
             return
-        with self.hold_sync():
-            self.item = {}
-            self.refresh()
+        self.show_nothing()
         if self.queue is not None and self.queue.error is not None:
             self.say(f"generation failed, so no more items will come: {self.queue.error!r}; "
                      "fix the cause and start a new GenerationQueue")
@@ -216,7 +214,29 @@ class _Labeler(anywidget.AnyWidget):
         else:
             self.say("all done - nothing left to label")
 
-    def refresh(self):
+    def show_nothing(self):
+        with self.hold_sync():
+            self.item = {}
+            self.history = self._history()
+        self.refresh_progress()
+
+    def _after_this_message(self, work):
+        """Run `work` once the kernel has answered the browser's message, on its event loop's next turn, so that what
+        was sent so far reaches the browser first; at once where no loop runs (tests and scripts calling `handle`).
+        An error shows in the status line, as one inside the message would."""
+        def guarded():
+            try:
+                work()
+            except Exception as error:
+                self.say(f"could not update the progress line: {error}")
+        try:
+            asyncio.get_running_loop().call_soon(guarded)
+        except RuntimeError:
+            guarded()
+
+    def refresh_progress(self):
+        """Count the annotator's answers and the queue: the slowest part of a click (it counts the whole queue),
+        so the next item is on screen first."""
         progress = self.store.progress(self.annotator)
         progress = {key: progress[key] for key in ("labelled", "skipped", "flagged", "remaining", "by_annotator")}
         if self.store.config.qualification:
@@ -224,8 +244,10 @@ class _Labeler(anywidget.AnyWidget):
             if round_["passed"] is None:
                 progress["qualifying"] = f"{round_['answered']} of {round_['required']}"
         self.progress = progress
-        self.history = [{"event_id": e["event_id"], "action": e["action"], "prompt": e["prompt"][:120],
-                         "summary": _summary(e)} for e in self.store.recent(self.annotator, self.config.history)]
+
+    def _history(self) -> list[dict]:
+        return [{"event_id": e["event_id"], "action": e["action"], "prompt": e["prompt"][:120],
+                 "summary": _summary(e)} for e in self.store.recent(self.annotator, self.config.history)]
 
     def _on_new_items(self):
         if not self.item:
@@ -312,9 +334,11 @@ class _Labeler(anywidget.AnyWidget):
             self._skipped.add(item_id)
         self._committed.add(event_id)
         self._commits += 1
-        self.feedback = self._gold_feedback(answer, order) if action == "label" and self.config.gold_feedback else {}
-        self.say("saved")
-        self.show_next()  # only after the commit above returned
+        # One message to the browser: every message is one more for the Jupyter server to pass on before the next item
+        with self.hold_sync():
+            self.feedback = self._gold_feedback(answer, order) if action == "label" and self.config.gold_feedback else {}
+            self.say("saved")
+            self.show_next()  # only after the commit above returned
 
     def _gold_feedback(self, answer: dict, order: list[int]) -> dict:
         """The expected answer to a gold item, as it was shown; {} for other items."""

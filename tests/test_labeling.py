@@ -384,3 +384,24 @@ def test_the_item_on_screen_keeps_its_lease_while_the_browser_says_it_is_still_t
     assert store.next_item("bob").item_id != labeler.item["item_id"]  # still ada's
     labeler.handle({"action": "still_here", "item_id": "an item no longer on screen"})  # a late tick: ignored
     assert labeler.status == ""
+
+
+def test_a_label_reaches_the_browser_as_one_message_with_the_next_item_and_the_progress_follows(store, monkeypatch):
+    """Issue 14: a key press sent the browser three messages (the status twice, then the item with the progress and
+    history) and counted the whole queue before the next item left the kernel; the Jupyter server passes them on one
+    by one (key to next item, real browser: p95 58.5-63.8 ms). Now the status, item and history go as one message,
+    and the progress line once the kernel has answered, on its event loop's next turn."""
+    import asyncio
+    labeler = PairwiseLabeler(store, "ada")
+    sent = []
+    monkeypatch.setattr(labeler, "send_state", lambda key=None: sent.append({key} if isinstance(key, str) else set(key)))
+
+    async def press():
+        labeler.handle({"action": "label", "item_id": labeler.item["item_id"], "event_id": labeler.item["event_id"],
+                        "choice": "left"})
+        answered = list(sent)
+        await asyncio.sleep(0)  # the kernel's loop turns
+        return answered
+
+    assert asyncio.run(press()) == [{"status", "item", "history"}]
+    assert sent[1:] == [{"progress"}] and labeler.progress["labelled"] == 1
