@@ -79,6 +79,7 @@ CHOICES = ("a", "b", "tie", "both_bad")  # of a pair; 'a' / 'b' name the respons
 # KTO learns from it (rlhflab.exports.kto_rows). Undo and edit work on it as on any other label.
 RATINGS = ("up", "down")
 STRENGTHS = ("slightly", "clearly", "much")
+BULK_ROWS = 1000  # a write of this many rows or more refreshes Postgres' planner statistics (`_after_bulk_write`)
 
 
 @dataclass
@@ -285,6 +286,7 @@ class LabelStore:
             if (conn.scalar(select(count).where(coverage_table.c.project == project))
                     != conn.scalar(select(count).where(items_table.c.project == project))):
                 self._rebuild(conn)  # written before the derived tables existed
+                self._after_bulk_write(conn, BULK_ROWS, in_force_table, coverage_table)
 
     def __repr__(self) -> str:
         return f"LabelStore({self.engine.url.render_as_string(hide_password=True)!r}, project={self.project!r})"
@@ -342,6 +344,7 @@ class LabelStore:
                 conn.execute(insert(coverage_table), [
                     {"project": self.project, "item_id": i.item_id, "position": positions[i.item_id],
                      "gold": i.gold is not None, "labels": 0} for i in new])
+                self._after_bulk_write(conn, len(new), items_table, coverage_table)
         return new
 
     def items(self) -> dict[str, Item]:
@@ -414,9 +417,18 @@ class LabelStore:
                 if repeated:
                     _new_events(repeated, self._stored_events(conn, [e["event_id"] for e in repeated]))
                 self._keep_in_force(conn, [{**e, "id": ids[e["event_id"]]} for e in new if e["event_id"] in ids])
+                self._after_bulk_write(conn, len(ids), events_table, in_force_table, coverage_table, leases_table)
 
         self._retrying(append)
         return [r["event_id"] for r in rows]
+
+    def _after_bulk_write(self, conn: Connection, rows: int, *tables: Table):
+        """On Postgres, after a write of BULK_ROWS rows or more, refresh the planner's statistics of `tables` (ANALYZE,
+        inside the write's transaction). Without it the planner learns of the rows only at autovacuum's next pass,
+        a minute or so later: measured after filling 100,000 labels, a click took 118-209 ms instead of 8 until then.
+        A login that does not own the tables (the annotator role) gets a warning from Postgres and nothing else."""
+        if rows >= BULK_ROWS and not self.is_sqlite:
+            conn.exec_driver_sql(f"ANALYZE {', '.join(table.name for table in tables)}")
 
     def _check_items(self, conn: Connection, rows: list[dict]):
         """Refuse events about items this project does not hold, and ratings of anything but a one-response item."""
