@@ -187,25 +187,29 @@ class _Labeler(anywidget.AnyWidget):
             order = list(previous["shown_order"])
         else:
             self._rng.shuffle(order)
+        self._draw({"item_id": item.item_id, "event_id": uuid.uuid4().hex, "prompt": item.prompt,
+                    "shown_order": order, "responses": [item.responses[i] for i in order], "editing": editing,
+                    "previous": _shown_label(previous, order) if previous else None})
+
+    def _draw(self, item: dict):
+        """Put `item` ({} for none) on screen with the history; the progress line follows."""
         with self.hold_sync():  # item and history reach the browser together: Undo sees the new history
             self._shown_at = time.time()  # recorded with the answer: the time spent on it
-            self.item = {"item_id": item.item_id, "event_id": uuid.uuid4().hex, "prompt": item.prompt,
-                         "shown_order": order, "responses": [item.responses[i] for i in order], "editing": editing,
-                         "previous": _shown_label(previous, order) if previous else None}
+            self.item = item
             self.history = self._history()
-        self._after_this_message(self.refresh_progress)
+        self._refresh_progress_after_this_message()
 
     def show_next(self):
         try:
             item = self.store.next_item(self.annotator, exclude=self._skipped)
         except QualificationFailed as failed:  # no real item for this annotator, and the widget says why
-            self.show_nothing()
+            self._draw({})
             self.say(str(failed))
             return
         if item is not None:
             self.show(item)
             return
-        self.show_nothing()
+        self._draw({})
         if self.queue is not None and self.queue.error is not None:
             self.say(f"generation failed, so no more items will come: {self.queue.error!r}; "
                      "fix the cause and start a new GenerationQueue")
@@ -214,19 +218,13 @@ class _Labeler(anywidget.AnyWidget):
         else:
             self.say("all done - nothing left to label")
 
-    def show_nothing(self):
-        with self.hold_sync():
-            self.item = {}
-            self.history = self._history()
-        self.refresh_progress()
-
-    def _after_this_message(self, work):
-        """Run `work` once the kernel has answered the browser's message, on its event loop's next turn, so that what
-        was sent so far reaches the browser first; at once where no loop runs (tests and scripts calling `handle`).
-        An error shows in the status line, as one inside the message would."""
+    def _refresh_progress_after_this_message(self):
+        """`refresh_progress` once the kernel has answered the browser's message, on its event loop's next turn, so
+        that what was sent so far reaches the browser first; at once where no loop runs (tests and scripts calling
+        `handle`). An error shows in the status line, as one inside the message would."""
         def guarded():
             try:
-                work()
+                self.refresh_progress()
             except Exception as error:
                 self.say(f"could not update the progress line: {error}")
         try:

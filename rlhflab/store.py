@@ -283,10 +283,10 @@ class LabelStore:
                 index.create(conn, checkfirst=True)
             _add_missing_columns(conn, events_table)  # nor a column: stores written before shown_at
             count = func.count()
-            if (conn.scalar(select(count).where(coverage_table.c.project == project))
-                    != conn.scalar(select(count).where(items_table.c.project == project))):
+            items = conn.scalar(select(count).where(items_table.c.project == project))
+            if conn.scalar(select(count).where(coverage_table.c.project == project)) != items:
                 self._rebuild(conn)  # written before the derived tables existed
-                self._after_bulk_write(conn, BULK_ROWS, in_force_table, coverage_table)
+                self._after_bulk_write(conn, items, in_force_table, coverage_table)
 
     def __repr__(self) -> str:
         return f"LabelStore({self.engine.url.render_as_string(hide_password=True)!r}, project={self.project!r})"
@@ -599,7 +599,9 @@ class LabelStore:
                         f"the qualification round and none is left for them (skipped ones do not count): add gold "
                         f"items (Item(..., gold=...)) or lower StoreConfig.qualification")
                 if chosen is not None:
-                    self._upsert(conn, leases_table, [self._lease(chosen["item_id"], annotator, now)], ("expires_at",))
+                    self._upsert(conn, leases_table, [{"project": self.project, "item_id": chosen["item_id"], "annotator":
+                                                       annotator, "expires_at": now + self.config.lease_seconds}],
+                                 ("expires_at",))
                     self._responses[chosen["item_id"]] = len(chosen["responses"])
                 return chosen
 
@@ -621,11 +623,6 @@ class LabelStore:
                     lease.expires_at > now).values(expires_at=now + self.config.lease_seconds)).rowcount > 0
 
         return self._retrying(renew)
-
-    def _lease(self, item_id: str, annotator: str, now: float) -> dict:
-        """A lease row: `item_id` is `annotator`'s for `config.lease_seconds` from `now`."""
-        return {"project": self.project, "item_id": item_id, "annotator": annotator,
-                "expires_at": now + self.config.lease_seconds}
 
     def _plan(self, conn: Connection, annotator: str) -> tuple:
         """Which new items `annotator` may get, in order of preference, as the `gold` arguments of `_oldest_open`:
