@@ -762,9 +762,12 @@ class LabelStore:
                 mine = Counter(dict(conn.execute(select(f.action, func.count()).where(
                     f.project == self.project, f.annotator == annotator).group_by(f.action)).all()))
                 out.update(labelled=mine["label"], skipped=mine["skip"], flagged=mine["flag_prompt"])
-                out["remaining"] = conn.scalar(select(func.count()).where(
-                    c.project == self.project, c.gold | (c.labels < self.config.overlap),
-                    ~self._answered(annotator, c.item_id)))
+                # Two index ranges of `coverage_queue`, gold items and real ones short of the overlap, not the whole
+                # queue: at 100,000 items, 2.1 ms instead of 12.6 (a condition "gold or short" ranges over neither)
+                open_items = [select(func.count()).where(c.project == self.project, open_,
+                                                         ~self._answered(annotator, c.item_id)).scalar_subquery()
+                              for open_ in (c.gold, ~c.gold & (c.labels < self.config.overlap))]
+                out["remaining"] = conn.scalar(select(open_items[0] + open_items[1]))
         return out
 
     def in_force(self, item_id: str, annotator: str) -> dict | None:

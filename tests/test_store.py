@@ -164,6 +164,27 @@ def test_an_answer_ends_its_lease_so_the_leases_a_click_reads_stay_few(tmp_path)
     assert store.next_item("ada").item_id == pair(0).item_id  # and ada resumes it
 
 
+def test_the_items_left_for_an_annotator_are_counted_from_the_open_ranges_of_the_queue(tmp_path):
+    """The widget's progress line counts what is left after every click: its count read every entry of the queue
+    (12.6 ms at 100,000 items, most of them labelled), and now reads only gold items and those short of the
+    overlap, each an index range (2.1 ms)."""
+    from sqlalchemy import event
+    store = LabelStore(tmp_path / "l.db", config=StoreConfig(overlap=1))
+    store.add_items([pair(n) for n in range(6)] + [Item("gold?", ("right", "wrong"), gold="a")])
+    store.record_many([{"item_id": item_id, "annotator": "bob", "choice": "a"} for item_id in list(store.items())[:3]])
+    sent = []
+    event.listen(store.engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, parameters, *_: sent.append((statement, parameters)))
+    assert store.progress("ada")["remaining"] == 4  # 3 real items nobody labelled, and the gold one
+    counts = [(statement, parameters) for statement, parameters in sent if "labels" in statement]
+    assert counts
+    with store.engine.connect() as conn:
+        for statement, parameters in counts:
+            plan = [row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
+            reads = [step for step in plan if "coverage" in step]
+            assert reads and all("gold=?" in step for step in reads), plan
+
+
 def test_a_renewed_lease_keeps_the_item_while_it_is_on_screen(tmp_path):
     """Issue 14: the widget renews the lease of the item on screen, so a slow reader is not handed a duplicate."""
     store = LabelStore(tmp_path / "l.db", config=StoreConfig(overlap=1, lease_seconds=0.6))
