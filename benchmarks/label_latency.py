@@ -1,6 +1,6 @@
 """Key press to next item on screen, in a real browser: p50 / p95 in milliseconds (goal: p95 < 50 ms).
 
-    .venv/bin/python benchmarks/label_latency.py [--labels 200] [--nagle] [--out FILE]
+    .venv/bin/python benchmarks/label_latency.py [--labels 200] [--nagle] [--generating] [--out FILE]
 
 JupyterLab runs on localhost, headless Chromium opens a notebook with a PairwiseLabeler on a SQLite
 store, and a person's key presses ('a' / 'b', alternating) label items, each as soon as the item on screen takes
@@ -45,6 +45,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labels", type=int, default=200, help="key presses to time")
     parser.add_argument("--nagle", action="store_true", help="serve without scripts/jupyter_nodelay.py")
+    parser.add_argument("--generating", action="store_true",
+                        help="label the items a GenerationQueue makes in the same kernel meanwhile")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures here as JSON")
     args = parser.parse_args()
 
@@ -52,9 +54,19 @@ def main():
 
     workdir = Path(tempfile.mkdtemp(prefix="rlhflab-latency-"))
     store_path = workdir / "labels.db"
-    LabelStore(store_path).add_items(world_items(TinyWorld(), args.labels + 1))
-    cells = ["from rlhflab.store import LabelStore\nfrom rlhflab.labeling import PairwiseLabeler",
-             f"PairwiseLabeler(LabelStore({str(store_path)!r}), 'bench')"]
+    cells = ["from rlhflab.store import LabelStore\nfrom rlhflab.labeling import PairwiseLabeler"]
+    if args.generating:  # notebook 02's set-up; the prompts are drawn twice over, since repeats are dropped
+        cells += ["from rlhflab import TinyWorld, load_policy\n"
+                  "from rlhflab.candidates import GenerationConfig, GenerationQueue\n"
+                  f"prompts = [q.text for q in TinyWorld(seed=0).questions('train', {2 * (args.labels + 1)}, seed=5)]\n"
+                  "policy = load_policy('tiny')",
+                  f"store = LabelStore({str(store_path)!r})\n"
+                  "queue = GenerationQueue(store, prompts, [policy, policy], GenerationConfig(batch_size=4, ahead=16),\n"
+                  "                        temperatures=[0.7, 1.5]).start()\n"
+                  "PairwiseLabeler(store, 'bench', queue=queue)"]
+    else:
+        LabelStore(store_path).add_items(world_items(TinyWorld(), args.labels + 1))
+        cells += [f"PairwiseLabeler(LabelStore({str(store_path)!r}), 'bench')"]
     config = None if args.nagle else NODELAY
     with JupyterLab(workdir, config=config) as lab, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -71,7 +83,7 @@ def main():
     stored = len(LabelStore(store_path).labels())
     to_shown = [s - p for p, s in zip(presses, shown)]
     to_painted = [s - p for p, s in zip(presses, painted)]
-    figures = {"labels": args.labels, "stored": stored, "tcp_nodelay": not args.nagle,
+    figures = {"labels": args.labels, "stored": stored, "tcp_nodelay": not args.nagle, "generating": args.generating,
                "shown_p50_ms": round(percentile(to_shown, 50), 1), "shown_p95_ms": round(percentile(to_shown, 95), 1),
                "painted_p50_ms": round(percentile(to_painted, 50), 1),
                "painted_p95_ms": round(percentile(to_painted, 95), 1)}
