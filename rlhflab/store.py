@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (JSON, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
-                        bindparam, create_engine, delete, distinct, event, func, insert, inspect, literal, select, union_all,
+                        bindparam, create_engine, delete, event, func, insert, inspect, literal, select, union_all,
                         update)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -171,8 +171,10 @@ coverage_table = Table(
     Column("position", Integer, nullable=False),  # items.id: queue order
     Column("gold", Boolean, nullable=False),  # a calibration item: it goes to everyone
     Column("labels", Integer, nullable=False),  # annotators whose answer in force is a label
+    Column("answers", Integer, nullable=False, server_default="0"),  # annotators with any answer in force
     UniqueConstraint("project", "item_id"),
     Index("coverage_queue", "project", "gold", "labels", "position"),  # the oldest open item is an index seek
+    Index("coverage_untouched", "project", "answers"),  # the items nobody has answered are an index range
 )
 
 
@@ -279,13 +281,14 @@ class LabelStore:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         with self._write() as conn:
             metadata.create_all(conn)
-            for index in events_table.indexes:  # create_all adds no index to a table that exists
+            _add_missing_columns(conn, events_table)  # create_all adds no column to a table that exists: stores
+            recount = _add_missing_columns(conn, coverage_table)  # written before shown_at, or coverage.answers
+            for index in (*events_table.indexes, *coverage_table.indexes):  # nor an index
                 index.create(conn, checkfirst=True)
-            _add_missing_columns(conn, events_table)  # nor a column: stores written before shown_at
             count = func.count()
             items = conn.scalar(select(count).where(items_table.c.project == project))
-            if conn.scalar(select(count).where(coverage_table.c.project == project)) != items:
-                self._rebuild(conn)  # written before the derived tables existed
+            if recount or conn.scalar(select(count).where(coverage_table.c.project == project)) != items:
+                self._rebuild(conn)  # written before the derived tables, or one of their columns, existed
                 self._after_bulk_write(conn, items, in_force_table, coverage_table)
 
     def __repr__(self) -> str:
@@ -343,7 +346,7 @@ class LabelStore:
                         items_table.c.project == self.project, items_table.c.item_id.in_(chunk))).all())
                 conn.execute(insert(coverage_table), [
                     {"project": self.project, "item_id": i.item_id, "position": positions[i.item_id],
-                     "gold": i.gold is not None, "labels": 0} for i in new])
+                     "gold": i.gold is not None, "labels": 0, "answers": 0} for i in new])
                 self._after_bulk_write(conn, len(new), items_table, coverage_table)
         return new
 
@@ -487,15 +490,17 @@ class LabelStore:
             self._upsert(conn, in_force_table, now, ("event_id", "action", "event_row"))
             self._delete_pairs(conn, leases_table, [{"i": e["item_id"], "a": e["annotator"]} for e in now])  # done
 
-        def count_labels():
+        def count_answers():
             cov, g = coverage_table.c, in_force_table.alias()
-            labels = select(func.count()).where(g.c.project == self.project, g.c.item_id == cov.item_id,
-                                                g.c.action == "label").scalar_subquery()
-            # Only rows whose count changed are written: an edit of a label locks no row that other
+            answers = select(func.count()).where(g.c.project == self.project, g.c.item_id == cov.item_id)
+            labels = answers.where(g.c.action == "label").scalar_subquery()
+            answers = answers.scalar_subquery()
+            # Only rows whose counts changed are written: an edit of a label locks no row that other
             # annotators' labels of the same item must wait for.
             return (update(coverage_table).where(cov.project == self.project, cov.item_id == bindparam("i"),
-                                                 cov.labels != labels).values(labels=labels))
-        conn.execute(self._built("count labels", count_labels), [{"i": item_id} for item_id in sorted({k[0] for k in state})])
+                                                 (cov.labels != labels) | (cov.answers != answers))
+                    .values(labels=labels, answers=answers))
+        conn.execute(self._built("count answers", count_answers), [{"i": item_id} for item_id in sorted({k[0] for k in state})])
 
     def _delete_pairs(self, conn: Connection, table: Table, pairs: list[dict]):
         """Delete the rows of `table` (in_force or open_leases) of these (item "i", annotator "a") pairs."""
@@ -753,10 +758,10 @@ class LabelStore:
         c, f = coverage_table.c, in_force_table.c
         with self._read() as conn:
             items = conn.scalar(select(func.count()).where(c.project == self.project))
-            touched = conn.scalar(select(func.count(distinct(f.item_id))).where(f.project == self.project))
+            untouched = conn.scalar(select(func.count()).where(c.project == self.project, c.answers == 0))
             done = dict(conn.execute(select(f.annotator, func.count()).where(f.project == self.project)
                                      .group_by(f.annotator)).all())
-            out = {"items": items, "untouched": items - touched, "by_annotator": done}
+            out = {"items": items, "untouched": untouched, "by_annotator": done}
             if annotator is not None:
                 annotator = annotator_name(annotator)
                 mine = Counter(dict(conn.execute(select(f.action, func.count()).where(
@@ -801,10 +806,11 @@ class LabelStore:
         known = {item_id for item_id, _, _ in queue}
         state = {key: e for key, e in _fold(self._events(conn)).items() if key[0] in known}
         labels = Counter(item_id for (item_id, _), e in state.items() if e["action"] == "label")
+        answers = Counter(item_id for item_id, _ in state)
         if queue:
             conn.execute(insert(coverage_table), [
                 {"project": self.project, "item_id": item_id, "position": position, "gold": gold is not None,
-                 "labels": labels[item_id]} for item_id, position, gold in queue])
+                 "labels": labels[item_id], "answers": answers[item_id]} for item_id, position, gold in queue])
         if state:
             conn.execute(insert(in_force_table), [
                 {"project": self.project, "item_id": e["item_id"], "annotator": e["annotator"],
@@ -905,13 +911,16 @@ def _checked_event(event: dict) -> dict:
     return event
 
 
-def _add_missing_columns(conn: Connection, table: Table):
-    """Add the columns of `table` that a store written by an older rlhflab lacks (all nullable)."""
+def _add_missing_columns(conn: Connection, table: Table) -> list[str]:
+    """Add the columns of `table` that a store written by an older rlhflab lacks (each nullable, or with a
+    default); returns their names."""
     present = {c["name"] for c in inspect(conn).get_columns(table.name)}
-    for column in table.columns:
-        if column.name not in present:
-            kind = column.type.compile(dialect=conn.dialect)
-            conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+    missing = [column for column in table.columns if column.name not in present]
+    for column in missing:
+        kind = column.type.compile(dialect=conn.dialect)
+        default = f" NOT NULL DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
+        conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}')
+    return [column.name for column in missing]
 
 
 def _new_events(rows: list[dict], stored: dict[str, dict]) -> list[dict]:
