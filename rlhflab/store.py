@@ -61,7 +61,7 @@ from sqlalchemy import (JSON, Boolean, Column, Float, Index, Integer, MetaData, 
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from .records import Item
 
@@ -279,6 +279,20 @@ class LabelStore:
         self._responses: dict[str, int] = {}  # item_id -> its number of responses (items never change)
         self._statements: dict = {}  # see `_built`
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        try:
+            self._upgrade()
+        except ProgrammingError as error:
+            if getattr(error.orig, "sqlstate", None) != "42501":  # Postgres' insufficient_privilege
+                raise
+            raise PermissionError(
+                f"{self!r} was written by an older rlhflab, and only the owner of its tables may upgrade it "
+                f"({str(error.orig).strip()}); nothing was changed. Open it once as the owner (LabelStore with "
+                f"the owner's URL), then again as {self.engine.url.username!r}") from None
+
+    def _upgrade(self):
+        """Create what the store lacks: its tables, or the columns and indexes a newer rlhflab added; and derive
+        the current state from the log where it is missing or incomplete."""
+        project = self.project
         with self._write() as conn:
             metadata.create_all(conn)
             _add_missing_columns(conn, events_table)  # create_all adds no column to a table that exists: stores

@@ -593,4 +593,13 @@ def test_the_annotator_role_can_label_but_never_change_or_delete_a_label(postgre
         annotator_role_sql(database, 'x"; DROP TABLE events; --')
     main(["annotator-role", "--database", database, "--role", role])  # the command prints the same SQL
     annotator.close()
+    with owner.engine.begin() as conn:  # as a store written before coverage.answers: only the owner may add it
+        conn.exec_driver_sql("ALTER TABLE coverage DROP COLUMN answers")
+    with pytest.raises(PermissionError, match="older rlhflab.*must be owner of table coverage.*nothing was "
+                                              f"changed. Open it once as the owner.*then again as '{role}'"):
+        LabelStore(owner.engine.url.set(username=role), project="roles")  # was a bare ProgrammingError
+    LabelStore(owner.engine.url, project="roles").close()  # the owner upgrades it
+    annotator = LabelStore(owner.engine.url.set(username=role), project="roles")
+    assert annotator.progress("ada")["remaining"] == 3 and annotator.progress()["untouched"] == 3
+    annotator.close()
     owner.close()
