@@ -10,6 +10,11 @@ keydown listener notes the time of each press, and a MutationObserver notes when
 shows the next item id: the label has been committed to SQLite (fsync) and the next item drawn. The
 "painted" figure adds the wait for the next animation frame. The server is `make lab`'s: with
 scripts/jupyter_nodelay.py (no Nagle delay on the kernel websocket); --nagle serves without it.
+
+--generating labels what a GenerationQueue makes in the same kernel meanwhile, as notebook 02 does (but
+16 items ahead): the tiny model answers batches of 4 prompts at two temperatures, so generation and
+clicks share the kernel and the cores. "dry_waits" counts the presses after which no item was ready
+yet; the time to the next item then includes generating it.
 """
 
 import argparse
@@ -27,10 +32,11 @@ from rlhflab.tiny import TinyWorld  # noqa: E402
 from rlhflab.tiny.annotate import world_items  # noqa: E402
 
 PROBE = """() => {
-  window.__presses = []; window.__shown = []; window.__painted = [];
+  window.__presses = []; window.__shown = []; window.__painted = []; window.__dry = 0;
   document.addEventListener('keydown', () => window.__presses.push(performance.now()), true);
   const root = document.querySelector('.rlhflab-labeler');
   new MutationObserver(() => {
+    if (!root.dataset.itemId) { window.__dry += 1; return; }  // the queue ran dry: no item on screen
     window.__shown.push(performance.now());
     requestAnimationFrame(() => window.__painted.push(performance.now()));
   }).observe(root, {attributes: true, attributeFilter: ['data-item-id']});
@@ -59,6 +65,7 @@ def main():
         cells += ["from rlhflab import TinyWorld, load_policy\n"
                   "from rlhflab.candidates import GenerationConfig, GenerationQueue\n"
                   f"prompts = [q.text for q in TinyWorld(seed=0).questions('train', {2 * (args.labels + 1)}, seed=5)]\n"
+                  f"assert len(set(prompts)) > {args.labels}, 'too few distinct prompts for the labels asked'\n"
                   "policy = load_policy('tiny')",
                   f"store = LabelStore({str(store_path)!r})\n"
                   "queue = GenerationQueue(store, prompts, [policy, policy], GenerationConfig(batch_size=4, ahead=16),\n"
@@ -78,12 +85,15 @@ def main():
             page.wait_for_function("() => document.querySelector('.rlhflab-labeler').dataset.ready === 'true'")
             page.keyboard.press("ab"[i % 2])
             page.wait_for_function(f"() => window.__painted.length > {i}")
-        presses, shown, painted = page.evaluate("() => [window.__presses, window.__shown, window.__painted]")
+        presses, shown, painted, dry = page.evaluate(
+            "() => [window.__presses, window.__shown, window.__painted, window.__dry]")
         browser.close()
+    assert len(presses) == len(shown) == len(painted) == args.labels, (len(presses), len(shown), len(painted))
     stored = len(LabelStore(store_path).labels())
     to_shown = [s - p for p, s in zip(presses, shown)]
     to_painted = [s - p for p, s in zip(presses, painted)]
     figures = {"labels": args.labels, "stored": stored, "tcp_nodelay": not args.nagle, "generating": args.generating,
+               "dry_waits": dry,  # presses after which the queue had no item yet: their figure includes generating one
                "shown_p50_ms": round(percentile(to_shown, 50), 1), "shown_p95_ms": round(percentile(to_shown, 95), 1),
                "painted_p50_ms": round(percentile(to_painted, 50), 1),
                "painted_p95_ms": round(percentile(to_painted, 95), 1)}

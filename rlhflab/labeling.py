@@ -233,8 +233,8 @@ class _Labeler(anywidget.AnyWidget):
             guarded()
 
     def refresh_progress(self):
-        """Count the annotator's answers and the queue: the slowest part of a click (it counts the whole queue),
-        so the next item is on screen first."""
+        """Count the annotator's answers and the queue (`store.progress`): the slowest part of a click, so it
+        runs after the next item is on screen."""
         progress = self.store.progress(self.annotator)
         progress = {key: progress[key] for key in ("labelled", "skipped", "flagged", "remaining", "by_annotator")}
         if self.store.config.qualification:

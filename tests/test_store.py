@@ -173,12 +173,15 @@ def test_progress_counts_the_items_left_and_the_untouched_ones_from_index_ranges
     from sqlalchemy import event
     store = LabelStore(tmp_path / "l.db", config=StoreConfig(overlap=1))
     store.add_items([pair(n) for n in range(6)] + [Item("gold?", ("right", "wrong"), gold="a")])
-    store.record_many([{"item_id": item_id, "annotator": "bob", "choice": "a"} for item_id in list(store.items())[:3]])
+    first, second, third = list(store.items())[:3]
+    store.record_many([{"item_id": first, "annotator": "bob", "choice": "a"},
+                       {"item_id": second, "annotator": "bob", "choice": "b"},
+                       {"item_id": third, "annotator": "bob", "action": "skip"}])
     sent = []
     event.listen(store.engine, "before_cursor_execute",
                  lambda _c, _cur, statement, parameters, *_: sent.append((statement, parameters)))
     progress = store.progress("ada")
-    assert (progress["remaining"], progress["untouched"]) == (4, 4)  # 3 real items nobody labelled, and the gold one
+    assert (progress["remaining"], progress["untouched"]) == (5, 4)  # a skip is no label, but it is an answer
     counts = [(statement, parameters) for statement, parameters in sent if f"coverage.{column}" in statement]
     assert counts
     with store.engine.connect() as conn:
@@ -503,6 +506,35 @@ def test_the_derived_tables_follow_the_log_through_edits_undos_and_a_rebuild(tmp
     assert derived_view(LabelStore(url, config=StoreConfig(overlap=2))) == expected
 
 
+def test_an_upgrade_counts_the_answers_of_every_project_in_the_store(tmp_path):
+    """`coverage.answers` is added for every project of a store at once, so the first project opened after the
+    upgrade counts them all: the others' items answered before it must not look untouched."""
+    from sqlalchemy import text
+    url = tmp_path / "l.db"
+    for project in ("a", "b"):
+        store = LabelStore(url, project=project)
+        store.add_items([pair(n) for n in range(3)])
+        store.record(pair(0).item_id, "ada", choice="a")
+        store.skip(pair(1).item_id, "bob")
+        store.close()
+    with LabelStore(url, project="a").engine.begin() as conn:  # as a store written before coverage.answers
+        conn.execute(text("DROP INDEX coverage_untouched"))
+        conn.execute(text("ALTER TABLE coverage DROP COLUMN answers"))
+    assert LabelStore(url, project="a").progress()["untouched"] == 1
+    assert LabelStore(url, project="b").progress()["untouched"] == 1
+
+
+def test_an_item_answered_by_an_older_rlhflab_does_not_look_untouched(store):
+    """A kernel still running an rlhflab from before `coverage.answers` answers without counting; a generation
+    queue waiting for fewer untouched items would otherwise wait for good."""
+    from sqlalchemy import text
+    first = next(iter(store.items()))
+    store.record(first, "ada", choice="a")
+    with store.engine.begin() as conn:  # what the older kernel's write leaves behind
+        conn.execute(text("UPDATE coverage SET answers = 0"))
+    assert store.progress()["untouched"] == 4
+
+
 def test_a_decision_never_takes_the_place_of_the_reviewers_own_label(store):
     first, second = list(store.items())[:2]
     mine = store.record(first, "rev", choice="a")
@@ -567,9 +599,42 @@ def test_a_sqlite_store_on_a_network_file_system_warns(tmp_path, monkeypatch):
         LabelStore(tmp_path / "local" / "labels.db").close()
 
 
+def test_two_kernels_upgrading_one_postgres_store_at_once_both_open_it(postgres_url):
+    """Opening a store adds what a newer rlhflab needs; a second kernel that opened another project of the same old
+    store meanwhile found the column missing too, waited for the first one's ALTER TABLE, then failed on its own
+    (DuplicateColumn). Schema work now waits its turn, and finds the column there."""
+    import threading
+
+    from sqlalchemy import create_engine
+
+    from rlhflab.store import SCHEMA_LOCK
+    LabelStore(postgres_url, project="upgrade-a").add_items([pair(0)])
+    engine = create_engine(LabelStore(postgres_url, project="upgrade-a").engine.url)
+    with engine.begin() as conn:  # as a store written before coverage.answers
+        conn.exec_driver_sql("ALTER TABLE coverage DROP COLUMN answers")
+    opened, failed = [], []
+
+    def open_another_project():
+        try:
+            opened.append(LabelStore(postgres_url, project="upgrade-b"))
+        except Exception as error:
+            failed.append(error)
+
+    with engine.begin() as first:  # the first kernel, halfway through its upgrade
+        first.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        first.exec_driver_sql("ALTER TABLE coverage ADD COLUMN answers INTEGER DEFAULT 0 NOT NULL")
+        second = threading.Thread(target=open_another_project)
+        second.start()
+        time.sleep(1.0)  # the second kernel is waiting now
+    second.join(timeout=60)
+    assert not failed and len(opened) == 1
+    assert LabelStore(postgres_url, project="upgrade-a").progress()["untouched"] == 1
+
+
 def test_the_annotator_role_can_label_but_never_change_or_delete_a_label(postgres_url):
     import uuid
 
+    from sqlalchemy import text
     from sqlalchemy.exc import ProgrammingError
 
     from rlhflab.store import annotator_role_sql, main
@@ -592,14 +657,21 @@ def test_the_annotator_role_can_label_but_never_change_or_delete_a_label(postgre
     with pytest.raises(ValueError, match="plain Postgres name"):
         annotator_role_sql(database, 'x"; DROP TABLE events; --')
     main(["annotator-role", "--database", database, "--role", role])  # the command prints the same SQL
+    annotator.record(pair(1).item_id, "ada", choice="b")
     annotator.close()
+
+    def columns() -> set:
+        with owner.engine.connect() as conn:
+            return set(conn.scalars(text("SELECT column_name FROM information_schema.columns WHERE table_name = 'coverage'")))
+
     with owner.engine.begin() as conn:  # as a store written before coverage.answers: only the owner may add it
         conn.exec_driver_sql("ALTER TABLE coverage DROP COLUMN answers")
-    with pytest.raises(PermissionError, match="older rlhflab.*must be owner of table coverage.*nothing was "
-                                              f"changed. Open it once as the owner.*then again as '{role}'"):
+    with pytest.raises(PermissionError, match=f"'{role}' may not set up the store's tables \\(must be owner of table "
+                                              "coverage\\); nothing was changed.*open it once with the owner's URL"):
         LabelStore(owner.engine.url.set(username=role), project="roles")  # was a bare ProgrammingError
-    LabelStore(owner.engine.url, project="roles").close()  # the owner upgrades it
+    assert "answers" not in columns()
+    LabelStore(postgres_url, project="roles").close()  # the owner upgrades it
     annotator = LabelStore(owner.engine.url.set(username=role), project="roles")
-    assert annotator.progress("ada")["remaining"] == 3 and annotator.progress()["untouched"] == 3
+    assert annotator.progress("ada")["remaining"] == 2 and annotator.progress()["untouched"] == 2
     annotator.close()
     owner.close()
