@@ -60,7 +60,7 @@ from sqlalchemy import (JSON, Boolean, Column, Float, Index, Integer, MetaData, 
                         update)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.schema import CreateColumn
 
@@ -182,8 +182,10 @@ coverage_table = Table(
 
 
 def engine_for(url_or_path: str | Path, config: StoreConfig) -> Engine:
-    """A SQLAlchemy engine: a path means a SQLite file (WAL, immediate write locks); else a URL."""
-    url = str(url_or_path)
+    """A SQLAlchemy engine: a path means a SQLite file (WAL, immediate write locks); else a URL (text, or
+    SQLAlchemy's own)."""
+    # str() of a SQLAlchemy URL hides its password ('***'), and the login would then fail
+    url = url_or_path.render_as_string(hide_password=False) if isinstance(url_or_path, URL) else str(url_or_path)
     if "://" not in url:
         Path(url).expanduser().parent.mkdir(parents=True, exist_ok=True)
         warn_if_networked(Path(url).expanduser())

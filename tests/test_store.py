@@ -599,6 +599,16 @@ def test_a_sqlite_store_on_a_network_file_system_warns(tmp_path, monkeypatch):
         LabelStore(tmp_path / "local" / "labels.db").close()
 
 
+def test_a_store_opened_with_a_sqlalchemy_url_keeps_its_password():
+    """`LabelStore(store.engine.url.set(username=...))` is how a second login opens a store; str() of such a URL
+    shows the password as '***', so the login failed."""
+    from sqlalchemy.engine import make_url
+
+    from rlhflab.store import engine_for
+    url = make_url("postgresql://ada:s3cret@127.0.0.1:5432/labels")
+    assert engine_for(url, StoreConfig()).url.password == "s3cret"  # nothing connects until the first statement
+
+
 def test_two_kernels_upgrading_one_postgres_store_at_once_both_open_it(postgres_url):
     """Opening a store adds what a newer rlhflab needs; a second kernel that opened another project of the same old
     store meanwhile found the column missing too, waited for the first one's ALTER TABLE, then failed on its own
