@@ -306,8 +306,8 @@ class LabelStore:
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             metadata.create_all(conn)
             _add_missing_columns(conn, events_table)  # create_all adds no column to a table that exists: stores
-            if _add_missing_columns(conn, coverage_table):  # written before shown_at, or coverage.answers
-                self._count_answers_of_every_project(conn)
+            if _add_missing_columns(conn, coverage_table):  # written before shown_at, or coverage.answers: every
+                conn.execute(update(coverage_table).values(answers=_answers_on_item()))  # project's, not just this one's
             for index in (*events_table.indexes, *coverage_table.indexes):  # nor an index
                 index.create(conn, checkfirst=True)
             count = func.count()
@@ -315,13 +315,6 @@ class LabelStore:
             if conn.scalar(select(count).where(coverage_table.c.project == project)) != items:
                 self._rebuild(conn)  # written before the derived tables existed
                 self._after_bulk_write(conn, items, in_force_table, coverage_table)
-
-    @staticmethod
-    def _count_answers_of_every_project(conn: Connection):
-        """Fill `coverage.answers` when the column is new: the column is every project's, not just this one's."""
-        cov, f = coverage_table.c, in_force_table.c
-        conn.execute(update(coverage_table).values(answers=select(func.count()).where(
-            f.project == cov.project, f.item_id == cov.item_id).scalar_subquery()))
 
     def __repr__(self) -> str:
         return f"LabelStore({self.engine.url.render_as_string(hide_password=True)!r}, project={self.project!r})"
@@ -523,9 +516,8 @@ class LabelStore:
             self._delete_pairs(conn, leases_table, [{"i": e["item_id"], "a": e["annotator"]} for e in now])  # done
 
         def count_answers():
-            cov, g = coverage_table.c, in_force_table.alias()
-            of_item = select(func.count()).where(g.c.project == self.project, g.c.item_id == cov.item_id)
-            answers, labels = of_item.scalar_subquery(), of_item.where(g.c.action == "label").scalar_subquery()
+            cov = coverage_table.c
+            answers, labels = _answers_on_item(), _answers_on_item("label")
             # Only rows whose counts changed are written: an edit of a label locks no row that other
             # annotators' labels of the same item must wait for.
             return (update(coverage_table).where(cov.project == self.project, cov.item_id == bindparam("i"),
@@ -717,10 +709,10 @@ class LabelStore:
         return {"required": required, "answered": len(first), "correct": correct, "passed": passed}
 
     def _answered(self, annotator, item_id) -> object:
-        """SQL: `annotator` has an answer in force on `item_id` (a column of the enclosing query)."""
+        """SQL: `annotator` (None: anyone) has an answer in force on `item_id` (a column of the enclosing query)."""
         f = in_force_table.alias()
-        return select(f.c.item_id).where(f.c.project == self.project, f.c.item_id == item_id,
-                                         f.c.annotator == annotator).exists()
+        query = select(f.c.item_id).where(f.c.project == self.project, f.c.item_id == item_id)
+        return (query if annotator is None else query.where(f.c.annotator == annotator)).exists()
 
     def _assignment(self, plan: tuple, excluding: bool):
         """The query behind `next_item` under `plan` (see `_plan`), with the annotator, the time and the items to
@@ -793,9 +785,8 @@ class LabelStore:
             # The `answers = 0` range of `coverage_untouched`, each item checked in `in_force`: a kernel still running an
             # older rlhflab answers without counting, and an item it answered must not look untouched, or a generation
             # queue waiting for fewer untouched items would wait for good (20 ms at 100,000 untouched items, 3.7 unchecked)
-            f2 = in_force_table.alias()
-            answered = select(f2.c.item_id).where(f2.c.project == self.project, f2.c.item_id == c.item_id).exists()
-            untouched = conn.scalar(select(func.count()).where(c.project == self.project, c.answers == 0, ~answered))
+            untouched = conn.scalar(select(func.count()).where(c.project == self.project, c.answers == 0,
+                                                              ~self._answered(None, c.item_id)))
             done = dict(conn.execute(select(f.annotator, func.count()).where(f.project == self.project)
                                      .group_by(f.annotator)).all())
             out = {"items": items, "untouched": untouched, "by_annotator": done}
@@ -946,6 +937,13 @@ def _checked_event(event: dict) -> dict:
     if action == "undo" and not event["target"]:
         raise ValueError("an undo needs target= the event_id it cancels")
     return event
+
+
+def _answers_on_item(action: str | None = None):
+    """SQL: how many annotators have an answer in force (of `action`, if given) on the `coverage` row being written."""
+    cov, f = coverage_table.c, in_force_table.alias().c
+    count = select(func.count()).where(f.project == cov.project, f.item_id == cov.item_id)
+    return (count if action is None else count.where(f.action == action)).scalar_subquery()
 
 
 def _add_missing_columns(conn: Connection, table: Table) -> list[str]:
