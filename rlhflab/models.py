@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -361,13 +363,16 @@ def load_pretrained(auto_class, name_or_path: str, quantization: str | None, dev
     quantized = quantization_config(quantization, device)
     tokenizer = load_tokenizer(source, trust_remote_code)
     extra = {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id} if new_head else {}
-    model, loading = auto_class.from_pretrained(
-        source, quantization_config=quantized, use_safetensors=True,
-        dtype=dtype or precision_for(device).weights(trained_in_full and quantization is None),
-        trust_remote_code=trust_remote_code, device_map={"": device} if quantized else None,
-        output_loading_info=True, **extra,
-    )
+    with held_load_report() as report:
+        model, loading = auto_class.from_pretrained(
+            source, quantization_config=quantized, use_safetensors=True,
+            dtype=dtype or precision_for(device).weights(trained_in_full and quantization is None),
+            trust_remote_code=trust_remote_code, device_map={"": device} if quantized else None,
+            output_loading_info=True, **extra,
+        )
     missing = sorted(k for k in loading["missing_keys"] if not (new_head and k.startswith(new_head + ".")))
+    if missing or loading["unexpected_keys"] or loading["mismatched_keys"]:
+        report.show()  # something beyond the new head: the user should see transformers' own table
     if missing:
         raise ValueError(f"{name_or_path!r} lacks trained weights for {missing[:3]} ({len(missing)} in all): "
                          "it is not a complete causal LM (a base model saved without its LM head?); "
@@ -378,6 +383,41 @@ def load_pretrained(auto_class, name_or_path: str, quantization: str | None, dev
         keep_4bit_weights_differentiable(model)
         release_checkpoint_file(model)
     return model, tokenizer
+
+
+class LoadReport:
+    """transformers' LOAD REPORT records, held back until the caller knows whether they say anything."""
+
+    logger = logging.getLogger("transformers.modeling_utils")
+
+    def __init__(self):
+        self.records: list[logging.LogRecord] = []
+
+    def hold(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            self.records.append(record)
+            return False
+        return True
+
+    def show(self) -> None:
+        for record in self.records:
+            self.logger.handle(record)
+
+
+@contextmanager
+def held_load_report():
+    """Hold back the report `from_pretrained` logs when a checkpoint lacks some weights.
+
+    A reward model's 'score' head is new on its base by design (a saved adapter then brings the
+    trained one), yet transformers reports it as "MISSING ... newly initialized ... Consider training",
+    which reads as a broken model. `load_pretrained` shows the report only when it lists more than that.
+    """
+    report = LoadReport()
+    report.logger.addFilter(report.hold)
+    try:
+        yield report
+    finally:
+        report.logger.removeFilter(report.hold)
 
 
 def release_checkpoint_file(model: PreTrainedModel) -> None:

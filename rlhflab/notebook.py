@@ -36,7 +36,9 @@ import importlib.metadata
 import importlib.resources
 import shutil
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from . import __version__
@@ -200,6 +202,7 @@ def run_notebook(path: str | Path, workdir: str | Path, settings: str = "", time
     """
     import nbformat
     from nbclient import NotebookClient
+    from traitlets.config import Config
 
     notebook = nbformat.read(path, as_version=4)
     tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
@@ -209,13 +212,21 @@ def run_notebook(path: str | Path, workdir: str | Path, settings: str = "", time
     notebook.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(settings))
     client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
                             startup_timeout=180,  # 60 s was too short for a kernel start on 2 busy cores
-                            resources={"metadata": {"path": str(workdir)}})
+                            resources={"metadata": {"path": str(workdir)}},
+                            config=Config(KernelManager=local_sockets()))
     try:
         client.execute()
     finally:
         if save_to is not None:
             nbformat.write(notebook, save_to)
     return notebook
+
+
+def local_sockets() -> dict:
+    """Kernel settings for local sockets instead of TCP: no open port, and no "Kernel is running over TCP
+    without encryption" warning. The socket path is absolute: a relative one would resolve against the
+    kernel's working directory (the notebook's) and this process's apart."""
+    return {"transport": "ipc", "ip": str(Path(tempfile.gettempdir()) / f"rlhflab-kernel-{uuid.uuid4().hex[:12]}")}
 
 
 def static_page(notebook, path: str | Path) -> Path:

@@ -298,11 +298,17 @@ def test_the_labels_of_02_are_reused_by_03(tmp_path, capsys):
 
 def test_known_harmless_library_messages_stay_out_and_others_still_show():
     """Issue 15: bitsandbytes' "kernels" notice and transformers' checkpointing FutureWarnings printed red in
-    every notebook. A fresh interpreter, as in a kernel: those are gone, a neighbour of each still shows."""
+    every notebook; issue 26: so did kernels 0.19's offline notice, which bitsandbytes' import causes (on CPUs
+    with AVX512-BF16, as here). A fresh interpreter, as in a kernel: those are gone, a neighbour of each shows."""
     script = """
 import logging, warnings
 import trl
 import rlhflab
+import bitsandbytes
+logging.getLogger("kernels._internals.hf_hub").warning("Skipping publisher trust check for "
+    "'kernels-community/quantization-bitsandbytes' because Hugging Face Hub is in offline mode.")
+logging.getLogger("kernels._internals.hf_hub").warning("Skipping publisher trust check for 'someone/else' because "
+                                                       "Hugging Face Hub is in offline mode.")
 from rlhflab.sft import SFTConfig
 from rlhflab.training import trl_args
 logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward from "
@@ -317,4 +323,21 @@ print([str(w.message) for w in caught if issubclass(w.category, FutureWarning)])
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert "kernels-community" not in out.stderr and "another bitsandbytes notice" in out.stderr
+    assert "check for 'someone/else'" in out.stderr
     assert out.stdout.strip().splitlines()[-1] == "['another FutureWarning']"
+
+
+def test_a_headless_notebook_runs_its_kernel_without_the_tcp_warning(tmp_path):
+    """Issue 26: `make demo` printed the kernel's "[IPKernelApp] WARNING | Kernel is running over TCP without
+    encryption". The headless kernel talks over local sockets: the notebook runs, and the warning is gone."""
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("QUICK = False", metadata={
+        "tags": ["parameters"]}), nbformat.v4.new_code_cell("print(6 * 7)")])
+    nbformat.write(notebook, tmp_path / "tiny.ipynb")
+    script = (f"from rlhflab.notebook import run_notebook\n"
+              f"ran = run_notebook({str(tmp_path / 'tiny.ipynb')!r}, {str(tmp_path)!r}, 'QUICK = True')\n"
+              "print(ran.cells[-1].outputs[0].text.strip())\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "42", out.stderr[-2000:]
+    assert "without encryption" not in out.stderr and "IPKernelApp" not in out.stderr, out.stderr[-2000:]

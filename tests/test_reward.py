@@ -1,5 +1,7 @@
 """Reward model: margins from strength, a trained and saved score head, accuracy above chance."""
 
+import logging.handlers
+
 import pandas as pd
 import pytest
 import torch
@@ -141,3 +143,26 @@ def test_bad_reward_output_names_the_reward(gold):
     with pytest.raises(ValueError, match="returned nan for 1 of 2 responses"):
         checked_scores([1.0, float("nan")], 2, length_reward)
     assert checked_scores([1, 2], 2, length_reward).dtype == torch.float32
+
+
+def test_a_saved_reward_model_loads_without_a_missing_head_report_and_real_reports_still_show(tmp_path):
+    """Issue 26: reloading a trained reward adapter printed transformers' "score.weight | MISSING ... newly
+    initialized ... Consider training" table, although the trained head is then loaded: a user reads a broken
+    model. That table is held back when the new head is all it lists, and shown when it lists more."""
+    trained = load_reward_model("tiny", lora=True)
+    with torch.no_grad():
+        trained.model.base_model.model.score.modules_to_save["default"].weight.fill_(0.5)
+    trained.save(tmp_path / "adapter")
+    load_reward_model("tiny").save(tmp_path / "full")  # a score head and no LM head: not a policy
+    reports = logging.getLogger("transformers.modeling_utils")
+    shown = logging.handlers.BufferingHandler(capacity=100)
+    reports.addHandler(shown)
+    try:
+        reloaded = load_reward_model(str(tmp_path / "adapter"))
+        after_the_reward_model = [record.getMessage() for record in shown.buffer]
+        load_policy(str(tmp_path / "full"))
+    finally:
+        reports.removeHandler(shown)
+    assert not [message for message in after_the_reward_model if "LOAD REPORT" in message]
+    assert torch.allclose(reloaded.model.base_model.model.score.modules_to_save["default"].weight, torch.tensor(0.5))
+    assert any("score.weight | UNEXPECTED" in record.getMessage() for record in shown.buffer)
