@@ -6,9 +6,10 @@
 # 1. A fresh virtualenv gets the packages of Colab's image that the install could replace under a
 #    running kernel (COLAB_PACKAGES: the ipywidgets and the torch that Colab ships, and numpy, which torch
 #    looks for; here torch==2.13.0 resolves to the CPU build on local disk).
-# 2. A Python process plays Colab's kernel: it imports torch and ipywidgets (as a kernel that has already
-#    drawn a widget or made a tensor has), runs the `%pip` line of notebook 00's setup cell the way `%pip`
-#    does (`python -m pip ...`), then `setup("tiny")`, the cell's next call, and prints what it said.
+# 2. A Python process plays Colab's kernel (requirements.lock's versions as pip's constraints): it imports
+#    torch and ipywidgets (as a kernel that has already drawn a widget or made a tensor has), runs the
+#    `%pip` line of notebook 00's setup cell the way `%pip` does (`python -m pip ...`), then
+#    `setup("tiny")`, the cell's next call, and prints what it said.
 #    GitHub is unreachable here, so the line's git URL (rlhflab.notebook.INSTALL) is replaced by this
 #    checkout: the same package, built from the working tree instead of the release tag.
 # 3. As after a restart: notebook 00 runs headless in that virtualenv at QUICK settings
@@ -32,6 +33,10 @@ rm -rf "$VENV" "$WORK/quickstart"
 # shellcheck disable=SC2086  # the package list splits on spaces
 "$VENV/bin/pip" install --quiet $COLAB_PACKAGES
 export PATH="$VENV/bin:$PATH" HF_HUB_OFFLINE=1  # the notebook's kernel is the virtualenv's python
+# The install line resolves within the lab's locked versions (requirements.lock), as constraints: pip takes
+# no hashes in a constraints file, and the lock's `torch==2.13.0+cpu` is the torch installed above.
+sed -e '/--hash=/d' -e 's/ \\$//' "$ROOT/requirements.lock" > "$WORK/constraints.txt"
+export PIP_CONSTRAINT="$WORK/constraints.txt"
 cd "$WORK"  # not the checkout, whose rlhflab/ would shadow the installed package
 
 echo "== 2. notebook 00's install line in a kernel that has loaded torch and ipywidgets"
