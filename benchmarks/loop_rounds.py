@@ -24,6 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from rlhflab.tiny.task import WorldTask  # noqa: E402
 from rlhflab import GoldAnnotator, TinyWorld  # noqa: E402
 from rlhflab.loop import RLHFLoop  # noqa: E402
 from rlhflab.stages import RLHFConfig  # noqa: E402
@@ -57,7 +58,7 @@ def run_seed(job: tuple) -> dict:
     world = TinyWorld(seed=0)
     started = time.time()
     with tempfile.TemporaryDirectory() as scratch:
-        loop = RLHFLoop(world, GoldAnnotator(world), RLHFConfig(out_dir=scratch, seed=seed, rounds=rounds, **fields))
+        loop = RLHFLoop(WorldTask(world), RLHFConfig(out_dir=scratch, seed=seed, rounds=rounds, **fields))
         loop.run()
         sft_gold = sum(loop.baseline.gold_scores) / len(loop.baseline.gold_scores)
     return {"seed": seed, "seconds": round(time.time() - started, 1), "sft_gold_mean": sft_gold,

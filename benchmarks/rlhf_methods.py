@@ -42,6 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd  # noqa: E402
 
+from rlhflab.tiny.task import WorldTask  # noqa: E402
 from rlhflab import GoldAnnotator, TinyWorld  # noqa: E402
 from rlhflab.demo import screenshots  # noqa: E402
 from rlhflab.loop import active_vs_random, compare_methods  # noqa: E402
@@ -97,7 +98,7 @@ def rl_curve(world, gold, config: RLHFConfig, steps: int) -> pd.DataFrame:
     """Gold and proxy along a weak-KL PPO run from compare_methods' SFT adapter against its reward model."""
     methods = Path(config.out_dir)  # RLHFLoop's layout: sft/, round_1/reward/
     chaser = chasing_config(config, steps, out_dir=str(methods.parent / "rl_curve"))
-    return rl_points(ppo_trainer(world, gold, chaser, methods / "sft", methods / "round_1" / "reward").train().history)
+    return rl_points(ppo_trainer(WorldTask(world, gold), chaser, methods / "sft", methods / "round_1" / "reward").train().history)
 
 
 def run_seed(job: tuple) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None, dict]:
@@ -111,7 +112,7 @@ def run_seed(job: tuple) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFram
                             n_heldout=args.heldout, seed=seed)
         if args.methods or best_of(args) or args.rl_steps:  # the RL curve starts from its SFT and reward model
             started = time.time()
-            table = compare_methods(world, gold, config, best_of=best_of(args), methods=tuple(args.methods),
+            table = compare_methods(WorldTask(world, gold), config, best_of=best_of(args), methods=tuple(args.methods),
                                     kto_ratings="kto" in args.methods)
             table = table.assign(seed=seed, labels=table.attrs["labels"])
             seconds[f"methods seed {seed}"] = round(time.time() - started, 1)
@@ -121,7 +122,7 @@ def run_seed(job: tuple) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFram
             seconds[f"RL curve seed {seed}"] = round(time.time() - started, 1)
         if not args.no_active:
             started = time.time()
-            curve = active_vs_random(world, gold, RLHFConfig(out_dir=f"{scratch}/active", seed=seed,
+            curve = active_vs_random(WorldTask(world, gold), RLHFConfig(out_dir=f"{scratch}/active", seed=seed,
                                                              n_heldout=args.heldout,
                                                              labels_per_round=args.labels // args.batches),
                                      batches=args.batches, ensemble=args.ensemble).assign(seed=seed)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from rlhflab.tiny.task import WorldTask  # noqa: E402
 from rlhflab import GoldAnnotator, TinyWorld, load_policy  # noqa: E402
 from rlhflab.embedded import SMOLLM2  # noqa: E402
 from rlhflab.loop import RLHFLoop  # noqa: E402
@@ -43,7 +44,7 @@ def main() -> None:
                         n_demonstrations=args.demonstrations, labels_per_round=args.labels, pool_per_label=1,
                         ppo_steps=args.ppo_steps, ppo_batch_size=8, n_heldout=args.heldout)
     started = time.time()
-    loop = RLHFLoop(world, gold, config)
+    loop = RLHFLoop(WorldTask(world, gold), config)
     base_answers = load_policy(SMOLLM2).generate(loop.heldout, max_new_tokens=config.response_length, seed=0)
     rows = [{"stage": "base model", "gold/mean": gold.mean_score(loop.heldout, base_answers)}]
     loop.sft()

@@ -32,11 +32,13 @@ warnings.filterwarnings("ignore", message=CHECKPOINTING_NAME_WARNING, category=F
 
 from .models import Policy, load_policy
 from .store import LabelStore, StoreConfig
+from .task import Task
 from .tiny import GoldAnnotator, TinyWorld
 from .tiny.annotate import label_with_gold
+from .tiny.task import WorldTask
 
-__all__ = ["GoldAnnotator", "LabelStore", "PairwiseLabeler", "Policy", "RankingLabeler", "StoreConfig", "TinyWorld",
-           "label_with_gold", "load_policy"]
+__all__ = ["GoldAnnotator", "LabelStore", "PairwiseLabeler", "Policy", "RankingLabeler", "StoreConfig", "Task",
+           "TinyWorld", "WorldTask", "label_with_gold", "load_policy"]
 __version__ = "0.1.0"
 WIDGETS = ("PairwiseLabeler", "RankingLabeler")
 

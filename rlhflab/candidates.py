@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from .records import Item, as_rows, dedup, read_jsonl
+from .records import Item, as_rows, dedup, read_records
 from .store import LabelStore
 
 
@@ -27,10 +27,9 @@ def items_from(data, responses: tuple[str, ...] = ("response_a", "response_b"), 
         sources: columns naming the policy behind each response, aligned with `responses`.
         gold: a column with the calibration answer ('a', 'b', 'tie', 'both_bad'), where known.
     """
-    if isinstance(data, str) or hasattr(data, "suffix"):
-        data = read_jsonl(data)
+    data, what = read_records(data)
     optional = [*(sources or ()), *([gold] if gold else [])]  # may be '' where unknown
-    rows = as_rows(data, [prompt, *responses, *optional], what="candidates", allow_empty=optional)
+    rows = as_rows(data, [prompt, *responses, *optional], what=what, allow_empty=optional)
     return [Item(row[prompt], tuple(row[r] for r in responses), tuple(row[s] for s in sources or ()),
                  gold=row[gold] or None if gold else None) for row in rows]
 

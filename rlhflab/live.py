@@ -78,7 +78,7 @@ class Chart:
 
 
 HEALTH = "Is the optimisation healthy?"
-ROUNDS = "How did each round do? (held-out prompts, scored by the gold annotator)"
+ROUNDS = "How did each round do? (held-out prompts, scored by the task's judge)"
 
 
 def _health(metric: str, label: str, unit: str, **rules) -> Chart:
@@ -151,18 +151,19 @@ LAYOUTS: dict[str, tuple[Chart, ...]] = {
                Curve("values/advantage", "advantage target Q - V"))),
     ),
     "rounds": (
-        Chart("Is RLHF beating SFT?", "gold win-rate against SFT", (Curve("gold/win_rate_vs_sft", "win-rate"),),
+        Chart("Is RLHF beating SFT?", "win-rate against SFT", (Curve("gold/win_rate_vs_sft", "win-rate (gold)"),
+                                                              Curve("judge/win_rate_vs_sft", "win-rate (judge)")),
               x_title="round", percent=True, group=ROUNDS),
         Chart("Gold score of the answers", "mean gold score (-4 to 4)", (Curve("gold/mean", "this round's policy"),),
               x_title="round", group=ROUNDS),
         Chart("How far has it moved from SFT?", "KL to SFT (nats per response)", (Curve("kl/to_sft", "KL"),),
               x_title="round", group=ROUNDS),
-        Chart("Does the reward model agree with gold?", "agreement on (policy, SFT) pairs",
-              (Curve("reward/gold_agreement", "agreement"),), x_title="round", percent=True, warn_below=0.5,
-              group=ROUNDS),
+        Chart("Does the reward model agree with the judge?", "agreement on (policy, SFT) pairs",
+              (Curve("reward/gold_agreement", "with gold"), Curve("reward/judge_agreement", "with the judge")),
+              x_title="round", percent=True, warn_below=0.5, group=ROUNDS),
     ),
 }
-RECOGNISED_BY = (("objective/kl", "ppo"), ("gold/win_rate_vs_sft", "rounds"), ("reward_std", "critic_free"),
+RECOGNISED_BY = (("objective/kl", "ppo"), ("gold/win_rate_vs_sft", "rounds"), ("judge/win_rate_vs_sft", "rounds"), ("reward_std", "critic_free"),
                  ("kl", "kto"), ("rewards/margins", "dpo"), ("loss/q", "ilql"),
                  ("accuracy", "reward"))  # the first metric of a run that names its kind; else 'sft'
 

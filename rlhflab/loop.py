@@ -6,15 +6,17 @@ Llama 2 ran five such rounds (Touvron et al. 2023, sec. 3.2.2). One round here i
     1. pool     two samples per prompt: the current policy against the previous one
                 (round 1: two samples of SFT)
     2. choose   active learning picks `labels_per_round` pairs of the pool (`rlhflab.active`)
-    3. label    people label the store's queue in the widgets; the gold annotator labels what is left
+    3. label    people label the store's queue in the widgets; the task's judge labels what is left
     4. reward   a fresh LoRA reward model on every label so far, normalised on SFT samples
     5. policy   PPO from the current policy against that reward, KL to SFT (a fresh value head and KL
                 controller each round); or DPO, KTO or ILQL on all labels (iterated: each round's
                 reference is the policy it starts from)
-    6. evaluate held-out prompts: gold win-rate against SFT, gold and proxy means, KL to SFT
+    6. evaluate held-out prompts: the judge's win-rate against SFT (95% interval), KL to SFT, proxy means,
+                and gold means where the task knows the truth
 
-Every stage is a function of `rlhflab.stages`; this module only sequences them and keeps the
-store, the rounds' table and their plots. Pairs of round r's policy against round r-1's are labelled
+The loop runs on a task (`rlhflab.task`): a user's own prompts and judge, or the tiny world judged by
+its gold annotator. Every stage is a function of `rlhflab.stages`; this module only sequences them and
+keeps the store, the rounds' table and their plots. Pairs of round r's policy against round r-1's are labelled
 in the next round, so the store's Elo / Bradley-Terry leaderboard (`rlhflab.metrics.leaderboard`)
 ranks the rounds' policies. Everything a round writes lives under `out_dir/round_<r>/`; the labels
 live in `out_dir/labels.db`. `compare_methods` and `active_vs_random` measure methods and label
@@ -42,7 +44,6 @@ from .reward import evaluate_reward_model, load_reward_model
 from .stages import (FROM_A_REWARD_MODEL, LAYOUT_OF, METHODS, Baseline, RLHFConfig, evaluate, heldout_prompts, load,
                      policy_stage, reward_stage, sample, sft_baseline, sft_stage)
 from .store import LabelStore
-from .tiny.annotate import gold_ratings, label_with_gold
 
 SFT_SOURCE = "sft"
 
@@ -53,27 +54,26 @@ class RoundResult:
     policy_dir: Path  # the round's policy adapter (peft format)
     reward_dir: Path | None  # the round's reward model (None with DPO)
     metrics: dict  # 'round', 'labels' and stages.METRICS' numbers, also in rounds.jsonl
-    samples: pd.DataFrame  # held-out prompt / SFT / this round's policy, with gold scores
+    samples: pd.DataFrame  # held-out prompt / SFT / this round's policy (with gold scores on the tiny world)
 
 
 class RLHFLoop:
-    """Runs the iterated loop round by round on the tiny world (or any world with a gold annotator).
+    """Runs the iterated loop round by round on a task.
 
     Args:
-        world: a `TinyWorld` (prompts and demonstrations).
-        gold: its `GoldAnnotator`; it labels what people leave and scores every round.
+        task: a `Task` (your prompts, demonstrations and judge) or the tiny world's `WorldTask`.
         config: RLHFConfig.
-        annotator: the name the gold annotator labels under in the store.
+        annotator: the name the task's judge labels under in the store (default: the judge's name).
 
     Examples:
-        >>> loop = RLHFLoop(TinyWorld(), gold, RLHFConfig.quick("runs/loop"))  # doctest: +SKIP
+        >>> loop = RLHFLoop(WorldTask(TinyWorld(), gold), RLHFConfig.quick("runs/loop"))  # doctest: +SKIP
         >>> PairwiseLabeler(loop.store, annotator="you")  # label some yourself first  # doctest: +SKIP
         >>> loop.run()  # doctest: +SKIP
     """
 
-    def __init__(self, world, gold, config: RLHFConfig | None = None, *, annotator: str = "gold",
+    def __init__(self, task, config: RLHFConfig | None = None, *, annotator: str | None = None,
                  live: LivePlot | None = None):
-        self.world, self.gold, self.config, self.annotator = world, gold, config or RLHFConfig(), annotator
+        self.task, self.config, self.annotator = task, config or RLHFConfig(), annotator or task.judge_name
         self.out_dir = Path(self.config.out_dir)
         if (self.out_dir / "rounds.jsonl").exists():
             raise ValueError(f"{self.out_dir} already holds a loop's rounds and labels; give a new out_dir "
@@ -82,7 +82,7 @@ class RLHFLoop:
         self.store = LabelStore(self.out_dir / "labels.db")
         self.live = live or LivePlot(self.out_dir / "ppo", title="PPO over the rounds", layout="ppo")
         self.rounds_live = LivePlot(self.out_dir / "rounds", title="per round", layout="rounds")
-        self.heldout = heldout_prompts(world, self.config)  # every round is scored on these
+        self.heldout = heldout_prompts(task, self.config)  # every round is scored on these
         self.sft_dir: Path | None = None  # set by sft()
         self.baseline: Baseline | None = None  # SFT's held-out answers: what every round is scored against
         self.results: list[RoundResult] = []
@@ -105,17 +105,17 @@ class RLHFLoop:
     def sft(self) -> Path:
         """LoRA SFT of the base on a small demonstration budget (round 0), and its held-out answers."""
         live = LivePlot(self.out_dir / "sft", title="SFT", widgets=False)
-        self.sft_dir = sft_stage(self.world, self.config, live=live)
-        self.baseline = sft_baseline(self.world, self.gold, self.config, self.sft_dir)
-        self.rounds_live.reference("gold/mean", statistics.fmean(self.baseline.gold_scores), "SFT")
-        self.rounds_live.reference("gold/win_rate_vs_sft", 0.5, "SFT against itself")
+        self.sft_dir = sft_stage(self.task, self.config, live=live)
+        self.baseline = sft_baseline(self.task, self.config, self.sft_dir)
+        if self.baseline.gold_scores is not None:
+            self.rounds_live.reference("gold/mean", statistics.fmean(self.baseline.gold_scores), "SFT")
+        self.rounds_live.reference(f"{self.task.judge_name}/win_rate_vs_sft", 0.5, "SFT against itself")
         return self.sft_dir
 
     def pool(self, round_number: int) -> list[Item]:
         """Candidate pairs: the newest policy against the one before (two SFT samples in round 1)."""
         c = self.config
-        prompts = [q.text for q in self.world.questions("train", c.labels_per_round * c.pool_per_label,
-                                                        seed=c.seed + 1000 * round_number)]
+        prompts = self.task.draw("train", c.labels_per_round * c.pool_per_label, seed=c.seed + 1000 * round_number)
         if round_number == 1:
             newer = older = self.sft_policy
             names = (SFT_SOURCE, SFT_SOURCE)
@@ -133,9 +133,8 @@ class RLHFLoop:
         return SFT_SOURCE if round_number == 0 else f"round {round_number}"
 
     def label(self) -> int:
-        """The gold annotator labels every item nobody has labeled yet; returns how many it labeled."""
-        seed = self.config.seed + len(self.results)
-        return len(label_with_gold(self.store, self.gold, annotator=self.annotator, seed=seed))
+        """The task's judge labels every item nobody has labeled yet; returns how many it labeled."""
+        return self.task.label(self.store, annotator=self.annotator, seed=self.config.seed + len(self.results))
 
     def fit_reward(self, round_number: int):
         """Step 4: a fresh reward model on every label so far."""
@@ -150,14 +149,14 @@ class RLHFLoop:
                                                           title=f"{method.upper()}, round {round_number}",
                                                           layout=LAYOUT_OF.get(method, method))
         policy_dir, self.ppo_steps_done = policy_stage(
-            method, self.world, self.gold, self.config, sft_dir=self.sft_dir, start=start,
+            method, self.task, self.config, sft_dir=self.sft_dir, start=start,
             out=self.out_dir / f"round_{round_number}", reward_dir=reward_dir, comparisons=self.store,
             seed=self.config.seed + round_number, first_step=self.ppo_steps_done, live=live)
         return policy_dir
 
     def evaluate(self, round_number: int, policy_dir: Path, reward_model=None) -> tuple[dict, pd.DataFrame]:
         """Step 6: `stages.evaluate` of the round's policy, with the round and the labels so far."""
-        metrics, samples = evaluate(load(self.config, policy_dir), self.baseline, self.gold, self.config,
+        metrics, samples = evaluate(load(self.config, policy_dir), self.baseline, self.task, self.config,
                                     reward_model, name=f"round {round_number}")
         return {"round": round_number, "labels": len(self.store.labels()), **metrics}, samples
 
@@ -167,7 +166,7 @@ class RLHFLoop:
         """Steps 1-2 of the next round: sample the pool and queue the chosen pairs for labeling.
 
         Label them in a widget now (`PairwiseLabeler(loop.store, annotator=...)`) if you like;
-        `finish_round` lets the gold annotator label whatever is left.
+        `finish_round` lets the task's judge label whatever is left.
         """
         c = self.config
         if self.sft_dir is None:
@@ -217,7 +216,7 @@ class RLHFLoop:
         """Label pairs of the last round's policy against the one before, for the leaderboard."""
         last = len(self.results)
         n = n or self.config.n_heldout
-        prompts = [q.text for q in self.world.questions("train", n, seed=self.config.seed + 7777)]
+        prompts = self.task.draw("train", n, seed=self.config.seed + 7777)
         newer, older = self.policy_of(last), self.policy_of(last - 1)
         items = [Item(p, (a, b), (self.source_of(last), self.source_of(last - 1)), meta={"round": "final"})
                  for p, a, b in zip(prompts, self.sample(newer, prompts, seed=1), self.sample(older, prompts, seed=2))]
@@ -230,10 +229,10 @@ class RLHFLoop:
 
 
 # ---------------------------------------------------------------------------------------------
-# Measurements on the tiny world (notebook 05 and benchmarks/rlhf_methods.py)
+# Measurements of methods and label strategies (notebook 05 and benchmarks/rlhf_methods.py)
 # ---------------------------------------------------------------------------------------------
 
-def compare_methods(world, gold, config: RLHFConfig, best_of: tuple[int, ...] = (4, 16),
+def compare_methods(task, config: RLHFConfig, best_of: tuple[int, ...] = (4, 16),
                     methods: tuple[str, ...] = METHODS, kto_ratings: bool = True) -> pd.DataFrame:
     """SFT, best-of-n and each method of `methods` from the same labels (`config.labels_per_round`), on
     held-out prompts.
@@ -243,9 +242,13 @@ def compare_methods(world, gold, config: RLHFConfig, best_of: tuple[int, ...] = 
     trained on them. With `kto_ratings`, 'KTO (ratings)' learns from as many gold thumbs ratings of
     single SFT samples instead: a rating reads one response where a comparison reads two. One row
     per method, in METRICS' names: gold win-rate against SFT (ties count half), KL to SFT in nats
-    per response (measured; best-of-n's is its closed form), gold and proxy means.
+    per response (measured; best-of-n's is its closed form), gold and proxy means. It needs a task with a
+    gold annotator (the tiny world's `WorldTask`): best-of-n's curve and the ratings are scored by gold.
     """
-    loop = RLHFLoop(world, gold, config)
+    if task.gold is None:
+        raise ValueError("compare_methods scores every method by gold, and this task has no gold annotator; "
+                         "run RLHFLoop(task, RLHFConfig(method=...)) per method and compare their win-rates")
+    loop = RLHFLoop(task, config)
     loop.sft()
     loop.queue_round()
     loop.label()
@@ -255,14 +258,14 @@ def compare_methods(world, gold, config: RLHFConfig, best_of: tuple[int, ...] = 
     if best_of:
         draw = sample_best_of_n(loop.sft_policy, reward_model, loop.heldout, max(best_of),
                                 max_new_tokens=config.response_length, seed=config.seed + 51)
-        for row in best_of_n_curve(draw, gold, loop.sft_responses, list(best_of)).to_dict("records"):
+        for row in best_of_n_curve(draw, task.gold, loop.sft_responses, list(best_of)).to_dict("records"):
             rows.append({"method": f"best-of-{row.pop('n')}", **row})
     for method in methods:
         metrics = loop.evaluate(1, loop.update_policy(1, loop.sft_dir, reward_dir, method=method), reward_model)[0]
         rows.append({"method": method.upper(), **{k: metrics[k] for k in columns}})
     if kto_ratings:
-        ratings = gold_ratings(world, gold, loop.sft_policy, "train", config.labels_per_round, seed=config.seed + 71)
-        policy_dir, _ = policy_stage("kto", world, gold, config, sft_dir=loop.sft_dir, start=loop.sft_dir,
+        ratings = task.ratings(loop.sft_policy, config.labels_per_round, seed=config.seed + 71)
+        policy_dir, _ = policy_stage("kto", task, config, sft_dir=loop.sft_dir, start=loop.sft_dir,
                                      out=loop.out_dir / "ratings", comparisons=ratings, seed=config.seed)
         metrics = loop.evaluate(1, policy_dir, reward_model)[0]
         rows.append({"method": "KTO (ratings)", **{k: metrics[k] for k in columns}})
@@ -271,7 +274,7 @@ def compare_methods(world, gold, config: RLHFConfig, best_of: tuple[int, ...] = 
     return table
 
 
-def active_vs_random(world, gold, config: RLHFConfig, batches: int = 4, ensemble: int = 3) -> pd.DataFrame:
+def active_vs_random(task, config: RLHFConfig, batches: int = 4, ensemble: int = 3) -> pd.DataFrame:
     """Reward-model agreement with gold on held-out pairs per label spent: active learning vs random picks.
 
     Every strategy draws from one pool of SFT sample pairs (`batches * labels_per_round *
@@ -286,14 +289,14 @@ def active_vs_random(world, gold, config: RLHFConfig, batches: int = 4, ensemble
     pool, sft_dir = None, None
     strategies = ("random", "active", "ensemble") if ensemble > 1 else ("random", "active")
     for strategy in strategies:
-        loop = RLHFLoop(world, gold, replace(config, out_dir=str(Path(config.out_dir) / strategy),
+        loop = RLHFLoop(task, replace(config, out_dir=str(Path(config.out_dir) / strategy),
                                              labels_per_round=config.labels_per_round * batches))
         if sft_dir is not None:  # every strategy starts from the same SFT policy
             shutil.copytree(sft_dir, loop.out_dir / "sft")
         sft_dir = loop.sft()
         pool = pool or loop.pool(1)
         second = loop.sample(loop.sft_policy, loop.heldout, seed=config.seed + 61)
-        heldout_pairs = gold.preferences(loop.heldout, loop.sft_responses, second)
+        heldout_pairs = task.preferences(loop.heldout, loop.sft_responses, second)
         picker = None  # what choose_items is unsure with: nothing (random), one reward model, or an ensemble
         for batch in range(1, batches + 1):
             shares = ActiveConfig(random_share=1.0 if strategy == "random" else config.random_share,

@@ -5,6 +5,7 @@
     majority_agreement  per annotator: how often they side with the majority of the others
     position_bias    do left responses win more than half the decided pairs? (exact binomial test)
     wilson_interval  a confidence interval for a share (gold accuracy, say) that holds on few items
+    win_rate_interval  a win-rate with ties counting half, and its bootstrap interval over prompts
     leaderboard      Elo (the mean over shuffles of the games, so the order they came in does not
                      matter) and Bradley-Terry (maximum likelihood, the model reward training assumes,
                      with bootstrap intervals) ratings of the sources behind the responses, and
@@ -152,6 +153,18 @@ def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[f
     centre = (share + z2 / 2) / (1 + z2)
     half = z / (1 + z2) * math.sqrt(share * (1 - share) / trials + z2 / (4 * trials))
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def win_rate_interval(outcomes: list[float], level: float = 0.95, samples: int = 2000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """The mean of per-prompt outcomes (1 win, 0.5 tie, 0 loss) and its percentile bootstrap interval over
+    the prompts (Efron and Tibshirani 1993, ch. 13): (win-rate, low, high)."""
+    if not outcomes:
+        raise ValueError("a win-rate needs at least one outcome")
+    rng, n = random.Random(f"win_rate:{seed}"), len(outcomes)
+    means = [sum(rng.choices(outcomes, k=n)) / n for _ in range(samples)]
+    tail = (1 - level) / 2
+    return sum(outcomes) / n, _quantile(means, tail), _quantile(means, 1 - tail)
 
 
 def position_bias(source, alpha: float = 0.05) -> dict:

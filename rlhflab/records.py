@@ -155,6 +155,23 @@ def read_csv(path: str | Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+def read_records(source) -> tuple[object, str]:
+    """A file's records by its extension (.csv as CSV; .jsonl and .jsonl.gz as JSON lines), or in-memory data
+    as it is; and what error messages call it (the file's name, or 'data')."""
+    if not isinstance(source, (str, Path)):
+        return source, "data"
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"no file {str(path)!r}; check the path (relative paths start at {os.getcwd()})")
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    if path.suffix.lower() == ".csv":
+        return read_csv(path), path.name
+    if path.suffix.lower() == ".jsonl" or suffixes == ".jsonl.gz":
+        return read_jsonl(path), path.name
+    raise ValueError(f"{path.name}: rlhflab reads .csv, .jsonl and .jsonl.gz files; convert it, or pass a pandas "
+                     "DataFrame (pd.read_parquet, pd.read_excel, ...)")
+
+
 def read_comparisons(source, columns: Mapping[str, str] | None = None, max_chars: int | None = MAX_CHARS,
                      allow_empty: Iterable[str] = ()) -> list[dict]:
     """Checked prompt / chosen / rejected rows from a file (.jsonl, .jsonl.gz, .csv) or in-memory data.
@@ -165,12 +182,7 @@ def read_comparisons(source, columns: Mapping[str, str] | None = None, max_chars
         max_chars: longest text accepted; None accepts any length (the widgets scroll long text).
         allow_empty: columns that may be empty strings, e.g. ('chosen', 'rejected').
     """
-    what = "data"
-    if isinstance(source, (str, Path)):
-        path, what = Path(source), Path(source).name
-        if not path.exists():
-            raise FileNotFoundError(f"no file {str(path)!r}; check the path (relative paths start at {os.getcwd()})")
-        source = read_csv(path) if path.suffix == ".csv" else read_jsonl(path)
+    source, what = read_records(source)
     rows = as_rows(source, COMPARISON_COLUMNS, columns, what=what, allow_empty=allow_empty)
     if max_chars is not None:
         for index, row in enumerate(rows):

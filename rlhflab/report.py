@@ -26,6 +26,8 @@ COLUMNS = {
     "round": ("round", "{:.0f}"),
     "labels": ("labels so far", "{:,.0f}"),
     "gold/win_rate_vs_sft": ("gold win-rate vs SFT", "{:.1%}"),
+    "gold/win_rate_vs_sft_low": ("its 95% interval from", "{:.1%}"),
+    "gold/win_rate_vs_sft_high": ("to", "{:.1%}"),
     "gold/mean": ("gold mean (-4 to 4)", "{:.2f}"),
     "gold/sft_mean": ("SFT's gold mean", "{:.2f}"),
     "kl/to_sft": ("KL to SFT (nats)", "{:.2f}"),
@@ -42,7 +44,10 @@ def summary(table: pd.DataFrame) -> str:
     trend = "rose" if last["gold/win_rate_vs_sft"] >= 0.5 else "fell"
     kl = max(last["kl/to_sft"], 0.0)  # k1 on a few dozen samples can dip below 0; KL itself cannot
     sentence = (f"{rounds}, {last['labels']:,.0f} labels: gold win-rate against SFT {trend} from 50% to "
-                f"{last['gold/win_rate_vs_sft']:.0%} at {kl:.1f} nats of KL")
+                f"{last['gold/win_rate_vs_sft']:.0%}")
+    if "gold/win_rate_vs_sft_low" in table:
+        sentence += f" (95% interval {last['gold/win_rate_vs_sft_low']:.0%}-{last['gold/win_rate_vs_sft_high']:.0%})"
+    sentence += f" at {kl:.1f} nats of KL"
     if "reward/gold_agreement" in table and pd.notna(last.get("reward/gold_agreement")):
         sentence += f"; the reward model agreed with gold on {last['reward/gold_agreement']:.0%} of pairs"
     return sentence + "."

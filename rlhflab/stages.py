@@ -1,4 +1,4 @@
-"""The RLHF stages as functions, each wired here and nowhere else, and the one evaluation.
+"""The RLHF stages as functions of a task, each wired here and nowhere else, and the one evaluation.
 
     sft_stage       LoRA SFT of the base on a small demonstration budget
     sft_baseline    SFT's answers to the held-out prompts: what every evaluation compares against
@@ -6,8 +6,11 @@
     ppo_trainer     PPO from an adapter against a reward model, KL to SFT (for runs that want the trainer)
     policy_stage    one policy update, by method: 'ppo' (against a reward model), or 'dpo', 'kto' or 'ilql'
                     (on the labels themselves)
-    evaluate        held-out gold win-rate against SFT, gold and proxy means, KL to SFT, reward agreement
+    evaluate        held-out win-rate against SFT by the task's judge (95% interval), KL to SFT, proxy means,
+                    gold means where the task knows the truth, reward agreement with the judge
 
+Every stage takes a task (`rlhflab.task`): a user's prompts, demonstrations and judge, or the tiny world
+judged by its gold annotator (`rlhflab.tiny.task.WorldTask`); nothing here knows which.
 Data flows one way: records -> store -> comparison rows -> trainers -> evaluation. `RLHFLoop` and
 `compare_methods` (`rlhflab.loop`), notebooks 03-05, the benchmarks and the tests' fixtures all run
 these functions, at the sizes of one `RLHFConfig`. Every number they report is named in `METRICS`,
@@ -31,25 +34,29 @@ from .dpo import DPOConfig, train_dpo
 from .ilql import HEADS_WEIGHTS, ILQLConfig, load_ilql, train_ilql
 from .kto import KTOConfig, train_kto
 from .live import LivePlot
+from .metrics import win_rate_interval
 from .models import Policy, load_policy
 from .ppo import PPOConfig, PPOTrainer
 from .reward import (ADAPTER_WEIGHTS, RewardConfig, RewardModel, SharedReward, evaluate_reward_model,
                      load_reward_model, train_reward_model)
 from .sft import SFTConfig, train_sft
-from .tiny.annotate import sample_pairs
 
 METHODS = ("ppo", "dpo", "kto", "ilql", "nlpo", "rloo", "grpo")  # the policy updates `policy_stage` runs
 FROM_A_REWARD_MODEL = ("ppo", "nlpo", "rloo", "grpo")  # the rest learn from the labels directly
 LAYOUT_OF = {"nlpo": "ppo", "rloo": "critic_free", "grpo": "critic_free"}  # each other method has its own layout
-METRICS = {  # name -> meaning; the loop, compare_methods, the benchmarks, the notebooks and the report use these
+METRICS = {  # name -> meaning; the loop, compare_methods, the benchmarks, the notebooks and the report use these.
+    # 'gold/' is the judge's name on the tiny world; with a judge of your own it is `Task.judge_name` ('judge/').
     "gold/win_rate_vs_sft": "share of held-out prompts on which gold prefers the policy's answer to SFT's (ties: half)",
+    "gold/win_rate_vs_sft_low": "lower end of the win-rate's 95% interval (percentile bootstrap over the prompts)",
+    "gold/win_rate_vs_sft_high": "upper end of the win-rate's 95% interval",
     "gold/mean": "mean gold score of the policy's held-out answers (-4 to 4)",
     "gold/sft_mean": "mean gold score of SFT's held-out answers, the baseline",
     "kl/to_sft": "KL divergence of the policy from SFT, in nats per response, on the policy's own held-out samples",
     "reward/mean": "mean proxy (reward-model) score of the policy's held-out answers; 0 is SFT's mean",
     "reward/sft_mean": "mean proxy score of SFT's held-out answers",
     "reward/gold_agreement": "share of held-out (policy, SFT) answer pairs on which the reward model agrees with gold",
-    "reward/gold_agreement_world": "reward-model agreement with gold on held-out pairs of the world's candidates",
+    "reward/heldout_pairs_accuracy": "reward-model accuracy on the task's held-out comparisons (the tiny world: gold "
+                                     "labels of its candidates)",
     "reward/gold_agreement_sft_samples": "reward-model agreement with gold on held-out pairs of two SFT samples",
     "labels": "labels in the store so far (pairs, ties, 'both bad' and rankings)",
 }
@@ -114,12 +121,12 @@ class RLHFConfig:
 # Prompts, loading and sampling, the same way in every stage
 # ---------------------------------------------------------------------------------------------
 
-def heldout_prompts(world, config: RLHFConfig) -> list[str]:
-    return [q.text for q in world.questions("heldout", config.n_heldout, seed=config.seed + 11)]
+def heldout_prompts(task, config: RLHFConfig) -> list[str]:
+    return task.draw("heldout", config.n_heldout, seed=config.seed + 11)
 
 
-def ppo_prompts(world, config: RLHFConfig) -> list[str]:
-    return [q.text for q in world.questions("train", 2000, seed=config.seed + 13)]
+def ppo_prompts(task, config: RLHFConfig) -> list[str]:
+    return task.draw("train", 2000, seed=config.seed + 13)
 
 
 def load(config: RLHFConfig, adapter: str | Path | None = None, trainable: bool = False) -> Policy:
@@ -139,35 +146,45 @@ def sample(policy: Policy, prompts: list[str], config: RLHFConfig, seed: int) ->
 # The stages
 # ---------------------------------------------------------------------------------------------
 
-def sft_stage(world, config: RLHFConfig, out: str | Path | None = None, live: LivePlot | None = None) -> Path:
-    """LoRA SFT of the base on `config.n_demonstrations`; returns the adapter directory (default out_dir/sft).
+def sft_stage(task, config: RLHFConfig, out: str | Path | None = None, live: LivePlot | None = None) -> Path:
+    """LoRA SFT of the base on up to `config.n_demonstrations` of the task's; returns the adapter directory
+    (default out_dir/sft). A task with no demonstrations gets an untrained adapter: LoRA's B starts at
+    zero, so that "SFT" is the base model itself, and every later stage still starts from an adapter.
 
-    A directory that already holds a trained adapter is reused, so a rerun or a resumed loop starts from it.
+    A directory that already holds an adapter is reused, so a rerun or a resumed loop starts from it.
     """
     out = Path(out or Path(config.out_dir) / "sft")
     if not (out / ADAPTER_WEIGHTS).exists():
-        demonstrations = world.demonstrations("train", config.n_demonstrations, seed=config.seed)
+        demonstrations = task.sft_rows(config.n_demonstrations, seed=config.seed)
         torch.manual_seed(config.seed)  # the new adapter's first weights follow the seed, not what ran before
-        train_sft(load(config, trainable=True), demonstrations,
-                  SFTConfig(output_dir=str(out), seed=config.seed, logging_steps=2), live=live)
+        policy = load(config, trainable=True)
+        if demonstrations:
+            train_sft(policy, demonstrations, SFTConfig(output_dir=str(out), seed=config.seed, logging_steps=2),
+                      live=live)
+        else:
+            policy.model.save_pretrained(out)
     return out
 
 
 @dataclass
 class Baseline:
-    """SFT's answers to the held-out prompts, and their gold scores."""
+    """SFT's answers to the held-out prompts, and their gold scores where the task knows the truth."""
 
     policy: Policy  # the SFT policy (frozen)
     prompts: list[str]
     responses: list[str]
-    gold_scores: list[float]
+    gold_scores: list[float] | None  # None: the task has no gold annotator
 
 
-def sft_baseline(world, gold, config: RLHFConfig, sft_dir: Path) -> Baseline:
+def sft_baseline(task, config: RLHFConfig, sft_dir: Path) -> Baseline:
     policy = load(config, sft_dir)
-    prompts = heldout_prompts(world, config)
+    prompts = heldout_prompts(task, config)
     responses = sample(policy, prompts, config, seed=config.seed + 21)
-    return Baseline(policy, prompts, responses, [gold.score(p, r) for p, r in zip(prompts, responses)])
+    return Baseline(policy, prompts, responses, gold_scores(task, prompts, responses))
+
+
+def gold_scores(task, prompts: list[str], responses: list[str]) -> list[float] | None:
+    return None if task.gold is None else [task.gold.score(p, r) for p, r in zip(prompts, responses)]
 
 
 def reward_stage(comparisons, config: RLHFConfig, baseline: Baseline, out: str | Path,
@@ -183,20 +200,31 @@ def reward_stage(comparisons, config: RLHFConfig, baseline: Baseline, out: str |
     return reward_model
 
 
-def reward_agreement(reward_model, world, gold, config: RLHFConfig, baseline: Baseline) -> tuple[dict, dict]:
-    """How often a reward model agrees with gold on held-out pairs it never saw: the world's candidates,
-    and two SFT samples per prompt (what PPO will first show it). Returns the metrics, and
-    `evaluate_reward_model`'s result on both sets together (calibration table, raw scores)."""
-    world_pairs = gold.preferences(*world.candidate_pairs("heldout", config.n_heldout * 2, seed=config.seed + 5))
-    sft_pairs = gold.preferences(*sample_pairs(baseline.policy, baseline.prompts, seed=config.seed + 7))
-    evaluation = evaluate_reward_model(reward_model, world_pairs + sft_pairs)  # every pair scored once
+def reward_agreement(reward_model, task, config: RLHFConfig, baseline: Baseline) -> tuple[dict, dict]:
+    """How often a reward model agrees with held-out verdicts it never saw: the task's held-out comparisons,
+    and the judge's verdicts on two SFT samples per prompt (what PPO will first show it), where the task has
+    each. Returns the metrics, and `evaluate_reward_model`'s result on both sets together (calibration
+    table, raw scores)."""
+    task_pairs = task.reward_pairs(config.n_heldout * 2, seed=config.seed + 5)
+    sft_pairs = []
+    if task.judge is not None:
+        prompts, seed = baseline.prompts, config.seed + 7
+        sft_pairs = task.preferences(prompts, baseline.policy.generate(prompts, seed=seed),
+                                     baseline.policy.generate(prompts, seed=seed + 1))
+    if not task_pairs + sft_pairs:
+        raise ValueError("the task has neither held-out comparisons nor a judge, so nothing can test the reward "
+                         "model: pass Task(comparisons=...) or Task(judge=...)")
+    evaluation = evaluate_reward_model(reward_model, task_pairs + sft_pairs)  # every pair scored once
     agrees = (evaluation["chosen"] > evaluation["rejected"]).float()
-    metrics = {"reward/gold_agreement_world": agrees[:len(world_pairs)].mean().item(),
-               "reward/gold_agreement_sft_samples": agrees[len(world_pairs):].mean().item()}
+    metrics = {}
+    if task_pairs:
+        metrics["reward/heldout_pairs_accuracy"] = agrees[:len(task_pairs)].mean().item()
+    if sft_pairs:
+        metrics[f"reward/{task.judge_name}_agreement_sft_samples"] = agrees[len(task_pairs):].mean().item()
     return metrics, evaluation
 
 
-def ppo_trainer(world, gold, config: RLHFConfig, sft_dir: Path, reward_dir: Path, *, start: Path | None = None,
+def ppo_trainer(task, config: RLHFConfig, sft_dir: Path, reward_dir: Path, *, start: Path | None = None,
                 out: str | Path | None = None, first_step: int = 0, seed: int | None = None,
                 separate_reward: bool = False, ppo_fields: dict | None = None,
                 live: LivePlot | None = None) -> PPOTrainer:
@@ -216,13 +244,13 @@ def ppo_trainer(world, gold, config: RLHFConfig, sft_dir: Path, reward_dir: Path
                            target_kl=config.target_kl, kl_horizon=50 * config.ppo_batch_size,
                            response_length=config.response_length, seed=config.seed if seed is None else seed,
                            **(ppo_fields or {}))
-    trainer = PPOTrainer(policy, ppo_prompts(world, config), reward, ppo_config, gold=gold, live=live,
+    trainer = PPOTrainer(policy, ppo_prompts(task, config), reward, ppo_config, gold=task.gold, live=live,
                          reference_adapter=sft_dir, value_from=reward_dir)
     trainer.step = first_step
     return trainer
 
 
-def policy_stage(method: str, world, gold, config: RLHFConfig, *, sft_dir: Path, start: Path, out: Path,
+def policy_stage(method: str, task, config: RLHFConfig, *, sft_dir: Path, start: Path, out: Path,
                  reward_dir: Path | None = None, comparisons=None, seed: int | None = None, first_step: int = 0,
                  live: LivePlot | None = None) -> tuple[Path, int]:
     """One policy update from the `start` adapter: PPO, NLPO, RLOO or GRPO against the reward model at
@@ -234,7 +262,7 @@ def policy_stage(method: str, world, gold, config: RLHFConfig, *, sft_dir: Path,
     if method in FROM_A_REWARD_MODEL and reward_dir is None:
         raise ValueError(f"{method.upper()} needs a reward model: pass reward_dir (from reward_stage)")
     if method in ("ppo", "nlpo"):
-        result = ppo_trainer(world, gold, config, sft_dir, reward_dir, start=start, out=Path(out) / method,
+        result = ppo_trainer(task, config, sft_dir, reward_dir, start=start, out=Path(out) / method,
                              first_step=first_step, seed=seed, live=live,
                              ppo_fields={"nlpo_top_p": config.nlpo_top_p} if method == "nlpo" else None).train()
         return result.output_dir / "checkpoint", result.step
@@ -242,7 +270,7 @@ def policy_stage(method: str, world, gold, config: RLHFConfig, *, sft_dir: Path,
     policy = load(config, start, trainable=True)
     if method in ("rloo", "grpo"):
         reward = load_reward_model(str(reward_dir), quantization=config.quantization)
-        train_critic_free(policy, ppo_prompts(world, config), reward, CriticFreeConfig(
+        train_critic_free(policy, ppo_prompts(task, config), reward, CriticFreeConfig(
             method=method, output_dir=str(out), max_steps=config.ppo_steps, batch_size=config.ppo_batch_size,
             mini_batch_size=config.ppo_mini_batch_size,
             num_generations=config.group_size, learning_rate=config.ppo_learning_rate, beta=config.critic_free_beta,
@@ -263,27 +291,36 @@ def policy_stage(method: str, world, gold, config: RLHFConfig, *, sft_dir: Path,
 # The one evaluation
 # ---------------------------------------------------------------------------------------------
 
-def evaluate(policy: Policy, baseline: Baseline, gold, config: RLHFConfig, reward=None,
+def evaluate(policy: Policy, baseline: Baseline, task, config: RLHFConfig, reward=None,
              name: str = "policy") -> tuple[dict, pd.DataFrame]:
     """`policy` against SFT on the held-out prompts, in METRICS' names, and a table of samples.
 
-    KL(policy || SFT) is k1 on the policy's own samples: the mean over them of log pi(y|x) - log sft(y|x).
-    `reward` (a RewardModel, SharedReward or anything with `score`) adds the proxy means and the
-    reward model's agreement with gold on (policy, SFT) answer pairs.
+    The task's judge compares each of the policy's answers with SFT's: the win-rate counts ties as half, with
+    a 95% bootstrap interval over the prompts. KL(policy || SFT) is k1 on the policy's own samples: the
+    mean over them of log pi(y|x) - log sft(y|x). A task with a gold annotator adds gold means. `reward` (a
+    RewardModel, SharedReward or anything with `score`) adds the proxy means (always named 'reward/', a
+    proxy) and the reward model's agreement with the judge on (policy, SFT) answer pairs.
     """
-    prompts = baseline.prompts
+    prompts, judge = baseline.prompts, task.judge_name
     responses = sample(policy, prompts, config, seed=config.seed + 41)
     kl = (policy.response_logprobs(prompts, responses) - baseline.policy.response_logprobs(prompts, responses))
-    gold_scores = [gold.score(p, r) for p, r in zip(prompts, responses)]
-    metrics = {"gold/win_rate_vs_sft": gold.win_rate(prompts, responses, baseline.responses),
-               "gold/mean": statistics.fmean(gold_scores), "gold/sft_mean": statistics.fmean(baseline.gold_scores),
-               "kl/to_sft": kl.mean().item()}
+    metrics = {}
+    if task.judge is not None:
+        rate, low, high = win_rate_interval(task.outcomes(prompts, responses, baseline.responses), seed=config.seed)
+        metrics = {f"{judge}/win_rate_vs_sft": rate, f"{judge}/win_rate_vs_sft_low": low,
+                   f"{judge}/win_rate_vs_sft_high": high}
+    scores = gold_scores(task, prompts, responses)
+    if scores is not None:
+        metrics.update({"gold/mean": statistics.fmean(scores), "gold/sft_mean": statistics.fmean(baseline.gold_scores)})
+    metrics["kl/to_sft"] = kl.mean().item()
     if reward is not None:
         metrics["reward/mean"] = reward.score(prompts, responses).mean().item()
         metrics["reward/sft_mean"] = reward.score(prompts, baseline.responses).mean().item()
-        pairs = gold.preferences(prompts, responses, baseline.responses)
-        if pairs:  # gold calls some pairs ties; with none decided there is nothing to agree on
-            metrics["reward/gold_agreement"] = evaluate_reward_model(reward, pairs)["metrics"]["eval/accuracy"]
-    samples = pd.DataFrame({"prompt": prompts, "SFT": baseline.responses, "SFT gold": baseline.gold_scores,
-                            name: responses, f"{name} gold": gold_scores})
+        pairs = task.preferences(prompts, responses, baseline.responses) if task.judge is not None else []
+        if pairs:  # a judge calls some pairs ties; with none decided there is nothing to agree on
+            metrics[f"reward/{judge}_agreement"] = evaluate_reward_model(reward, pairs)["metrics"]["eval/accuracy"]
+    samples = pd.DataFrame({"prompt": prompts, "SFT": baseline.responses, name: responses})
+    if scores is not None:
+        samples.insert(2, "SFT gold", baseline.gold_scores)
+        samples[f"{name} gold"] = scores
     return metrics, samples

@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
 PACKAGE = ROOT / "rlhflab"
-TRAINERS = {"rlhflab.sft", "rlhflab.reward", "rlhflab.ppo", "rlhflab.dpo", "rlhflab.best_of_n", "rlhflab.training",
+TRAINERS = {"rlhflab.sft", "rlhflab.reward", "rlhflab.ppo", "rlhflab.dpo", "rlhflab.kto", "rlhflab.ilql",
+            "rlhflab.critic_free", "rlhflab.reward_functions", "rlhflab.best_of_n", "rlhflab.training",
             "rlhflab.stages", "rlhflab.loop", "rlhflab.live"}
 ORCHESTRATION = ["rlhflab.stages", "rlhflab.loop", "rlhflab.report", "rlhflab.demo"]
 
@@ -46,6 +47,15 @@ def test_the_truth_imports_no_trainer_and_models_do_not_import_the_build_script(
         if name.startswith("rlhflab.tiny"):
             assert not targets & TRAINERS, f"{name} imports {targets & TRAINERS}"
     assert "rlhflab.tiny.build" not in graph["rlhflab.models"]
+
+
+def test_the_stages_and_the_loop_take_any_task_and_import_nothing_of_the_tiny_world():
+    """Issue 27: every stage took `world, gold`. The tiny world is one task (`rlhflab.tiny.task`), so the
+    orchestration imports nothing from `rlhflab.tiny`, anywhere in the file."""
+    graph = {name: imports_of(name, path) for name, path in modules().items()}
+    for name in ("rlhflab.stages", "rlhflab.loop", "rlhflab.task"):
+        tiny = sorted(t for t in graph[name] if t == "rlhflab.tiny" or t.startswith("rlhflab.tiny."))
+        assert not tiny, f"{name} imports {tiny}: take a task instead"
 
 
 def test_no_import_cycles():

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import trl
 
+from rlhflab.tiny.task import WorldTask
 from rlhflab import load_policy
 from rlhflab.critic_free import CriticFreeConfig, critic_free_args, train_critic_free, trl_reward
 from rlhflab.reward import load_reward_model
@@ -18,7 +19,7 @@ from rlhflab.stages import evaluate, load, ppo_prompts, sft_baseline
 @pytest.fixture(scope="module")
 def sft_answers(world, gold, recipe):
     config, sft_dir, _, _ = recipe
-    return sft_baseline(world, gold, config, sft_dir)
+    return sft_baseline(WorldTask(world, gold), config, sft_dir)
 
 
 @pytest.mark.parametrize("method", ["rloo", "grpo"])
@@ -32,14 +33,14 @@ def test_raises_gold_over_sft(method, world, gold, recipe, sft_answers, tmp_path
         reward = WeightedReward((1.0, load_reward_model(str(reward_dir))), (0.1, length_reward(12)))
     # PPO's sizes and learning rate (stages.policy_stage's): 2 sampled batches of 16, each taken 4 times in
     # minibatches of 8. With TRL's default of one optimizer step per batch the policy stayed SFT's.
-    result = train_critic_free(load(config, sft_dir, trainable=True), ppo_prompts(world, config), reward,
+    result = train_critic_free(load(config, sft_dir, trainable=True), ppo_prompts(WorldTask(world), config), reward,
                                CriticFreeConfig(method=method, output_dir=str(tmp_path / method), max_steps=2,
                                                 batch_size=16, mini_batch_size=8, ppo_epochs=4, num_generations=4,
                                                 learning_rate=config.ppo_learning_rate,
                                                 max_completion_length=config.response_length))
     assert result.metrics["train/optimizer_steps"] == 2 * 2 * 4
     assert {"reward", "kl", "completions/mean_length"} <= set(result.metrics), result.metrics
-    outcome, _ = evaluate(load(config, result.output_dir), sft_answers, gold, config)
+    outcome, _ = evaluate(load(config, result.output_dir), sft_answers, WorldTask(world, gold), config)
     assert outcome["gold/mean"] > outcome["gold/sft_mean"] + 0.1, outcome
     assert (result.output_dir / "adapter_model.safetensors").exists() and (result.output_dir / "metrics.html").exists()
 

@@ -7,6 +7,7 @@ import statistics
 import pytest
 import torch
 
+from rlhflab.tiny.task import WorldTask
 from rlhflab.ilql import (
     ILQLConfig,
     ILQLHeads,
@@ -168,14 +169,14 @@ def test_ilql_from_gold_pairs_beats_sft_on_gold_and_scores_what_it_samples(recip
     from rlhflab.tiny.annotate import gold_comparisons
 
     config, sft_dir, _, _ = recipe
-    baseline = sft_baseline(world, gold, config, sft_dir)
+    baseline = sft_baseline(WorldTask(world, gold), config, sft_dir)
     rows = gold_comparisons(world, gold, baseline.policy, "train", 0, 300, seed=5)
     result = train_ilql(load(config, sft_dir, trainable=True), rows,
                         ILQLConfig(output_dir=str(tmp_path / "ilql"), steps=80, logging_steps=20))
     assert result.history[-1]["loss/cql"] < result.history[0]["loss/cql"]
     policy = load(config, result.output_dir)  # stages.load sees the heads and decodes with them
     assert policy.name.startswith("ILQL")
-    metrics, _ = evaluate(policy, baseline, gold, config)
+    metrics, _ = evaluate(policy, baseline, WorldTask(world, gold), config)
     assert metrics["gold/mean"] > statistics.fmean(baseline.gold_scores) + 0.2, metrics
     assert math.isfinite(metrics["kl/to_sft"]) and metrics["kl/to_sft"] > 0
     without_heads = load_ilql(config.base, result.output_dir, beta=0.0, top_k=0)

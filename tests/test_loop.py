@@ -9,6 +9,7 @@ import json
 import pandas as pd
 import pytest
 
+from rlhflab.tiny.task import WorldTask
 from rlhflab.loop import RLHFLoop
 from rlhflab.metrics import leaderboard
 from rlhflab.stages import RLHFConfig
@@ -33,7 +34,7 @@ def test_rounds_raise_the_gold_score(quickstart):
 
 
 def test_a_persons_labels_are_kept_and_gold_labels_the_rest(world, gold, tmp_path):
-    loop = RLHFLoop(world, gold, RLHFConfig.quick(str(tmp_path), n_demonstrations=16, labels_per_round=12))
+    loop = RLHFLoop(WorldTask(world, gold), RLHFConfig.quick(str(tmp_path), n_demonstrations=16, labels_per_round=12))
     loop.queue_round()
     first = loop.store.next_item("you")  # a person labels one pair before the gold annotator takes over
     loop.store.record(first.item_id, "you", choice="tie")
@@ -62,7 +63,7 @@ def test_ppo_curves_join_up_over_the_rounds(quickstart):
 
 def test_an_earlier_run_is_never_mixed_in(quickstart, world, gold):
     with pytest.raises(ValueError, match="give a new out_dir"):
-        RLHFLoop(world, gold, RLHFConfig.quick(str(quickstart[0] / "runs")))
+        RLHFLoop(WorldTask(world, gold), RLHFConfig.quick(str(quickstart[0] / "runs")))
     with pytest.raises(ValueError, match="method must be one of ppo, dpo, kto, ilql, nlpo, rloo, grpo, not 'a2c'"):
         RLHFConfig(method="a2c")
 
@@ -75,7 +76,7 @@ def test_one_round_on_smollm2_raises_its_gold_mean(smollm2, world, gold, tmp_pat
     config = RLHFConfig.quick(str(tmp_path), base=smollm2, rounds=1, n_demonstrations=64, labels_per_round=16,
                               pool_per_label=1, reward_epochs=1.0, ppo_steps=1, ppo_batch_size=8, n_heldout=16,
                               response_length=16)  # about 2.5 minutes on 2 cores
-    loop = RLHFLoop(world, gold, config)
+    loop = RLHFLoop(WorldTask(world, gold), config)
     before = gold.mean_score(loop.heldout, load_policy(smollm2).generate(loop.heldout, max_new_tokens=16, seed=0))
     result = loop.run_round()
     assert result.metrics["gold/mean"] > before + 0.25, (before, result.metrics)

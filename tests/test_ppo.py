@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhflab.tiny.task import WorldTask
 from rlhflab import load_policy
 from rlhflab.models import left_padded_positions, token_logprobs
 from rlhflab.ppo import MaskedPolicy, PPOConfig, PPOTrainer, masked_logits, nucleus_mask, train_ppo
@@ -125,7 +126,7 @@ def test_ptx_term_is_logged(world, gold, tmp_path):
 def sft_answers(world, gold, recipe):
     """SFT's held-out answers, the baseline every mode below is scored against."""
     config, sft_dir, _, _ = recipe
-    return sft_baseline(world, gold, config, sft_dir)
+    return sft_baseline(WorldTask(world, gold), config, sft_dir)
 
 
 @pytest.mark.parametrize("mode", ["lora-shared", "4bit-shared", "lora-separate", "nlpo"])
@@ -133,14 +134,14 @@ def test_short_ppo_beats_sft_on_reward_and_gold(world, gold, recipe, sft_answers
     config, sft_dir, reward_dir, _ = recipe
     config = replace(config, out_dir=str(tmp_path), quantization="4bit" if mode == "4bit-shared" else None,
                      ppo_steps=10)
-    trainer = ppo_trainer(world, gold, config, sft_dir, reward_dir, separate_reward=mode == "lora-separate",
+    trainer = ppo_trainer(WorldTask(world, gold), config, sft_dir, reward_dir, separate_reward=mode == "lora-separate",
                           ppo_fields={"nlpo_top_p": 0.9} if mode == "nlpo" else None)
     result = trainer.train()
     names = set(result.history[-1])
     assert {"objective/kl", "objective/kl_coef", "objective/scores", "objective/gold_scores", "objective/entropy",
             "val/response_length", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/value_avg",
             "val/explained_variance"} <= names
-    outcome, _ = evaluate(load(config, result.output_dir / "checkpoint"), sft_answers, gold, config, trainer.reward)
+    outcome, _ = evaluate(load(config, result.output_dir / "checkpoint"), sft_answers, WorldTask(world, gold), config, trainer.reward)
     assert outcome["reward/mean"] > outcome["reward/sft_mean"], outcome
     assert outcome["gold/mean"] > outcome["gold/sft_mean"], outcome
     assert (Path(tmp_path) / "ppo" / "checkpoint" / "adapter_model.safetensors").exists()

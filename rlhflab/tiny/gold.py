@@ -144,15 +144,17 @@ class GoldAnnotator:
             raise ValueError("mean_score needs equally long, non-empty lists of prompts and responses")
         return sum(self.score(p, r) for p, r in zip(prompts, responses)) / len(prompts)
 
-    def win_rate(self, prompts: list[str], responses: list[str], baseline: list[str]) -> float:
-        """Share of prompts where `responses` beat `baseline` by gold score (ties count half)."""
+    def outcomes(self, prompts: list[str], responses: list[str], baseline: list[str]) -> list[float]:
+        """Per prompt: 1.0 when `responses` beat `baseline` by gold score, 0.0 when they lose, 0.5 for a tie."""
         if not (len(prompts) == len(responses) == len(baseline)) or not prompts:
             raise ValueError("win_rate needs equally long, non-empty lists of prompts and responses")
-        total = 0.0
-        for prompt, ours, theirs in zip(prompts, responses, baseline):
-            difference = self.score(prompt, ours) - self.score(prompt, theirs)
-            total += 1.0 if difference >= TIE_WIDTH else 0.5 if abs(difference) < TIE_WIDTH else 0.0
-        return total / len(prompts)
+        differences = [self.score(p, ours) - self.score(p, theirs) for p, ours, theirs in zip(prompts, responses, baseline)]
+        return [1.0 if d >= TIE_WIDTH else 0.5 if abs(d) < TIE_WIDTH else 0.0 for d in differences]
+
+    def win_rate(self, prompts: list[str], responses: list[str], baseline: list[str]) -> float:
+        """Share of prompts where `responses` beat `baseline` by gold score (ties count half)."""
+        outcomes = self.outcomes(prompts, responses, baseline)
+        return sum(outcomes) / len(outcomes)
 
     def preferences(self, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> list[dict]:
         """Label pairs as TRL preference rows: prompt, chosen, rejected, strength.
