@@ -26,7 +26,7 @@ import trl
 from .exports import trl_rows
 from .live import LivePlot
 from .models import Policy
-from .records import COMPARISON_COLUMNS, as_rows
+from .records import COMPARISON_COLUMNS, REPLIES, as_rows
 from .store import LabelStore
 from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
 
@@ -59,7 +59,7 @@ def dpo_rows(preferences, columns: dict | None = None, include_flagged: bool = T
         if not preferences:
             raise ValueError("the label store holds no decided pairs yet; label some items (ties and "
                              "'both bad' say nothing about which side is better) or import comparisons first")
-    return as_rows(preferences, COMPARISON_COLUMNS, columns, what="preferences")
+    return as_rows(preferences, COMPARISON_COLUMNS, columns, what="preferences", allow_empty=REPLIES)
 
 
 def train_dpo(policy: Policy, preferences, config: DPOConfig | None = None, *, columns: dict | None = None,

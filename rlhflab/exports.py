@@ -109,8 +109,12 @@ def _merged(votes: list[dict], voters: int) -> dict:
             "rationale": None, "shown_order": None, "votes": f"{len(votes)}/{voters}"}
 
 
-def _labels(store, policy: str, include_gold: bool, dropped: Counter) -> list[tuple[dict, object]]:
-    """(label, item) pairs an export turns into rows, oldest first, under `policy`; counts what it drops."""
+def _labels(store, policy: str, include_gold: bool, dropped: Counter,
+            evaluation: bool = False) -> list[tuple[dict, object]]:
+    """(label, item) pairs an export turns into rows, oldest first, under `policy`; counts what it drops.
+
+    Evaluation items (`meta['evaluation']`: people comparing two checkpoints blind) never become training
+    rows; `evaluation=True` reads only them, for a win-rate or a leaderboard."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
     items = store.items()
@@ -125,6 +129,8 @@ def _labels(store, policy: str, include_gold: bool, dropped: Counter) -> list[tu
                 dropped[f"unreadable: {problem}"] += 1
             elif item.gold is not None and not include_gold:
                 dropped["gold item"] += 1
+            elif bool(item.meta.get("evaluation")) != evaluation:
+                dropped["evaluation item" if not evaluation else "training item"] += 1
             else:
                 yield label
 
@@ -193,17 +199,18 @@ def _comparisons(pairs: list[tuple[dict, object]], dropped: Counter) -> list[dic
     return rows
 
 
-def comparisons(store, *, policy: str = "all", include_gold: bool = False) -> ExportRows:
+def comparisons(store, *, policy: str = "all", include_gold: bool = False, evaluation: bool = False) -> ExportRows:
     """Every pair the labels decide under `policy`, ties and 'both bad' included, oldest label first.
 
     A pair label gives one row; a ranking of K responses gives K(K-1)/2 rows. `label` is
     'preferred' (chosen beat rejected), 'tie' or 'both_bad'; for the latter two chosen/rejected
     are simply the stored order. `shown_left` says whether chosen was displayed on the left.
     `votes` is None for a single label, '2/3' for a merged verdict, 'decided' for a reviewer's.
-    Ratings (thumbs up or down on one response) decide no pair and are left to `ratings`.
+    Ratings (thumbs up or down on one response) decide no pair and are left to `ratings`. `evaluation`
+    gives the evaluation items' pairs instead (they never train anything).
     """
     dropped = Counter()
-    return ExportRows(_comparisons(_labels(store, policy, include_gold, dropped), dropped), dropped)
+    return ExportRows(_comparisons(_labels(store, policy, include_gold, dropped, evaluation), dropped), dropped)
 
 
 def _decided_pairs(label: dict, k: int):

@@ -60,7 +60,7 @@ from .models import (
     precision_for,
     transcript_ids,
 )
-from .records import COMPARISON_COLUMNS, as_rows
+from .records import COMPARISON_COLUMNS, REPLIES, as_rows
 from .reward import checked_scores
 from .reward_functions import as_reward
 from .store import LabelStore
@@ -295,12 +295,11 @@ def ilql_rows(data, reward=None, columns: dict | None = None) -> list[dict]:
                 for r in rows]
     columns = dict(columns or {})
     if as_rows(data, ["prompt"], columns, what="ILQL data", optional=["chosen", "rejected"])[0]["chosen"] is not None:
-        pairs = as_rows(data, COMPARISON_COLUMNS, columns, what="ILQL data",
-                        allow_empty=["chosen", "rejected"])  # an empty reply is real data in HH-RLHF
+        pairs = as_rows(data, COMPARISON_COLUMNS, columns, what="ILQL data", allow_empty=REPLIES)
         return [{"prompt": r["prompt"], "response": r[side], "reward": value}
                 for r in pairs for side, value in (("chosen", 1.0), ("rejected", -1.0))]
     reward_column = columns.pop("reward", "reward")
-    rows = as_rows(data, ["prompt", "response"], columns, what="ILQL data", allow_empty=["response"],
+    rows = as_rows(data, ["prompt", "response"], columns, what="ILQL data", allow_empty=REPLIES,
                    optional=[reward_column])
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
     if reward is not None:

@@ -29,7 +29,7 @@ import trl
 from .exports import kto_rows
 from .live import LivePlot
 from .models import Policy
-from .records import as_rows
+from .records import REPLIES, as_rows
 from .store import LabelStore
 from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
 
@@ -67,7 +67,7 @@ def kto_data(feedback, columns: dict | None = None, include_flagged: bool = True
                              "playground (PairwiseLabeler(..., playground=[policy])) or label some pairs first")
     columns = dict(columns or {})
     label = columns.pop("label", "label")
-    rows = as_rows(feedback, ["prompt", "completion"], columns, what="KTO rows", optional=[label])
+    rows = as_rows(feedback, ["prompt", "completion"], columns, what="KTO rows", optional=[label], allow_empty=REPLIES)
     for index, row in enumerate(rows):
         if not isinstance(row[label], bool):
             raise ValueError(f"KTO rows row {index}: {label!r} must be True (thumbs up) or False (thumbs down), not "

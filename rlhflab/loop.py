@@ -38,6 +38,7 @@ from .active import ActiveConfig, choose_items
 from .best_of_n import best_of_n_curve, sample_best_of_n
 from .exports import trl_rows
 from .live import LivePlot
+from .metrics import people_win_rate
 from .models import Policy
 from .records import Item
 from .reward import evaluate_reward_model, load_reward_model
@@ -192,6 +193,8 @@ class RLHFLoop:
         reward_dir, reward_model = self.fit_reward(round_number) if c.method in FROM_A_REWARD_MODEL else (None, None)
         policy_dir = self.update_policy(round_number, previous.policy_dir if previous else self.sft_dir, reward_dir)
         metrics, samples = self.evaluate(round_number, policy_dir, reward_model)
+        if self.task.judge is None:  # people judge: the round's held-out answers wait in the queue beside SFT's
+            self.queue_evaluation(round_number, samples)
         self.rounds_live.log(round_number, {k: v for k, v in metrics.items() if k != "round"})
         self.rounds_live.close()
         result = RoundResult(round_number, policy_dir, reward_dir, metrics, samples)
@@ -199,6 +202,27 @@ class RLHFLoop:
         with (self.out_dir / "rounds.jsonl").open("a") as f:
             f.write(json.dumps({**metrics, "config": asdict(c)}) + "\n")
         return result
+
+    def queue_evaluation(self, round_number: int, samples: pd.DataFrame) -> list[Item]:
+        """Queue the round's held-out answers against SFT's for people to compare blind (the widget shows no
+        source, and a random side first). Marked as evaluation, they never train a reward model or a policy;
+        `people_evaluation` reads their verdicts. Answers identical to SFT's are not asked about."""
+        source = self.source_of(round_number)
+        return self.store.add_items([
+            Item(row["prompt"], (row[source], row["SFT"]), (source, SFT_SOURCE), meta={"evaluation": True})
+            for row in samples.to_dict("records") if row[source] != row["SFT"]])
+
+    def people_evaluation(self) -> pd.DataFrame:
+        """Per round with verdicts: people's win-rate against SFT on held-out prompts, its 95% interval, and
+        the number of verdicts (`rlhflab.metrics.people_win_rate`)."""
+        rows = []
+        for result in self.results:
+            try:
+                rows.append({"round": result.round, **people_win_rate(self.store, self.source_of(result.round),
+                                                                      SFT_SOURCE, seed=self.config.seed)})
+            except ValueError:  # no verdicts on this round's answers yet
+                continue
+        return pd.DataFrame(rows)
 
     def run_round(self) -> RoundResult:
         """One whole round: pool, choose, label, reward model, policy update, evaluation."""

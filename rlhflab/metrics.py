@@ -6,6 +6,7 @@
     position_bias    do left responses win more than half the decided pairs? (exact binomial test)
     wilson_interval  a confidence interval for a share (gold accuracy, say) that holds on few items
     win_rate_interval  a win-rate with ties counting half, and its bootstrap interval over prompts
+    people_win_rate  people's blind verdicts on evaluation items: a checkpoint's win-rate against SFT
     leaderboard      Elo (the mean over shuffles of the games, so the order they came in does not
                      matter) and Bradley-Terry (maximum likelihood, the model reward training assumes,
                      with bootstrap intervals) ratings of the sources behind the responses, and
@@ -167,6 +168,20 @@ def win_rate_interval(outcomes: list[float], level: float = 0.95, samples: int =
     return sum(outcomes) / n, _quantile(means, tail), _quantile(means, 1 - tail)
 
 
+def people_win_rate(store, source: str, baseline: str = "sft", seed: int = 0) -> dict:
+    """People's blind verdicts on the evaluation items of `source` against `baseline`: the win-rate (a tie
+    counts half; 'both bad' says nothing and is left out) with its 95% interval over the verdicts, and how
+    many verdicts it rests on. This is InstructGPT's main evaluation (Ouyang et al. 2022, sec. 4.1)."""
+    outcomes = [score if first == source else 1 - score for first, second, score in source_games(store, True)
+                if {first, second} == {source, baseline}]
+    if not outcomes:
+        raise ValueError(f"no verdicts yet on evaluation items of {source!r} against {baseline!r}; label them in "
+                         "the widget (they are in the same queue, marked as evaluation)")
+    rate, low, high = win_rate_interval(outcomes, seed=seed)
+    return {f"people/win_rate_vs_{baseline}": rate, f"people/win_rate_vs_{baseline}_low": low,
+            f"people/win_rate_vs_{baseline}_high": high, "people/verdicts": len(outcomes)}
+
+
 def position_bias(source, alpha: float = 0.05) -> dict:
     """Share of decided pairs won by the response shown on the left, and whether it differs from 1/2.
 
@@ -185,11 +200,12 @@ def position_bias(source, alpha: float = 0.05) -> dict:
 # Leaderboards of the sources behind the responses
 # ---------------------------------------------------------------------------------------------
 
-def source_games(store) -> list[tuple[str, str, float]]:
+def source_games(store, evaluation: bool = False) -> list[tuple[str, str, float]]:
     """The games the labels decide between the sources behind the responses (the policies that wrote them):
-    (source 1, source 2, score of source 1: 1 win, 0.5 tie, 0 loss), oldest label first; 'both bad' skipped."""
+    (source 1, source 2, score of source 1: 1 win, 0.5 tie, 0 loss), oldest label first; 'both bad' skipped.
+    `evaluation`: the games of the evaluation items (blind comparisons of checkpoints) instead."""
     games = []
-    for row in comparisons(store):
+    for row in comparisons(store, evaluation=evaluation):
         first, second = row["chosen_source"], row["rejected_source"]
         if first == second or row["label"] == "both_bad":
             continue
@@ -275,7 +291,7 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def leaderboard(store, intervals: int = 0, shuffles: int = ELO_SHUFFLES, seed: int = 0):
+def leaderboard(store, intervals: int = 0, shuffles: int = ELO_SHUFFLES, seed: int = 0, evaluation: bool = False):
     """A pandas DataFrame of sources: games, wins, ties, losses, Elo and Bradley-Terry ratings, best first.
 
     `elo` is the mean over `shuffles` seeded orders of the games (`elo_mean`), so it does not depend on
@@ -284,7 +300,7 @@ def leaderboard(store, intervals: int = 0, shuffles: int = ELO_SHUFFLES, seed: i
     """
     import pandas as pd
 
-    games = source_games(store)
+    games = source_games(store, evaluation)
     if not games:
         raise ValueError("no decided pairs between different sources yet; label items whose responses come "
                          "from different policies (GenerationQueue with two policies, or sources= in items_from)")

@@ -25,6 +25,11 @@ from pathlib import Path
 
 DEMONSTRATION_COLUMNS = ("prompt", "response")
 COMPARISON_COLUMNS = ("prompt", "chosen", "rejected")
+# One rule for empty judged replies, at import and in every trainer that learns from judgements (reward,
+# DPO, KTO, ILQL): kept, and counted where data comes in (`ImportReport.empty_replies`). A preferred empty
+# reply is data (HH-RLHF has some), and its chat transcript is the prompt and EOS, which every trainer
+# reads. An empty prompt, and an SFT demonstration that says nothing, are refused.
+REPLIES = ("chosen", "rejected", "response", "completion")
 # Reward-model margin by preference strength: Llama 2's "small" margins (Touvron et al. 2023,
 # Table 27); no strength means plain Bradley-Terry (margin 0).
 MARGINS = {"slightly": 1 / 3, "clearly": 2 / 3, "much": 1.0, None: 0.0}
@@ -173,14 +178,14 @@ def read_records(source) -> tuple[object, str]:
 
 
 def read_comparisons(source, columns: Mapping[str, str] | None = None, max_chars: int | None = MAX_CHARS,
-                     allow_empty: Iterable[str] = ()) -> list[dict]:
+                     allow_empty: Iterable[str] = REPLIES) -> list[dict]:
     """Checked prompt / chosen / rejected rows from a file (.jsonl, .jsonl.gz, .csv) or in-memory data.
 
     Args:
         source: a path, a pandas DataFrame, a datasets.Dataset or a list of dicts.
         columns: maps prompt / chosen / rejected to your column names, e.g. {'chosen': 'better'}.
         max_chars: longest text accepted; None accepts any length (the widgets scroll long text).
-        allow_empty: columns that may be empty strings, e.g. ('chosen', 'rejected').
+        allow_empty: columns that may be empty strings: the replies (see REPLIES); pass () to refuse those too.
     """
     source, what = read_records(source)
     rows = as_rows(source, COMPARISON_COLUMNS, columns, what=what, allow_empty=allow_empty)
@@ -264,15 +269,17 @@ class ImportReport:
     dedup: DedupReport | None  # None when deduplication was off
     stored: int  # new labeled items written
     already_stored: int  # items the store held before (same content): left alone
+    empty_replies: int = 0  # stored comparisons with an empty chosen or rejected reply (kept: see REPLIES)
 
     def __str__(self) -> str:
         dropped = f"; {self.dedup}" if self.dedup else ""
-        return f"read {self.read}{dropped}; stored {self.stored}, already stored {self.already_stored}"
+        empty = f" ({self.empty_replies} with an empty reply, kept)" if self.empty_replies else ""
+        return f"read {self.read}{dropped}; stored {self.stored}{empty}, already stored {self.already_stored}"
 
 
 def import_comparisons(store, source, columns: Mapping[str, str] | None = None, annotator: str = "imported",
                        source_name: str = "imported", remove_duplicates: bool = True,
-                       max_chars: int | None = MAX_CHARS, allow_empty: Iterable[str] = ()) -> ImportReport:
+                       max_chars: int | None = MAX_CHARS, allow_empty: Iterable[str] = REPLIES) -> ImportReport:
     """Put labeled comparisons into a store: each becomes an item (chosen as 'a') and a label by `annotator`.
 
     `source` is anything `read_comparisons` reads, or rows already read (e.g. `read_hh_rlhf(path)`).
@@ -294,10 +301,10 @@ def import_comparisons(store, source, columns: Mapping[str, str] | None = None, 
     new = store.add_items(items)
     store.record_many([{"item_id": i.item_id, "annotator": annotator, "choice": "a", "session": "import"} for i in new])
     return ImportReport(read=len(rows) + (len(report.exact) + len(report.normalized) if report else 0),
-                        dedup=report, stored=len(new), already_stored=len(items) - len(new))
+                        dedup=report, stored=len(new), already_stored=len(items) - len(new),
+                        empty_replies=sum(not reply.strip() for item in new for reply in item.responses))
 
 
 def import_hh_rlhf(store, path: str | Path, annotator: str = "hh-rlhf") -> ImportReport:
-    """`read_hh_rlhf` then `import_comparisons`, keeping HH's few empty replies and its long ones."""
-    return import_comparisons(store, read_hh_rlhf(path), annotator=annotator, source_name="hh-rlhf",
-                              max_chars=None, allow_empty=("chosen", "rejected"))
+    """`read_hh_rlhf` then `import_comparisons`, keeping HH's few empty replies (as everywhere) and its long ones."""
+    return import_comparisons(store, read_hh_rlhf(path), annotator=annotator, source_name="hh-rlhf", max_chars=None)

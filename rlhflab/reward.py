@@ -30,7 +30,7 @@ from transformers import AutoModelForSequenceClassification
 
 from .live import LivePlot
 from .models import attach_adapter, default_device, left_padded_positions, load_pretrained, transcript_ids
-from .records import COMPARISON_COLUMNS, MARGINS, as_rows
+from .records import COMPARISON_COLUMNS, MARGINS, REPLIES, as_rows
 from .training import refuse_to_train_quantized, restore_adapter_dtype, trl_args
 
 NORMALIZATION_FILE = "reward_normalization.json"  # mean, std and max_length, saved with the adapter
@@ -59,7 +59,8 @@ class RewardConfig:
 
 def preference_rows(data, columns: dict | None = None) -> list[dict]:
     """prompt / chosen / rejected rows with a float margin (0 when no strength was given)."""
-    rows = as_rows(data, COMPARISON_COLUMNS, columns, what="preferences", optional=("margin", "strength"))
+    rows = as_rows(data, COMPARISON_COLUMNS, columns, what="preferences", optional=("margin", "strength"),
+                   allow_empty=REPLIES)
     for index, row in enumerate(rows):
         margin, strength = row.pop("margin"), row.pop("strength")
         if margin is not None and not pd.isna(margin):

@@ -38,8 +38,10 @@ class Task:
     Args:
         prompts: train prompts: what SFT, the labeling queue and the policy update draw from.
         heldout: held-out prompts: every evaluation answers these, and nothing trains on them.
-        demonstrations: prompt / response rows for SFT; none: SFT is the base model as it is.
-        comparisons: held-out prompt / chosen / rejected rows that test a reward model; never trained on.
+        demonstrations: prompt / response rows for SFT (a path, DataFrame, Dataset or list of dicts); none:
+            SFT is the base model as it is.
+        comparisons: held-out prompt / chosen / rejected rows (the same kinds) that test a reward model; never
+            trained on.
         judge: `judge(prompts, first, second)` -> per pair 0 (first is better), 1 (second) or 0.5 (tie).
         judge_name: the prefix of the judge's metrics, e.g. 'judge/win_rate_vs_sft'.
 
@@ -69,10 +71,11 @@ class Task:
         if overlap:
             raise ValueError(f"{len(overlap)} prompts are both train and held-out (e.g. {next(iter(overlap))!r}); "
                              "held-out prompts must be unseen in training")
-        self.demonstrations = as_rows(self.demonstrations, DEMONSTRATION_COLUMNS, what="demonstrations") \
-            if self.demonstrations else []
-        self.comparisons = read_comparisons(self.comparisons, allow_empty=("chosen", "rejected")) \
-            if self.comparisons else []
+        demonstrations, what = read_records(self.demonstrations)
+        self.demonstrations = (as_rows(demonstrations, DEMONSTRATION_COLUMNS, what=what.replace("data", "demonstrations"))
+                               if len(demonstrations) else [])
+        comparisons, _ = read_records(self.comparisons)
+        self.comparisons = read_comparisons(comparisons) if len(comparisons) else []
 
     @classmethod
     def from_data(cls, prompts, heldout_share: float = 0.1, *, column: str = "prompt", seed: int = 0,

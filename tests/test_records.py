@@ -70,7 +70,7 @@ def test_dedup_exact_then_normalised_and_reports_what_was_dropped():
 
 @pytest.mark.parametrize("make_file, message", [
     (lambda: [{"prompt": "p", "chosen": "c"}], "column 'rejected' is missing from data; found: chosen, prompt; pass columns="),
-    (lambda: [{"prompt": "p", "chosen": "  ", "rejected": "r"}], "row 0: 'chosen' is empty; drop that row"),
+    (lambda: [{"prompt": "  ", "chosen": "c", "rejected": "r"}], "row 0: 'prompt' is empty; drop that row"),
     (lambda: [{"prompt": "p", "chosen": 3, "rejected": "r"}], "row 0: 'chosen' must be text, not int"),
     (lambda: [{"prompt": "p", "chosen": None, "rejected": "r"}], "must be text, not NoneType"),
     (lambda: [{"prompt": "p", "chosen": "x" * 2**20, "rejected": "r"}], "1,048,576 characters, over max_chars"),

@@ -166,3 +166,21 @@ def test_a_saved_reward_model_loads_without_a_missing_head_report_and_real_repor
     assert not [message for message in after_the_reward_model if "LOAD REPORT" in message]
     assert torch.allclose(reloaded.model.base_model.model.score.modules_to_save["default"].weight, torch.tensor(0.5))
     assert any("score.weight | UNEXPECTED" in record.getMessage() for record in shown.buffer)
+
+
+def test_an_empty_reply_is_kept_and_counted_at_import_and_trains_every_judged_method(tmp_path):
+    """Issue 27: `train_reward_model` on HH-RLHF's rows stopped at row 397 ('chosen' is empty), while
+    `import_hh_rlhf` kept such rows. One rule now: an empty judged reply is kept, and counted at import."""
+    from rlhflab.dpo import dpo_rows
+    from rlhflab.kto import kto_data
+    from rlhflab.records import import_comparisons
+    from rlhflab.store import LabelStore
+
+    rows = [{"prompt": "Tell me a secret.", "chosen": "", "rejected": "Here is one."},
+            {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}]
+    report = import_comparisons(LabelStore(tmp_path / "labels.db"), rows)
+    assert report.empty_replies == 1 and "stored 2 (1 with an empty reply, kept)" in str(report)
+    assert dpo_rows(rows) == rows and kto_data([{"prompt": "p", "completion": "", "label": True}])[0]["completion"] == ""
+    result = train_reward_model(load_reward_model("tiny", lora=True), rows,
+                                RewardConfig(output_dir=str(tmp_path / "reward"), max_steps=1, batch_size=2))
+    assert result["train/loss"] > 0

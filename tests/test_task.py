@@ -126,3 +126,52 @@ def test_the_loop_runs_two_rounds_on_a_task_with_no_gold_annotator(tmp_path):
     annotators = {label["annotator"] for label in LabelStore(tmp_path / "labels.db").labels()}
     assert annotators == {"you", "judge"}
     assert all(list(result.samples.columns) == ["prompt", "SFT", f"round {result.round}"] for result in results)
+
+
+def label_as_people(store, people=("ada", "bo")):
+    """Scripted people: each takes what the queue serves them; the shorter reply wins, equal lengths tie."""
+    for person in people:
+        while (item := store.next_item(person)) is not None:
+            verdict = fewer_words_win([item.prompt], item.responses[:1], item.responses[1:])[0]
+            store.record(item.item_id, person, choice={0: "a", 1: "b", 0.5: "tie"}[verdict])
+
+
+@pytest.mark.slow
+def test_without_a_judge_people_label_and_evaluate_each_round_blind(tmp_path):
+    """Issue 27: evaluation without gold. People label the queue; each round's held-out answers then wait in
+    the same queue beside SFT's, marked as evaluation: their verdicts give the round's win-rate with its 95%
+    interval and a leaderboard, and never become training rows."""
+    from rlhflab.exports import comparisons, trl_rows
+    from rlhflab.metrics import leaderboard
+
+    demonstrations = [{"prompt": p, "response": "It is small."} for p in PROMPTS]
+    task = Task.from_data(PROMPTS, heldout_share=0.5, demonstrations=demonstrations)
+    loop = RLHFLoop(task, RLHFConfig.quick(str(tmp_path), n_demonstrations=8, labels_per_round=6, ppo_steps=2,
+                                           ppo_batch_size=4, response_length=8, n_heldout=6))
+    for _ in range(2):
+        loop.queue_round()
+        label_as_people(loop.store)
+        loop.finish_round()
+    assert "judge/win_rate_vs_sft" not in loop.table() and "kl/to_sft" in loop.table()
+    with pytest.raises(ValueError, match=r"\d+ items wait for labels and the task has no judge"):
+        loop.label()  # round 2's evaluation items
+    label_as_people(loop.store)
+    evaluation = loop.people_evaluation()
+    assert list(evaluation["round"]) == [1, 2] and (evaluation["people/verdicts"] > 0).all()
+    assert ((evaluation["people/win_rate_vs_sft_low"] <= evaluation["people/win_rate_vs_sft"])
+            & (evaluation["people/win_rate_vs_sft"] <= evaluation["people/win_rate_vs_sft_high"])).all()
+    evaluated = {item.item_id for item in loop.store.items().values() if item.meta.get("evaluation")}
+    assert evaluated and not evaluated & {row["item_id"] for row in comparisons(loop.store)}
+    assert trl_rows(loop.store).dropped["evaluation item"] > 0
+    assert evaluated >= {row["item_id"] for row in comparisons(loop.store, evaluation=True)}
+    assert set(leaderboard(loop.store, evaluation=True)["source"]) == {"sft", "round 1", "round 2"}
+
+
+def test_demonstrations_and_comparisons_come_from_frames_and_files_too(tmp_path):
+    frame = pd.DataFrame({"prompt": PROMPTS[:2], "response": ["Red.", "Blue."]})
+    (tmp_path / "pairs.csv").write_text("prompt,chosen,rejected\nHi?,Hello.,\n")
+    task = Task.from_data(PROMPTS, demonstrations=frame, comparisons=tmp_path / "pairs.csv")
+    assert task.sft_rows(5, seed=0) and len(task.sft_rows(5, seed=0)) == 2
+    assert task.reward_pairs(5, seed=0) == [{"prompt": "Hi?", "chosen": "Hello.", "rejected": ""}]
+    with pytest.raises(ValueError, match="column 'response' is missing from demonstrations"):
+        Task.from_data(PROMPTS, demonstrations=[{"prompt": "Hi?", "answer": "Hello."}])
