@@ -24,10 +24,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rlhflab.tiny.task import WorldTask  # noqa: E402
-from rlhflab import GoldAnnotator, TinyWorld  # noqa: E402
+from rlhflab import TinyWorld  # noqa: E402
 from rlhflab.loop import RLHFLoop  # noqa: E402
 from rlhflab.stages import RLHFConfig  # noqa: E402
+from rlhflab.tiny.task import WorldTask  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SHOWN = ("round", "labels", "gold/win_rate_vs_sft", "gold/mean", "kl/to_sft", "reward/gold_agreement")

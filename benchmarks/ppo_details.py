@@ -23,11 +23,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rlhflab.tiny.task import WorldTask  # noqa: E402
 from rlhflab import GoldAnnotator, TinyWorld  # noqa: E402
 from rlhflab.stages import (RLHFConfig, evaluate, load, ppo_trainer, reward_stage, sft_baseline,  # noqa: E402
                             sft_stage)
 from rlhflab.tiny.annotate import gold_comparisons  # noqa: E402
+from rlhflab.tiny.task import WorldTask  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = {  # name: PPOConfig fields
@@ -44,9 +44,10 @@ def main() -> None:
     args = parser.parse_args()
     world = TinyWorld(seed=0)
     gold = GoldAnnotator(world)
+    task = WorldTask(world, gold)
     config = RLHFConfig.quick(tempfile.mkdtemp(), n_demonstrations=128, n_heldout=48, ppo_steps=args.ppo_steps)
-    sft_dir = sft_stage(WorldTask(world), config)
-    baseline = sft_baseline(WorldTask(world, gold), config, sft_dir)
+    sft_dir = sft_stage(task, config)
+    baseline = sft_baseline(task, config, sft_dir)
     reward_dir = Path(config.out_dir) / "reward"
     reward_model = reward_stage(gold_comparisons(world, gold, baseline.policy, "train", 300, 300, seed=config.seed),
                                 config, baseline, reward_dir)
@@ -55,9 +56,9 @@ def main() -> None:
         for variant, fields in VARIANTS.items():
             run = replace(config, seed=seed, out_dir=str(Path(config.out_dir) / f"{len(rows)}"))
             started = time.perf_counter()
-            result = ppo_trainer(WorldTask(world, gold), run, sft_dir, reward_dir, ppo_fields=fields).train()
+            result = ppo_trainer(task, run, sft_dir, reward_dir, ppo_fields=fields).train()
             seconds = time.perf_counter() - started
-            outcome, _ = evaluate(load(run, result.output_dir / "checkpoint"), baseline, WorldTask(world, gold), run, reward_model)
+            outcome, _ = evaluate(load(run, result.output_dir / "checkpoint"), baseline, task, run, reward_model)
             rows.append({"variant": variant, "seed": seed, "ppo_seconds": seconds,
                          **{k: outcome[k] for k in ("gold/win_rate_vs_sft", "gold/mean", "kl/to_sft", "gold/sft_mean")}})
             print(json.dumps(rows[-1]), flush=True)

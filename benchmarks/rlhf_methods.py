@@ -42,13 +42,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd  # noqa: E402
 
-from rlhflab.tiny.task import WorldTask  # noqa: E402
 from rlhflab import GoldAnnotator, TinyWorld  # noqa: E402
 from rlhflab.demo import screenshots  # noqa: E402
 from rlhflab.loop import active_vs_random, compare_methods  # noqa: E402
 from rlhflab.overoptimization import (best_of_n_points, chasing_config, overoptimization,  # noqa: E402
                                       rl_points)
 from rlhflab.stages import METHODS, RLHFConfig, ppo_trainer  # noqa: E402
+from rlhflab.tiny.task import WorldTask  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -98,7 +98,8 @@ def rl_curve(world, gold, config: RLHFConfig, steps: int) -> pd.DataFrame:
     """Gold and proxy along a weak-KL PPO run from compare_methods' SFT adapter against its reward model."""
     methods = Path(config.out_dir)  # RLHFLoop's layout: sft/, round_1/reward/
     chaser = chasing_config(config, steps, out_dir=str(methods.parent / "rl_curve"))
-    return rl_points(ppo_trainer(WorldTask(world, gold), chaser, methods / "sft", methods / "round_1" / "reward").train().history)
+    trainer = ppo_trainer(WorldTask(world, gold), chaser, methods / "sft", methods / "round_1" / "reward")
+    return rl_points(trainer.train().history)
 
 
 def run_seed(job: tuple) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None, dict]:

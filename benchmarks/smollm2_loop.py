@@ -21,11 +21,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rlhflab.tiny.task import WorldTask  # noqa: E402
 from rlhflab import GoldAnnotator, TinyWorld, load_policy  # noqa: E402
 from rlhflab.embedded import SMOLLM2  # noqa: E402
 from rlhflab.loop import RLHFLoop  # noqa: E402
 from rlhflab.stages import RLHFConfig  # noqa: E402
+from rlhflab.tiny.task import WorldTask  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import trl
 
 from .live import LivePlot
-from .models import Policy
+from .models import Policy, disable_dropout
 from .reward import checked_scores
 from .reward_functions import as_reward
 from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
@@ -131,6 +131,9 @@ def train_critic_free(policy: Policy, prompts: list[str], reward, config: Critic
     if not prompts:
         raise ValueError(f"{config.method.upper()} needs at least one prompt")
     refuse_to_train_quantized(policy.model, policy.is_lora, "load_policy")
+    # TRL 1.16 leaves dropout on for RLOO and GRPO and samples in train mode: sampling, old, reference and new
+    # log-probs would each see other dropout masks, so the first ratio is not 1 (our PPO does the same)
+    disable_dropout(policy.model)
     trl_config, trl_trainer = METHODS[config.method]
     output_dir = Path(config.output_dir)
     live = live or LivePlot(output_dir, title=config.method.upper(), layout="critic_free")

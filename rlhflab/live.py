@@ -163,7 +163,8 @@ LAYOUTS: dict[str, tuple[Chart, ...]] = {
               x_title="round", percent=True, warn_below=0.5, group=ROUNDS),
     ),
 }
-RECOGNISED_BY = (("objective/kl", "ppo"), ("gold/win_rate_vs_sft", "rounds"), ("judge/win_rate_vs_sft", "rounds"), ("reward_std", "critic_free"),
+RECOGNISED_BY = (("objective/kl", "ppo"), ("gold/win_rate_vs_sft", "rounds"), ("judge/win_rate_vs_sft", "rounds"),
+                 ("reward_std", "critic_free"),
                  ("kl", "kto"), ("rewards/margins", "dpo"), ("loss/q", "ilql"),
                  ("accuracy", "reward"))  # the first metric of a run that names its kind; else 'sft'
 

@@ -72,8 +72,8 @@ class Task:
             raise ValueError(f"{len(overlap)} prompts are both train and held-out (e.g. {next(iter(overlap))!r}); "
                              "held-out prompts must be unseen in training")
         demonstrations, what = read_records(self.demonstrations)
-        self.demonstrations = (as_rows(demonstrations, DEMONSTRATION_COLUMNS, what=what.replace("data", "demonstrations"))
-                               if len(demonstrations) else [])
+        what = "demonstrations" if what == "data" else what
+        self.demonstrations = as_rows(demonstrations, DEMONSTRATION_COLUMNS, what=what) if len(demonstrations) else []
         comparisons, _ = read_records(self.comparisons)
         self.comparisons = read_comparisons(comparisons) if len(comparisons) else []
 

@@ -16,8 +16,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(1)
 
-from rlhflab.tiny.task import WorldTask  # noqa: E402
 from rlhflab.tiny import GoldAnnotator, TinyWorld  # noqa: E402
+from rlhflab.tiny.task import WorldTask  # noqa: E402
 
 SHARED_FIXTURES = ("smollm2", "recipe", "quickstart", "lab")  # costly to build, each built once
 
@@ -106,11 +106,12 @@ def recipe(world, gold, tmp_path_factory):
     from rlhflab.tiny.annotate import gold_comparisons
 
     config = RLHFConfig.quick(str(tmp_path_factory.mktemp("recipe")), n_demonstrations=128, n_heldout=48, ppo_steps=16)
-    sft_dir = sft_stage(WorldTask(world), config)
-    baseline = sft_baseline(WorldTask(world, gold), config, sft_dir)
+    task = WorldTask(world, gold)
+    sft_dir = sft_stage(task, config)
+    baseline = sft_baseline(task, config, sft_dir)
     reward_dir = Path(config.out_dir) / "reward"
     rows = gold_comparisons(world, gold, baseline.policy, "train", 300, 300, seed=config.seed)
-    agreement, _ = reward_agreement(reward_stage(rows, config, baseline, reward_dir), WorldTask(world, gold), config, baseline)
+    agreement, _ = reward_agreement(reward_stage(rows, config, baseline, reward_dir), task, config, baseline)
     return config, sft_dir, reward_dir, agreement
 
 

@@ -6,14 +6,15 @@ import dataclasses
 from dataclasses import replace
 
 import pytest
+import torch
 import trl
 
-from rlhflab.tiny.task import WorldTask
 from rlhflab import load_policy
 from rlhflab.critic_free import CriticFreeConfig, critic_free_args, train_critic_free, trl_reward
 from rlhflab.reward import load_reward_model
 from rlhflab.reward_functions import WeightedReward, length_reward
 from rlhflab.stages import evaluate, load, ppo_prompts, sft_baseline
+from rlhflab.tiny.task import WorldTask
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +80,17 @@ def test_arguments_build_where_transformers_has_only_the_old_checkpointing_name(
     assert args.gradient_checkpointing is False and args.max_steps == 3 * 2 * 4
     new = critic_free_args(trl.RLOOConfig, config, "cpu")  # the installed transformers: the TRL config validates
     assert new.generation_batch_size == 16 and new.steps_per_generation == 2 and new.num_iterations == 4
+
+
+@pytest.mark.parametrize("method", ["rloo", "grpo"])
+def test_rloo_and_grpo_train_with_every_dropout_off(method, random_models, tmp_path):
+    """Issue 29, defect 3: TRL 1.16 leaves dropout on for RLOO and GRPO and samples in train mode, so on GPT-2
+    (dropout 0.1) sampling, old, reference and new log-probs each saw other masks. As in our PPO, every
+    dropout is off, the adapter's too."""
+    policy = load_policy(str(random_models["gpt2"]), lora={"lora_dropout": 0.1})
+    assert any(m.p > 0 for m in policy.model.modules() if isinstance(m, torch.nn.Dropout))
+    train_critic_free(policy, ["Hi?", "Name a colour."], length_reward(4),
+                      CriticFreeConfig(method=method, output_dir=str(tmp_path), max_steps=1, batch_size=4,
+                                       mini_batch_size=4, ppo_epochs=1, num_generations=2, max_completion_length=4))
+    rates = [m.p for m in policy.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert rates and set(rates) == {0.0}

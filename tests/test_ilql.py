@@ -7,7 +7,6 @@ import statistics
 import pytest
 import torch
 
-from rlhflab.tiny.task import WorldTask
 from rlhflab.ilql import (
     ILQLConfig,
     ILQLHeads,
@@ -28,6 +27,7 @@ from rlhflab.models import load_policy
 from rlhflab.records import Item
 from rlhflab.stages import evaluate, load, sft_baseline
 from rlhflab.store import LabelStore
+from rlhflab.tiny.task import WorldTask
 
 N, V = 7, 5
 

@@ -9,11 +9,11 @@ import json
 import pandas as pd
 import pytest
 
-from rlhflab.tiny.task import WorldTask
 from rlhflab.loop import RLHFLoop
 from rlhflab.metrics import leaderboard
 from rlhflab.stages import RLHFConfig
 from rlhflab.store import LabelStore
+from rlhflab.tiny.task import WorldTask
 
 
 def rounds_of(quickstart) -> list[dict]:

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhflab.tiny.task import WorldTask
 from rlhflab import load_policy
 from rlhflab.models import left_padded_positions, token_logprobs
 from rlhflab.ppo import MaskedPolicy, PPOConfig, PPOTrainer, masked_logits, nucleus_mask, train_ppo
 from rlhflab.reward import GoldReward, SharedReward
 from rlhflab.stages import evaluate, load, ppo_trainer, sft_baseline
+from rlhflab.tiny.task import WorldTask
 
 
 def small(tmp_path, **overrides):

@@ -148,7 +148,8 @@ class GoldAnnotator:
         """Per prompt: 1.0 when `responses` beat `baseline` by gold score, 0.0 when they lose, 0.5 for a tie."""
         if not (len(prompts) == len(responses) == len(baseline)) or not prompts:
             raise ValueError("win_rate needs equally long, non-empty lists of prompts and responses")
-        differences = [self.score(p, ours) - self.score(p, theirs) for p, ours, theirs in zip(prompts, responses, baseline)]
+        differences = [self.score(p, ours) - self.score(p, theirs)
+                       for p, ours, theirs in zip(prompts, responses, baseline)]
         return [1.0 if d >= TIE_WIDTH else 0.5 if abs(d) < TIE_WIDTH else 0.0 for d in differences]
 
     def win_rate(self, prompts: list[str], responses: list[str], baseline: list[str]) -> float:
