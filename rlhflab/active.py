@@ -17,6 +17,7 @@ widgets (and `label_with_gold`) pick it up. Each chosen item's `meta` says why i
 
 from __future__ import annotations
 
+import inspect
 import random
 from dataclasses import dataclass
 
@@ -41,12 +42,16 @@ class ActiveConfig:
 
 
 def preference_probability(reward, items: list[Item]) -> torch.Tensor:
-    """P(a beats b) = sigmoid(r_a - r_b) per pair under one reward model (Bradley-Terry): (N,)."""
+    """P(a beats b) = sigmoid(r_a - r_b) per pair under one reward model (Bradley-Terry): (N,).
+
+    r is the raw score, the scale the model was trained on: normalised scores (divided by the std of SFT's)
+    would give another probability, and put the members of an ensemble on different scales."""
     if any(len(item.responses) != 2 for item in items):
         raise ValueError("uncertainty sampling compares pairs; give items with exactly 2 responses")
     prompts = [item.prompt for item in items]
-    score_a = reward.score(prompts, [item.responses[0] for item in items])
-    score_b = reward.score(prompts, [item.responses[1] for item in items])
+    raw = {"normalized": False} if "normalized" in inspect.signature(reward.score).parameters else {}
+    score_a = reward.score(prompts, [item.responses[0] for item in items], **raw)
+    score_b = reward.score(prompts, [item.responses[1] for item in items], **raw)
     return torch.sigmoid(score_a - score_b)
 
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from rlhflab.active import ActiveConfig, choose_items, preference_uncertainty, queue_next, review_items
+from rlhflab.active import (ActiveConfig, choose_items, preference_probability, preference_uncertainty, queue_next,
+                            review_items)
 from rlhflab.records import Item
 from rlhflab.store import LabelStore, StoreConfig
 from rlhflab.tiny.annotate import label_with_gold, world_items
@@ -25,6 +26,23 @@ def test_uncertainty_is_highest_where_scores_tie():
     uncertainty = preference_uncertainty(LengthReward(), pool_of(5))
     assert uncertainty[0] == pytest.approx(1.0)
     assert torch.all(uncertainty[:-1] > uncertainty[1:])
+
+
+class NormalisedReward:
+    """A reward model's two scales: raw (what Bradley-Terry was fitted on) and normalised by SFT's std of 4."""
+
+    def score(self, prompts, responses, normalized=True):
+        raw = torch.tensor([float(len(r)) for r in responses])
+        return raw / 4.0 if normalized else raw
+
+
+def test_the_preference_probability_is_the_bradley_terry_one_on_raw_scores():
+    """Issue 29, defect 9: P(a beats b) was sigmoid of the normalised difference (dr / std), not the
+    Bradley-Terry probability the reward model was trained to give."""
+    probability = preference_probability(NormalisedReward(), [Item("p", ("x" * 20, "x" * 18))])
+    assert probability.item() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())
+    assert preference_probability(LengthReward(), [Item("p", ("x" * 20, "x" * 18))]).item() == pytest.approx(
+        probability.item())  # a reward without the keyword (a function, say) is taken as it scores
 
 
 def test_batch_mixes_the_least_certain_pairs_with_a_random_share():
