@@ -31,6 +31,7 @@ texts are identical teaches nothing and is never a row.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -355,12 +356,22 @@ def adjudication_queue(store, *, include_gold: bool = False) -> list[dict]:
 
 
 def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
-    """JSON lines (UTF-8), one row each; returns the path."""
+    """JSON lines (UTF-8), one row each; returns the path.
+
+    The rows go to a temporary file beside `path`, which then replaces it in one step: a kill or an error
+    midway leaves the earlier file as it was, never a truncated one that still parses."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with partial.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 

@@ -436,6 +436,7 @@ class LabelStore:
         def append():
             with self._write(serialise=False) as conn:
                 self._check_items(conn, rows)
+                self._check_undo_targets(conn, rows)
                 new = _new_events(rows, {})  # the batch's own repeats
                 # An event_id stored before (by this writer or another, committed first) is left out here and
                 # compared below: a retry is stored once, the same id with other content is refused.
@@ -457,6 +458,26 @@ class LabelStore:
         A login that does not own the tables (the annotator role) gets a warning from Postgres and nothing else."""
         if rows >= BULK_ROWS and not self.is_sqlite:
             conn.exec_driver_sql(f"ANALYZE {', '.join(table.name for table in tables)}")
+
+    def _check_undo_targets(self, conn: Connection, rows: list[dict]):
+        """Refuse an undo of an event that is not the same annotator's, on the same item: a login that can label
+        must not cancel a colleague's label (a reviewer overrules one with `decide`, which keeps both)."""
+        undos = [r for r in rows if r["action"] == "undo"]
+        if not undos:
+            return
+        e = events_table.c
+        owners = {r["event_id"]: (r["annotator"], r["item_id"]) for r in rows}
+        for chunk in _chunks(sorted({r["target"] for r in undos} - set(owners))):
+            owners.update((event_id, (annotator, item_id)) for event_id, annotator, item_id in conn.execute(
+                select(e.event_id, e.annotator, e.item_id).where(e.project == self.project, e.event_id.in_(chunk))))
+        for undo in undos:
+            owner = owners.get(undo["target"])
+            if owner is None:
+                raise ValueError(f"no event {undo['target']!r} to undo in {self!r}; nothing was written")
+            if owner != (undo["annotator"], undo["item_id"]):
+                raise PermissionError(f"{undo['annotator']!r} cannot undo event {undo['target']!r}, which "
+                                      f"{owner[0]!r} recorded on item {owner[1]!r}: only its annotator can undo it, "
+                                      "on that item (a reviewer overrules it with store.decide). Nothing was written")
 
     def _check_items(self, conn: Connection, rows: list[dict]):
         """Refuse events about items this project does not hold, and ratings of anything but a one-response item."""

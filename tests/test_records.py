@@ -235,3 +235,19 @@ def test_a_label_without_a_strength_exports_with_margin_zero(store):
     store.add_items([pair])
     store.record(pair.item_id, "ada", choice="a")  # the person did not say how much better
     assert [(r["chosen"], r["margin"]) for r in trl_rows(store)] == [("The fox is red.", 0.0)]
+
+
+def test_an_export_interrupted_midway_leaves_the_earlier_file_whole(tmp_path):
+    """Issue 30, defect 15: write_jsonl wrote in place, so a kill midway left a truncated file that still parsed."""
+    from rlhflab.exports import write_jsonl
+
+    path = write_jsonl([{"n": n} for n in range(3)], tmp_path / "pairs.jsonl")
+
+    def rows_then_a_failure():
+        yield {"n": 10}
+        raise KeyboardInterrupt  # as a kernel interrupt midway through an export
+
+    with pytest.raises(KeyboardInterrupt):
+        write_jsonl(rows_then_a_failure(), path)
+    assert [json.loads(line)["n"] for line in path.read_text().splitlines()] == [0, 1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["pairs.jsonl"]  # no partial file left behind

@@ -55,6 +55,22 @@ def test_undo_and_edit_are_new_events_and_the_view_follows(store):
     assert [e["action"] for e in store.events()] == ["label", "label", "label", "undo", "undo", "undo"]
 
 
+def test_an_annotator_cannot_undo_another_annotators_label(store):
+    """Issue 30, defect 1: `record(item, "eve", action="undo", target=<ada's event>)` was accepted, and ada's label
+    left every export. An undo must name one of its own annotator's events, on the same item."""
+    first, second = list(store.items())[:2]
+    adas = store.record(first, "ada", choice="a")
+    eves = store.record(second, "eve", choice="b")
+    with pytest.raises(PermissionError, match="'eve' cannot undo event .*, which 'ada' recorded"):
+        store.record(first, "eve", action="undo", target=adas)
+    with pytest.raises(PermissionError, match="which 'eve' recorded on item"):
+        store.record(first, "eve", action="undo", target=eves)  # eve's own event, named on another item
+    with pytest.raises(ValueError, match="no event 'nope' to undo"):
+        store.record(first, "ada", action="undo", target="nope")
+    assert {label["event_id"] for label in store.labels()} == {adas, eves}
+    assert store.undo("eve", adas) is None and store.undo("eve")["event_id"] == eves  # the API's own undo works
+
+
 def test_skip_and_flag_prompt_leave_the_queue_but_are_not_labels(store):
     ids = list(store.items())
     store.skip(ids[0], "ada")
