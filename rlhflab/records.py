@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,8 +222,8 @@ def read_hh_rlhf(path: str | Path) -> list[dict]:
 
 
 def normalized(text: str) -> str:
-    """Text with case and runs of whitespace folded: the key of the looser duplicate check."""
-    return " ".join(text.lower().split())
+    """Text in Unicode NFKC with case and runs of whitespace folded: the key of the looser duplicate check."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 @dataclass

@@ -48,6 +48,7 @@ import argparse
 import json
 import re
 import time
+import unicodedata
 import uuid
 import warnings
 import zlib
@@ -894,9 +895,10 @@ class QualificationFailed(Exception):
 
 
 def annotator_name(name) -> str:
-    """`name` as the store keeps it: trimmed, inner spaces collapsed, case folded, so that "Ada",
-    "ada " and "ADA" are one person's labels, progress and accuracy; an empty name is refused."""
-    folded = " ".join(name.split()).casefold() if isinstance(name, str) else ""
+    """`name` as the store keeps it: Unicode NFC, trimmed, inner spaces collapsed, case folded, so that "Ada",
+    "ada " and "ADA" (and "José" typed with a combining accent or without) are one person's labels, progress
+    and accuracy; an empty name is refused."""
+    folded = " ".join(unicodedata.normalize("NFC", name).split()).casefold() if isinstance(name, str) else ""
     if not folded:
         raise ValueError(f"every event needs an annotator name, not {name!r}; pass annotator='your-name' "
                          "(each person their own: labels, progress and accuracy are kept per annotator)")

@@ -251,3 +251,12 @@ def test_an_export_interrupted_midway_leaves_the_earlier_file_whole(tmp_path):
         write_jsonl(rows_then_a_failure(), path)
     assert [json.loads(line)["n"] for line in path.read_text().splitlines()] == [0, 1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["pairs.jsonl"]  # no partial file left behind
+
+
+def test_dedup_folds_unicode_forms():
+    """Issue 30, defect 12: the same text in NFC and NFD (or full-width) was not a duplicate."""
+    rows = [{"prompt": "Caf\u00e9?", "chosen": "Yes", "rejected": "No"},
+            {"prompt": "Cafe\u0301?", "chosen": "Yes", "rejected": "No"},
+            {"prompt": "Caf\u00e9?", "chosen": "\uff39es", "rejected": "No"}]  # a full-width Y
+    kept, report = dedup(rows)
+    assert kept == rows[:1] and report.normalized == [1, 2]

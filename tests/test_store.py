@@ -71,6 +71,16 @@ def test_an_annotator_cannot_undo_another_annotators_label(store):
     assert store.undo("eve", adas) is None and store.undo("eve")["event_id"] == eves  # the API's own undo works
 
 
+def test_a_name_typed_with_a_combining_accent_is_the_same_annotator(store):
+    """Issue 30, defect 12: "José" typed in NFD and in NFC counted as two annotators."""
+    composed, decomposed = "Jos\u00e9", "Jose\u0301"
+    first = list(store.items())[0]
+    store.record(first, composed, choice="a")
+    store.record(first, decomposed, choice="b")  # an edit by the same person, not a second vote
+    assert [(label["annotator"], label["choice"]) for label in store.labels()] == [(composed.casefold(), "b")]
+    assert store.progress(decomposed)["labelled"] == 1
+
+
 def test_skip_and_flag_prompt_leave_the_queue_but_are_not_labels(store):
     ids = list(store.items())
     store.skip(ids[0], "ada")
