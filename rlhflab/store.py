@@ -362,10 +362,10 @@ class LabelStore:
                     known.add(item.item_id)
                     new.append(item)
             if new:
-                conn.execute(insert(items_table), [
-                    {"item_id": i.item_id, "project": self.project, "prompt": i.prompt,
-                     "responses": list(i.responses), "sources": list(i.sources), "gold": i.gold,
-                     "meta": i.meta or None, "created_at": now} for i in new])
+                conn.execute(insert(items_table), [_fits(items_table, {
+                    "item_id": i.item_id, "project": self.project, "prompt": i.prompt,
+                    "responses": list(i.responses), "sources": list(i.sources), "gold": i.gold,
+                    "meta": i.meta or None, "created_at": now}) for i in new])
                 positions = {}
                 for chunk in _chunks([i.item_id for i in new]):
                     positions.update(conn.execute(select(items_table.c.item_id, items_table.c.id).where(
@@ -423,13 +423,13 @@ class LabelStore:
         Every event must name a stored item: an event about an unknown item could never be shown,
         assigned or exported, so it is refused here rather than found later by every export.
         """
-        rows = [_checked_event(dict(
+        rows = [_fits(events_table, _checked_event(dict(
             event_id=e.get("event_id") or uuid.uuid4().hex, project=self.project, item_id=e["item_id"],
             annotator=annotator_name(e["annotator"]), session=e.get("session"), action=e.get("action", "label"),
             choice=e.get("choice"), strength=e.get("strength"), ranking=_as_json(e.get("ranking")),
             flags=_as_json(e.get("flags") or None), rationale=e.get("rationale") or None,
             shown_order=_as_json(e.get("shown_order")), target=e.get("target"), created_at=time.time(),
-            shown_at=e.get("shown_at"), guidelines=e.get("guidelines")))
+            shown_at=e.get("shown_at"), guidelines=e.get("guidelines"))))
             for e in events]
         if not rows:
             return []
@@ -939,6 +939,24 @@ class _WriteTransaction:
 
     def __exit__(self, *exc):
         return self._context.__exit__(*exc)
+
+
+def _fits(table: Table, row: dict) -> dict:
+    """Refuse what Postgres refuses, on SQLite too, so a store behaves alike on a laptop and on the team's server:
+    text longer than its column's limit, and a NUL character anywhere (Postgres cannot store one in text)."""
+    for column in table.columns:
+        value = row.get(column.name)
+        if value is None:
+            continue
+        limit = getattr(column.type, "length", None)
+        if isinstance(value, str) and limit is not None and len(value) > limit:
+            raise ValueError(f"{column.name} {value[:40]!r}... is {len(value)} characters, over the store's limit of "
+                             f"{limit}; shorten it. Nothing was written")
+        text = value if isinstance(value, str) else json.dumps(value)  # JSON writes NUL as \u0000
+        if "\x00" in text or "\\u0000" in text:
+            raise ValueError(f"{column.name} holds a NUL character (\\x00), which Postgres cannot store; remove it "
+                             "(text.replace('\\x00', '')). Nothing was written")
+    return row
 
 
 def _checked_event(event: dict) -> dict:

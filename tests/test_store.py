@@ -711,3 +711,18 @@ def test_the_annotator_role_can_label_but_never_change_or_delete_a_label(postgre
     assert annotator.progress("ada")["remaining"] == 2 and annotator.progress()["untouched"] == 2
     annotator.close()
     owner.close()
+
+
+def test_sqlite_refuses_what_postgres_refuses_and_keeps_everything(store):
+    """Issue 30, defect 11: a 65-character guidelines version (or a NUL in a rationale) worked on a laptop's
+    SQLite, then every label failed on the team's Postgres. Both stores now refuse it up front."""
+    first = list(store.items())[0]
+    before = store.events()
+    with pytest.raises(ValueError, match="guidelines 'v+'... is 65 characters, over the store's limit of 64"):
+        store.record(first, "ada", choice="a", guidelines="v" * 65)
+    with pytest.raises(ValueError, match="rationale holds a NUL character"):
+        store.record(first, "ada", choice="a", rationale="fine\x00")
+    with pytest.raises(ValueError, match="responses holds a NUL character"):
+        store.add_items([Item("p?", ("a\x00", "b"))])
+    assert store.events() == before and len(store.items()) == 5
+    store.record(first, "ada", choice="a", guidelines="v" * 64)  # at the limit: stored
