@@ -133,10 +133,12 @@ def _labels(store, policy: str, include_gold: bool, dropped: Counter,
             elif bool(item.meta.get("evaluation")) != evaluation:
                 dropped["evaluation item" if not evaluation else "training item"] += 1
             else:
-                yield label
+                yield {**label, "prompt_flagged": label["item_id"] in flagged_prompts}
 
+    in_force = store.current().values()  # every answer in force: labels, and prompt flags that mark their items
+    flagged_prompts = {answer["item_id"] for answer in in_force if answer["action"] == "flag_prompt"}
     by_item = defaultdict(list)
-    for label in readable(store.labels()):
+    for label in readable(sorted((a for a in in_force if a["action"] == "label"), key=lambda a: a["id"])):
         by_item[label["item_id"]].append(label)
     decisions = {d["item_id"]: d for d in readable(store.decisions().values())} if policy == "adjudicated" else {}
     _warn(unreadable)
@@ -192,7 +194,8 @@ def _comparisons(pairs: list[tuple[dict, object]], dropped: Counter) -> list[dic
                 "chosen_source": item.sources[winner], "rejected_source": item.sources[loser],
                 "label": kind, "margin": margin, "annotator": label["annotator"],
                 "flags": sorted([f"chosen:{f}" for f in flags.get(letter(winner), [])]
-                                + [f"rejected:{f}" for f in flags.get(letter(loser), [])]),
+                                + [f"rejected:{f}" for f in flags.get(letter(loser), [])]
+                                + (["prompt:flagged"] if label.get("prompt_flagged") else [])),
                 "shown_left": None if left is None else left == winner,
                 "rationale": label["rationale"], "created_at": label["created_at"], "event_id": label["event_id"],
                 "votes": label.get("votes"),
@@ -241,7 +244,8 @@ def _decided_pairs(label: dict, k: int):
 def _ratings(pairs: list[tuple[dict, object]]) -> list[dict]:
     return [{"item_id": item.item_id, "prompt": item.prompt, "response": item.responses[0],
              "label": label["choice"] == "up", "annotator": label["annotator"], "rationale": label["rationale"],
-             "flags": sorted((label["flags"] or {}).get(letter(0), [])),
+             "flags": sorted((label["flags"] or {}).get(letter(0), [])
+                             + (["prompt:flagged"] if label.get("prompt_flagged") else [])),
              "created_at": label["created_at"], "event_id": label["event_id"]}
             for label, item in pairs if label["choice"] in RATINGS]
 
@@ -263,7 +267,7 @@ def kto_rows(store, include_flagged: bool = True, *, policy: str = "all", includ
     data into its binary signal (Ethayarajh et al. 2024, "KTO"). Ties and 'both bad' give none.
 
     Args:
-        include_flagged: keep rows whose completion was flagged (say, harmful); False drops them.
+        include_flagged: keep rows whose completion or prompt was flagged (say, harmful); False drops them.
         policy, include_gold: which labels count (see the module docstring).
     """
     dropped = Counter()
@@ -276,9 +280,9 @@ def kto_rows(store, include_flagged: bool = True, *, policy: str = "all", includ
             continue
         for side, label in (("chosen", True), ("rejected", False)):
             out.append({"prompt": row["prompt"], "completion": row[side], "label": label, "source": "pair",
-                        "flagged": any(f.startswith(f"{side}:") for f in row["flags"])})
+                        "flagged": any(f.startswith((f"{side}:", "prompt:")) for f in row["flags"])})
     if not include_flagged:
-        dropped["flagged completion"] += sum(r["flagged"] for r in out)
+        dropped["flagged completion or prompt"] += sum(r["flagged"] for r in out)
         out = [r for r in out if not r["flagged"]]
     return ExportRows(({k: r[k] for k in ("prompt", "completion", "label", "source")} for r in out), +dropped)
 
@@ -298,7 +302,8 @@ def trl_rows(store, include_flagged: bool = True, *, policy: str = "all", includ
     """prompt / chosen / rejected / margin / annotator / flags rows for TRL; only decided pairs.
 
     Args:
-        include_flagged: keep pairs whose chosen response was flagged (say, harmful); False drops them.
+        include_flagged: keep pairs whose chosen response or whose prompt was flagged (say, harmful); False
+            drops them. A prompt flag by anyone marks the item's every label ('prompt:flagged' in `flags`).
         policy, include_gold: which labels count (see the module docstring).
     """
     rows = comparisons(store, policy=policy, include_gold=include_gold)
@@ -306,8 +311,8 @@ def trl_rows(store, include_flagged: bool = True, *, policy: str = "all", includ
     for row in rows:
         if row["label"] != "preferred":
             out.dropped["tie or both bad"] += 1
-        elif not include_flagged and any(f.startswith("chosen:") for f in row["flags"]):
-            out.dropped["flagged chosen"] += 1
+        elif not include_flagged and any(f.startswith(("chosen:", "prompt:")) for f in row["flags"]):
+            out.dropped["flagged chosen or prompt"] += 1
         else:
             out.append({k: row[k] for k in ("prompt", "chosen", "rejected", "margin", "annotator", "flags")})
     return out

@@ -260,3 +260,21 @@ def test_dedup_folds_unicode_forms():
             {"prompt": "Caf\u00e9?", "chosen": "\uff39es", "rejected": "No"}]  # a full-width Y
     kept, report = dedup(rows)
     assert kept == rows[:1] and report.normalized == [1, 2]
+
+
+def test_a_flagged_prompt_reaches_the_exports_and_can_be_left_out(store):
+    """Issue 30, defect 7: a prompt flagged harmful by one annotator still exported the others' labels with no
+    mark, and include_flagged=False did not drop it."""
+    from rlhflab.exports import kto_rows
+
+    import_comparisons(store, ROWS, annotator="ada")
+    flagged = next(iter(store.items()))
+    store.flag_prompt(flagged, "bo", rationale="asks for something harmful")
+    rows = comparisons(store)
+    assert [row["flags"] for row in rows if row["item_id"] == flagged] == [["prompt:flagged"]]
+    assert all(row["flags"] == [] for row in rows if row["item_id"] != flagged)
+    prompt = store.item(flagged).prompt
+    kept = trl_rows(store, include_flagged=False)
+    assert prompt not in {row["prompt"] for row in kept} and kept.dropped["flagged chosen or prompt"] == 1
+    assert prompt in {row["prompt"] for row in trl_rows(store)}
+    assert prompt not in {row["prompt"] for row in kto_rows(store, include_flagged=False)}
