@@ -352,15 +352,20 @@ class LabelStore:
 
         Returns the items that were new.
         """
-        items = list(items)
+        items = [_checked_gold(item) for item in items]
         now = time.time()
         with self._write() as conn:
-            known = set(conn.scalars(select(items_table.c.item_id).where(items_table.c.project == self.project)))
+            known = dict(conn.execute(select(items_table.c.item_id, items_table.c.gold).where(
+                items_table.c.project == self.project)).all())
             new = []
             for item in items:
                 if item.item_id not in known:
-                    known.add(item.item_id)
+                    known[item.item_id] = item.gold
                     new.append(item)
+                elif item.gold is not None and item.gold != known[item.item_id]:
+                    raise ValueError(f"item {item.item_id!r} is stored with gold {known[item.item_id]!r}, not "
+                                     f"{item.gold!r}; a stored item's gold never changes (its answers were scored "
+                                     "against it). Give the calibration item its own item_id. Nothing was written")
             if new:
                 conn.execute(insert(items_table), [_fits(items_table, {
                     "item_id": i.item_id, "project": self.project, "prompt": i.prompt,
@@ -957,6 +962,21 @@ def _fits(table: Table, row: dict) -> dict:
             raise ValueError(f"{column.name} holds a NUL character (\\x00), which Postgres cannot store; remove it "
                              "(text.replace('\\x00', '')). Nothing was written")
     return row
+
+
+def _checked_gold(item: Item) -> Item:
+    """Refuse a gold answer no annotator could ever give: `gold="A"` would fail everyone's qualification."""
+    k, gold = len(item.responses), item.gold
+    if gold is None:
+        return item
+    allowed = RATINGS if k == 1 else CHOICES if k == 2 else None
+    if allowed is not None and gold not in allowed:
+        raise ValueError(f"item {item.item_id!r}: gold must be one of {allowed} for {k} response(s), not {gold!r}")
+    if allowed is None and not (isinstance(gold, (list, tuple)) and len(gold) == k
+                                and all(isinstance(r, int) and 1 <= r <= k for r in gold)):
+        raise ValueError(f"item {item.item_id!r}: gold of a ranking is one rank per response, 1 (best) to {k}, "
+                         f"not {gold!r}")
+    return item
 
 
 def _checked_event(event: dict) -> dict:

@@ -726,3 +726,16 @@ def test_sqlite_refuses_what_postgres_refuses_and_keeps_everything(store):
         store.add_items([Item("p?", ("a\x00", "b"))])
     assert store.events() == before and len(store.items()) == 5
     store.record(first, "ada", choice="a", guidelines="v" * 64)  # at the limit: stored
+
+
+def test_gold_is_checked_and_never_silently_dropped(store):
+    """Issue 30, defect 8: gold="A" matched no answer, so every annotator failed qualification; and gold given to
+    an item already stored was silently ignored."""
+    with pytest.raises(ValueError, match=r"gold must be one of \('a', 'b', 'tie', 'both_bad'\) .* not 'A'"):
+        store.add_items([Item("gold?", ("right", "wrong"), gold="A")])
+    with pytest.raises(ValueError, match="gold of a ranking is one rank per response"):
+        store.add_items([Item("rank?", ("x", "y", "z"), gold=[1, 2])])
+    with pytest.raises(ValueError, match="a stored item's gold never changes"):
+        store.add_items([Item(pair(0).prompt, pair(0).responses, gold="a")])  # pair 0 is stored without gold
+    assert len(store.items()) == 5 and store.items()[pair(0).item_id].gold is None
+    assert store.add_items([Item("gold?", ("right", "wrong"), gold="a"), Item("up?", ("fine",), gold="up")])
