@@ -401,7 +401,6 @@ class PPOTrainer:
         self.kl_ctl = AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
         if config.adaptive_kl:
             self.live.reference("objective/kl", config.target_kl, "target KL")
-        disable_dropout(policy.model)
         # Full fine-tuning needs its own frozen reference; LoRA gets it by switching adapters off.
         self.reference = None if policy.is_lora else copy.deepcopy(policy.model).requires_grad_(False).eval()
         self.reference_adapter = None
@@ -417,6 +416,7 @@ class PPOTrainer:
         self.masked_policy = (MaskedPolicy(policy.model, config.nlpo_top_p, policy.is_lora)
                               if config.nlpo_top_p is not None else None)
         module = self.value_module(policy, value_from)
+        disable_dropout(policy.model)  # after every adapter is on (reference, NLPO's mask, value): each has its own
         optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=config.learning_rate,
                                       eps=config.adam_eps)
         self.module, self.optimizer = self.accelerator.prepare(module, optimizer)

@@ -166,6 +166,19 @@ def test_first_minibatch_has_ratio_one_with_dropout_in_the_model(random_models, 
     assert first["ratio"] == 1.0 and first["approxkl"] == 0.0 and first["clipfrac"] == 0.0
 
 
+def test_adapters_loaded_for_ppo_bring_no_dropout_back(random_models, world, gold, tmp_path):
+    """Issue 29, defect 6: dropout was switched off before the value adapter (and NLPO's mask adapter) were
+    loaded, so a reward adapter saved with lora_dropout put dropout back into the value forward."""
+    from rlhflab.reward import load_reward_model
+
+    load_reward_model(str(random_models["gpt2"]), lora={"lora_dropout": 0.1}).save(tmp_path / "reward")
+    policy = load_policy(str(random_models["gpt2"]), lora={"lora_dropout": 0.1})
+    PPOTrainer(policy, prompts(world), GoldReward(gold), small(tmp_path / "ppo", value_model="adapter", nlpo_top_p=0.9),
+               value_from=tmp_path / "reward")
+    rates = {m.p for m in policy.model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.0}
+
+
 def test_rollout_logprobs_are_those_the_sampler_drew_from(shipped_sampling_settings, world, gold, tmp_path):
     policy = load_policy(str(shipped_sampling_settings), lora=True)
     trainer = PPOTrainer(policy, prompts(world), GoldReward(gold),
