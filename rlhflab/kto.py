@@ -21,6 +21,8 @@ where z is an estimate of KL(pi || ref) from mismatched prompt / completion pair
 
 from __future__ import annotations
 
+import random
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +77,30 @@ def kto_data(feedback, columns: dict | None = None, include_flagged: bool = True
     return [{"prompt": r["prompt"], "completion": r["completion"], "label": r[label]} for r in rows]
 
 
+def spread_prompts(rows: list[dict], seed: int) -> list[dict]:
+    """`rows` in a seeded order in which neighbours have different prompts wherever the data allows.
+
+    TRL's KTOTrainer estimates its KL reference point from mismatched (prompt, completion) pairs: it gives
+    each row the completion of the row before it in its batch (`KL_completion_ids`, rotated by one, in the
+    dataset's order). `kto_rows` writes a pair's chosen and rejected rows one after the other, so half the
+    "mismatched" pairs were a prompt with its own other reply. Dealing the prompts out round-robin, each
+    round in one seeded order, keeps neighbours apart; the trainer still shuffles the rows each epoch.
+    """
+    rng = random.Random(f"kto:{seed}")
+    by_prompt: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_prompt[row["prompt"]].append(row)
+    groups = list(by_prompt.values())
+    rng.shuffle(groups)
+    for group in groups:
+        rng.shuffle(group)
+    spread = []
+    while groups:
+        spread += [group.pop() for group in groups]
+        groups = [group for group in groups if group]
+    return spread
+
+
 def train_kto(policy: Policy, feedback, config: KTOConfig | None = None, *, columns: dict | None = None,
               include_flagged: bool = True, live: LivePlot | None = None) -> KTOResult:
     """Train `policy` in place with KTO on thumbs up / down rows, save it, and return its metrics.
@@ -107,7 +133,8 @@ def train_kto(policy: Policy, feedback, config: KTOConfig | None = None, *, colu
     weight = max(1.0, undesirable / desirable) if config.balance else 1.0
     args = trl_args(trl.KTOConfig, config, policy.device, beta=config.beta, desirable_weight=weight)
     trainer = trl.KTOTrainer(model=policy.model, args=args,
-                             train_dataset=chat_dataset(rows, ("completion",), keep=("label",)),
+                             train_dataset=chat_dataset(spread_prompts(rows, config.seed), ("completion",),
+                                                        keep=("label",)),
                              processing_class=policy.tokenizer, callbacks=[live])
     outcome = train_against_reference(trainer, policy, output_dir)
     return KTOResult({"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"],

@@ -59,3 +59,36 @@ def test_kto_trains_a_lora_adapter_on_a_4bit_base(tmp_path):
     policy = load_policy("tiny", lora=True, quantization="4bit")
     result = train_kto(policy, rows, KTOConfig(output_dir=str(tmp_path), max_steps=2, batch_size=4, logging_steps=1))
     assert (result.output_dir / "adapter_model.safetensors").exists() and result.metrics["rows/desirable"] == 4
+
+
+def test_no_row_takes_its_kl_completion_from_its_own_prompt(tmp_path, monkeypatch):
+    """Issue 29, defect 1: TRL's KTOTrainer gives each row the completion of the row before it in its batch as
+    the "mismatched" KL pair; kto_rows writes a pair's chosen and rejected rows next to each other, so 8 of 16
+    rows per batch were paired with their own prompt's other reply. The seed now also changes the order."""
+    from rlhflab import kto
+    from rlhflab.records import import_comparisons
+
+    store = LabelStore(tmp_path / "labels.db")
+    import_comparisons(store, [{"prompt": f"Question {n}?", "chosen": f"Good {n}.", "rejected": f"Bad {n}."}
+                               for n in range(8)])
+    handed = []
+
+    class Captured(Exception):
+        pass
+
+    def capture(*args, train_dataset, **kwargs):
+        handed.append(train_dataset)
+        raise Captured
+
+    monkeypatch.setattr(kto.trl, "KTOTrainer", capture)
+    orders = []
+    for seed in (0, 1):
+        with pytest.raises(Captured):
+            train_kto(load_policy("tiny", lora=True), store,
+                      KTOConfig(output_dir=str(tmp_path), batch_size=8, seed=seed))
+        prompts = [row["prompt"][0]["content"] for row in handed[-1]]
+        orders.append(prompts)
+        for start in range(0, len(prompts), 8):  # TRL's rotation, batch by batch: row i gets row i-1's completion
+            batch = prompts[start:start + 8]
+            assert all(batch[i] != batch[i - 1] for i in range(len(batch))), batch
+    assert len(orders[0]) == 16 and orders[0] != orders[1]
