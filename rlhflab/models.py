@@ -63,10 +63,17 @@ class Policy:
         """The text the model sees for a one-turn user prompt, up to where the reply starts."""
         return chat_prompt(self.tokenizer, prompt)
 
-    @torch.no_grad()
     def generate(self, prompts: list[str] | str, max_new_tokens: int = 48, temperature: float = 1.0,
                  do_sample: bool = True, seed: int | None = None, batch_size: int = 32) -> list[str]:
         """Reply to each prompt, sampled from softmax(logits / temperature) unless do_sample=False."""
+        return self.sample(prompts, max_new_tokens, temperature, do_sample, seed, batch_size)[0]
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str] | str, max_new_tokens: int = 48, temperature: float = 1.0,
+               do_sample: bool = True, seed: int | None = None,
+               batch_size: int = 32) -> tuple[list[str], list[list[int]]]:
+        """`generate`'s replies, and the token ids sampled for each: up to and including the first EOS, or
+        `max_new_tokens` of them when the reply was cut off. `reply_logprobs` scores exactly these."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if seed is not None:
@@ -74,6 +81,8 @@ class Policy:
         was_training = self.model.training
         self.model.eval()
         replies: list[str] = []
+        sampled: list[list[int]] = []
+        eos = self.tokenizer.eos_token_id
         batches = range(0, len(prompts), batch_size)
         for start in tqdm(batches, desc="generating", disable=len(batches) < 4, leave=False):
             texts = [self.chat_prompt(p) for p in prompts[start: start + batch_size]]
@@ -81,25 +90,37 @@ class Policy:
             output = self.sample_tokens(inputs, max_new_tokens, temperature, do_sample)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, T_new)
             replies += [r.strip() for r in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            sampled += [row[:row.index(eos) + 1] if eos in row else row for row in new_tokens.tolist()]
         self.model.train(was_training)
-        return replies
+        return replies, sampled
+
+    def response_logprobs(self, prompts: list[str], responses: list[str], batch_size: int = 16) -> torch.Tensor:
+        """log p(response | prompt) of each response text, tokenized again with a closing EOS: (N,).
+
+        A sample cut off at max_new_tokens is scored here as if it had ended there; to score what was
+        sampled, token for token, use `sample`'s ids with `reply_logprobs`.
+        """
+        reply_ids = []
+        for prompt, response in zip(prompts, responses):
+            transcript = transcript_ids(self.tokenizer, prompt, response)
+            reply_ids.append(transcript[len(self.prompt_ids(prompt)):])
+        return self.reply_logprobs(prompts, reply_ids, batch_size)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return self.tokenizer(self.chat_prompt(prompt), add_special_tokens=False)["input_ids"]
 
     @torch.no_grad()
-    def response_logprobs(self, prompts: list[str], responses: list[str], batch_size: int = 16) -> torch.Tensor:
-        """log p(response | prompt) of each response text, its closing EOS included: (N,).
-
-        The texts are tokenized again, so a sample cut off at max_new_tokens is scored as if it had
-        ended there; KL estimates built from this are per response, in nats. Rows are left-padded
-        so every response ends at the right edge, and the LM head runs on the response positions only.
-        """
+    def reply_logprobs(self, prompts: list[str], reply_ids: list[list[int]], batch_size: int = 16) -> torch.Tensor:
+        """log p(reply | prompt) summed over each reply's token ids: (N,). KL estimates built from this are per
+        response, in nats. Rows are left-padded so every reply ends at the right edge, and the LM head runs on
+        the reply positions only."""
         was_training = self.model.training
         self.model.eval()
         totals = []
         for start in range(0, len(prompts), batch_size):
-            batch_prompts, batch_responses = prompts[start: start + batch_size], responses[start: start + batch_size]
-            ids = [transcript_ids(self.tokenizer, p, r) for p, r in zip(batch_prompts, batch_responses)]
-            response_lengths = torch.tensor([len(i) - len(self.tokenizer(self.chat_prompt(p), add_special_tokens=False)
-                                                          ["input_ids"]) for i, p in zip(ids, batch_prompts)])
+            batch_prompts, batch_replies = prompts[start: start + batch_size], reply_ids[start: start + batch_size]
+            ids = [self.prompt_ids(p) + list(r) for p, r in zip(batch_prompts, batch_replies)]
+            response_lengths = torch.tensor([len(r) for r in batch_replies])
             keep = int(response_lengths.max())  # positions predicting the longest response's tokens
             batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding_side="left").to(self.device)
             logits = self.response_logits(batch, keep)  # (B, keep, V)

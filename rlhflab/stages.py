@@ -297,13 +297,14 @@ def evaluate(policy: Policy, baseline: Baseline, task, config: RLHFConfig, rewar
 
     The task's judge compares each of the policy's answers with SFT's: the win-rate counts ties as half, with
     a 95% bootstrap interval over the prompts. KL(policy || SFT) is k1 on the policy's own samples: the
-    mean over them of log pi(y|x) - log sft(y|x). A task with a gold annotator adds gold means. `reward` (a
+    mean over them of log pi(y|x) - log sft(y|x), on the token ids sampled (a reply cut off at
+    `response_length` is scored without an EOS it never had). A task with a gold annotator adds gold means. `reward` (a
     RewardModel, SharedReward or anything with `score`) adds the proxy means (always named 'reward/', a
     proxy) and the reward model's agreement with the judge on (policy, SFT) answer pairs.
     """
     prompts, judge = baseline.prompts, task.judge_name
-    responses = sample(policy, prompts, config, seed=config.seed + 41)
-    kl = (policy.response_logprobs(prompts, responses) - baseline.policy.response_logprobs(prompts, responses))
+    responses, reply_ids = policy.sample(prompts, max_new_tokens=config.response_length, seed=config.seed + 41)
+    kl = policy.reply_logprobs(prompts, reply_ids) - baseline.policy.reply_logprobs(prompts, reply_ids)  # (N,)
     metrics = {}
     if task.judge is not None:
         rate, low, high = win_rate_interval(task.outcomes(prompts, responses, baseline.responses), seed=config.seed)

@@ -221,3 +221,42 @@ def test_response_logprobs_match_a_row_by_row_reference(arch, random_models):
             logp = torch.log_softmax(policy.model(torch.tensor([ids])).logits[0, :-1].float(), -1)
             expected.append(sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids))))
     assert torch.allclose(policy.response_logprobs(prompts, responses, batch_size=3), torch.tensor(expected), atol=1e-3)
+
+
+def slow_reply_logprob(policy, prompt: str, reply_ids: list[int]) -> float:
+    """The obvious way: one unpadded forward pass over prompt + reply, log-softmax, the reply's tokens summed."""
+    ids = policy.prompt_ids(prompt) + reply_ids
+    with torch.no_grad():
+        logits = policy.model(input_ids=torch.tensor([ids])).logits[0, :-1]  # (T - 1, V)
+    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+    return logprobs[-len(reply_ids):].sum().item()
+
+
+def test_an_evaluations_kl_is_k1_on_the_token_ids_it_sampled():
+    """Issue 29, defect 4: evaluate's kl/to_sft tokenized the decoded replies again and closed each with EOS, so a
+    reply cut off at response_length was scored with an EOS it never sampled (9 of 24 held-out replies at 32
+    tokens on the tiny model), and the estimate could go negative. It is now k1 on the sampled ids."""
+    from rlhflab import Task
+    from rlhflab.stages import Baseline, RLHFConfig, evaluate
+
+    sft = load_policy("tiny")
+    policy = load_policy("tiny", lora=True)
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the policy away from SFT: LoRA's B starts at zero
+        for name, weight in policy.model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.02)
+    prompts = ["What color is the fox?", "Where does the owl live?", "What does the rope do?"]
+    replies, reply_ids = policy.sample(prompts, max_new_tokens=6, seed=3)
+    eos = policy.tokenizer.eos_token_id
+    assert all(len(ids) == 6 or ids[-1] == eos for ids in reply_ids) and any(eos not in ids for ids in reply_ids)
+    assert [policy.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in reply_ids] == replies
+    expected = [slow_reply_logprob(policy, p, ids) for p, ids in zip(prompts, reply_ids)]
+    assert torch.allclose(policy.reply_logprobs(prompts, reply_ids), torch.tensor(expected), atol=1e-4)
+
+    config = RLHFConfig(response_length=6, seed=0)
+    _, evaluated = policy.sample(prompts, max_new_tokens=6, seed=config.seed + 41)  # what evaluate samples
+    k1 = [slow_reply_logprob(policy, p, ids) - slow_reply_logprob(sft, p, ids) for p, ids in zip(prompts, evaluated)]
+    task = Task(prompts=["Say hi."], heldout=prompts)
+    metrics, _ = evaluate(policy, Baseline(sft, prompts, sft.generate(prompts, seed=1), None), task, config)
+    assert metrics["kl/to_sft"] == pytest.approx(sum(k1) / len(k1), abs=1e-4)
