@@ -28,7 +28,6 @@ QUICK = {  # what the tests set after each notebook's parameters cell: its own Q
     "05_dpo_best_of_n.ipynb": HH_RLHF + "QUICK = True",
     "06_team_labeling.ipynb": "QUICK = True",
 }
-TRAINS = {"00_quickstart.ipynb", "01_sft.ipynb", "03_reward.ipynb", "04_ppo.ipynb", "05_dpo_best_of_n.ipynb"}
 EXPECTED_TEXT = {  # printed by each notebook when it worked
     "00_quickstart.ipynb": ["SFT done", "pairs queued for round 1", "rounds in", "report written"],
     "05_dpo_best_of_n.ipynb": ["every method learned from the same", "highest gold win-rate against SFT",
@@ -95,10 +94,13 @@ def test_every_notebook_installs_the_pinned_release_before_it_imports_anything()
         assert first.source.count("%pip") == 1 and all("%pip" not in c.source for c in notebook_cells(name)[2:])
 
 
-def test_colab_opens_a_gpu_runtime_where_a_notebook_trains():
+def test_no_tiny_world_notebook_asks_colab_for_a_gpu():
+    """Issue 31: five notebooks asked Colab for a T4. The workshop runs the tiny world on the free CPU runtime,
+    where its expected lines (`device: cpu | precision: fp32`) hold; a room of 30 would spend GPU quota for
+    nothing and see other numbers. A real model's GPU is the user's choice (Runtime > Change runtime type)."""
     for name in QUICK:
         metadata = nbformat.read(NOTEBOOKS / name, as_version=4).metadata
-        assert (metadata.get("accelerator") == "GPU" and metadata["colab"]["gpuType"] == "T4") == (name in TRAINS), name
+        assert "accelerator" not in metadata and "gpuType" not in metadata.get("colab", {}), name
 
 
 def test_notebooks_point_where_they_should():
