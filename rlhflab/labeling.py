@@ -305,6 +305,10 @@ class _Labeler(anywidget.AnyWidget):
             return
         event_id = message.get("event_id") or (self.item or {}).get("event_id")
         if event_id in self._committed:
+            if self.item and self.item["event_id"] == event_id:  # stored, but fetching the next item failed then
+                self.say("saved earlier; here is the next item")
+                self.show_next()
+                return
             self.say("already saved (this answer was sent twice and is stored once)")
             return
         if not self.item or message.get("item_id") != self.item["item_id"] or event_id != self.item["event_id"]:

@@ -48,6 +48,27 @@ def test_pairwise_label_maps_shown_sides_to_stored_responses(store):
     assert labeler.history[0]["summary"] == labels[-1]["choice"] + " much"
 
 
+def test_a_failure_after_the_commit_never_leaves_the_widget_stuck(store, monkeypatch):
+    """Issue 30, defect 4: when fetching the next item failed after the label was committed (a SQLite busy wait, a
+    Postgres statement timeout), every further answer and Retry got "already saved" until the cell ran again."""
+    labeler = PairwiseLabeler(store, "ada", LabelerConfig(seed=3))
+    first = labeler.item
+    fetch = store.next_item
+
+    def busy_once(*args, **kwargs):
+        monkeypatch.setattr(store, "next_item", fetch)
+        raise TimeoutError("database is locked")
+
+    monkeypatch.setattr(store, "next_item", busy_once)
+    message = {"action": "label", "item_id": first["item_id"], "event_id": first["event_id"], "choice": "left"}
+    labeler._on_message(labeler, message, [])
+    assert labeler.status == "saved, but then: database is locked" and len(store.labels()) == 1
+    labeler._on_message(labeler, message, [])  # Retry sends the same answer
+    assert labeler.item["item_id"] != first["item_id"] and len(store.labels()) == 1
+    labeler._on_message(labeler, message, [])  # and a third time, now stale: stored once, nothing moves
+    assert labeler.status.startswith("already saved") and len(store.labels()) == 1
+
+
 def test_undo_brings_the_item_back_and_edit_replaces_an_earlier_label(store):
     labeler = PairwiseLabeler(store, "ada", LabelerConfig(seed=0))
     first = labeler.item["item_id"]
