@@ -299,8 +299,7 @@ def import_comparisons(store, source, columns: Mapping[str, str] | None = None, 
     if remove_duplicates:
         rows, report = dedup(rows)
     items = [Item(r["prompt"], (r["chosen"], r["rejected"]), (source_name, source_name)) for r in rows]
-    new = store.add_items(items)
-    store.record_many([{"item_id": i.item_id, "annotator": annotator, "choice": "a", "session": "import"} for i in new])
+    new = store.add_items(items, label={"annotator": annotator, "choice": "a", "session": "import"})  # one transaction
     return ImportReport(read=len(rows) + (len(report.exact) + len(report.normalized) if report else 0),
                         dedup=report, stored=len(new), already_stored=len(items) - len(new),
                         empty_replies=sum(not reply.strip() for item in new for reply in item.responses))

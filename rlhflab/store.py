@@ -347,10 +347,12 @@ class LabelStore:
 
     # -- items ------------------------------------------------------------------------------------
 
-    def add_items(self, items) -> list[Item]:
+    def add_items(self, items, label: dict | None = None) -> list[Item]:
         """Store new items (one transaction); items already stored, by item_id, are left alone.
 
-        Returns the items that were new.
+        `label` (the keyword arguments of `record` but the item, e.g. {'annotator': 'hh-rlhf', 'choice': 'a'})
+        is an answer given to every new item in the same transaction: an import interrupted anywhere leaves
+        the store as it was, never items without their labels. Returns the items that were new.
         """
         items = [_checked_gold(item) for item in items]
         now = time.time()
@@ -379,6 +381,13 @@ class LabelStore:
                     {"project": self.project, "item_id": i.item_id, "position": positions[i.item_id],
                      "gold": i.gold is not None, "labels": 0, "answers": 0} for i in new])
                 self._after_bulk_write(conn, len(new), items_table, coverage_table)
+                if label is not None:
+                    try:
+                        self._append(conn, self._event_rows([{**label, "item_id": i.item_id} for i in new]))
+                    except BaseException:  # the items roll back with their labels: forget them here too
+                        for i in new:
+                            self._responses.pop(i.item_id, None)
+                        raise
         return new
 
     def items(self) -> dict[str, Item]:
@@ -428,7 +437,20 @@ class LabelStore:
         Every event must name a stored item: an event about an unknown item could never be shown,
         assigned or exported, so it is refused here rather than found later by every export.
         """
-        rows = [_fits(events_table, _checked_event(dict(
+        rows = self._event_rows(events)
+        if not rows:
+            return []
+
+        def append():
+            with self._write(serialise=False) as conn:
+                self._append(conn, rows)
+
+        self._retrying(append)
+        return [r["event_id"] for r in rows]
+
+    def _event_rows(self, events: list[dict]) -> list[dict]:
+        """Checked rows of the events table from `record`'s keyword arguments."""
+        return [_fits(events_table, _checked_event(dict(
             event_id=e.get("event_id") or uuid.uuid4().hex, project=self.project, item_id=e["item_id"],
             annotator=annotator_name(e["annotator"]), session=e.get("session"), action=e.get("action", "label"),
             choice=e.get("choice"), strength=e.get("strength"), ranking=_as_json(e.get("ranking")),
@@ -436,26 +458,21 @@ class LabelStore:
             shown_order=_as_json(e.get("shown_order")), target=e.get("target"), created_at=time.time(),
             shown_at=e.get("shown_at"), guidelines=e.get("guidelines"))))
             for e in events]
-        if not rows:
-            return []
 
-        def append():
-            with self._write(serialise=False) as conn:
-                self._check_items(conn, rows)
-                self._check_undo_targets(conn, rows)
-                new = _new_events(rows, {})  # the batch's own repeats
-                # An event_id stored before (by this writer or another, committed first) is left out here and
-                # compared below: a retry is stored once, the same id with other content is refused.
-                ids = dict(conn.execute(self._built("append", lambda: self._insert(events_table).on_conflict_do_nothing(
-                    index_elements=["event_id"]).returning(events_table.c.event_id, events_table.c.id)), new).all())
-                repeated = [e for e in new if e["event_id"] not in ids]
-                if repeated:
-                    _new_events(repeated, self._stored_events(conn, [e["event_id"] for e in repeated]))
-                self._keep_in_force(conn, [{**e, "id": ids[e["event_id"]]} for e in new if e["event_id"] in ids])
-                self._after_bulk_write(conn, len(ids), events_table, in_force_table, coverage_table, leases_table)
-
-        self._retrying(append)
-        return [r["event_id"] for r in rows]
+    def _append(self, conn: Connection, rows: list[dict]):
+        """Append checked event rows in the caller's write transaction, with the derived tables kept in step."""
+        self._check_items(conn, rows)
+        self._check_undo_targets(conn, rows)
+        new = _new_events(rows, {})  # the batch's own repeats
+        # An event_id stored before (by this writer or another, committed first) is left out here and
+        # compared below: a retry is stored once, the same id with other content is refused.
+        ids = dict(conn.execute(self._built("append", lambda: self._insert(events_table).on_conflict_do_nothing(
+            index_elements=["event_id"]).returning(events_table.c.event_id, events_table.c.id)), new).all())
+        repeated = [e for e in new if e["event_id"] not in ids]
+        if repeated:
+            _new_events(repeated, self._stored_events(conn, [e["event_id"] for e in repeated]))
+        self._keep_in_force(conn, [{**e, "id": ids[e["event_id"]]} for e in new if e["event_id"] in ids])
+        self._after_bulk_write(conn, len(ids), events_table, in_force_table, coverage_table, leases_table)
 
     def _after_bulk_write(self, conn: Connection, rows: int, *tables: Table):
         """On Postgres, after a write of BULK_ROWS rows or more, refresh the planner's statistics of `tables` (ANALYZE,

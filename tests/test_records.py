@@ -278,3 +278,20 @@ def test_a_flagged_prompt_reaches_the_exports_and_can_be_left_out(store):
     assert prompt not in {row["prompt"] for row in kept} and kept.dropped["flagged chosen or prompt"] == 1
     assert prompt in {row["prompt"] for row in trl_rows(store)}
     assert prompt not in {row["prompt"] for row in kto_rows(store, include_flagged=False)}
+
+
+def test_an_import_interrupted_midway_leaves_the_store_as_it_was_and_a_rerun_stores_everything(store, monkeypatch):
+    """Issue 30, defect 2: items were committed, then their labels written in a second transaction; an interrupt
+    between the two left items without labels for good (a re-run said "already stored")."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "_keep_in_force", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            import_comparisons(store, ROWS)
+    assert store.items() == {} and store.events() == []
+    report = import_comparisons(store, ROWS)
+    assert report.stored == 2 and len(store.labels()) == 2 and trl_rows(store) == [
+        {**{k: row[k] for k in ("prompt", "chosen", "rejected")}, "margin": 0.0, "annotator": "imported", "flags": []}
+        for row in ROWS]
