@@ -739,3 +739,20 @@ def test_gold_is_checked_and_never_silently_dropped(store):
         store.add_items([Item(pair(0).prompt, pair(0).responses, gold="a")])  # pair 0 is stored without gold
     assert len(store.items()) == 5 and store.items()[pair(0).item_id].gold is None
     assert store.add_items([Item("gold?", ("right", "wrong"), gold="a"), Item("up?", ("fine",), gold="up")])
+
+
+def test_an_import_beyond_postgres_lock_table_is_one_transaction(postgres_url, monkeypatch):
+    """Issue 30, defect 2: on Postgres the labels of an import took one advisory lock per item in one transaction,
+    and the lock table holds about 6,400 (64 per connection x 100): 50,000 pairs failed with "out of shared
+    memory" after their items had committed. Items and labels are now one transaction, and new items need no
+    lock (25 s here)."""
+    from rlhflab.records import import_comparisons
+
+    rows = [{"prompt": f"question {n}?", "chosen": f"good {n}", "rejected": f"bad {n}"} for n in range(50_000)]
+    store = LabelStore(postgres_url, "big-import")
+    report = import_comparisons(store, rows)
+    assert report.stored == 50_000 and store.progress()["by_annotator"] == {"imported": 50_000}
+    monkeypatch.setattr(store, "_keep_in_force", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        import_comparisons(store, [{"prompt": "one more?", "chosen": "yes", "rejected": "no"}])
+    assert store.progress()["items"] == 50_000  # the interrupted import left nothing behind
