@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sqlite3
 import time
 import unicodedata
 import uuid
@@ -322,6 +323,28 @@ class LabelStore:
 
     def close(self):
         self.engine.dispose()
+
+    def backup(self, path: str | Path) -> Path:
+        """A consistent copy of a SQLite store, every project in it, taken while others go on labeling (SQLite's
+        online backup: writers wait only while a page batch is copied). A team's only copy of its labels
+        deserves one before an upgrade or a move. On Postgres, the server's own tool does this: the error says
+        which command."""
+        if not self.is_sqlite:
+            raise NotImplementedError("back up a Postgres store with the server's tool: pg_dump --format=custom "
+                                      f"--file labels.dump --dbname '{self.engine.url.render_as_string()}' "
+                                      "with your password where *** stands (pg_restore reads the file back)")
+        path = Path(path)
+        if path.exists():
+            raise FileExistsError(f"{path} exists; give a new path so no earlier backup is overwritten")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        source = self.engine.raw_connection()
+        try:
+            with sqlite3.connect(path) as copy:
+                source.driver_connection.backup(copy)
+            copy.close()
+        finally:
+            source.close()
+        return path
 
     # -- transactions ---------------------------------------------------------------------------
 

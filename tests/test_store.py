@@ -756,3 +756,24 @@ def test_an_import_beyond_postgres_lock_table_is_one_transaction(postgres_url, m
     with pytest.raises(KeyboardInterrupt):
         import_comparisons(store, [{"prompt": "one more?", "chosen": "yes", "rejected": "no"}])
     assert store.progress()["items"] == 50_000  # the interrupted import left nothing behind
+
+
+def test_a_backup_is_a_whole_store_taken_while_labeling_goes_on(store, tmp_path):
+    """Issue 30, defect 14: a team's only copy of its labels had no backup helper."""
+    first, second = list(store.items())[:2]
+    store.record(first, "ada", choice="a")
+    other = LabelStore(store.engine.url.database, project="another")
+    other.add_items([pair(9)])
+    copy = store.backup(tmp_path / "backups" / "labels.db")
+    store.record(second, "ada", choice="b")  # after the backup: not in it
+    assert [label["item_id"] for label in LabelStore(copy).labels()] == [first]
+    assert len(LabelStore(copy, project="another").items()) == 1
+    with pytest.raises(FileExistsError, match="give a new path"):
+        store.backup(copy)
+
+
+def test_a_postgres_backup_names_pg_dump_without_the_password(postgres_url):
+    with_password = postgres_url.replace("postgres@", "postgres:secret@")  # the throwaway cluster trusts any
+    with pytest.raises(NotImplementedError, match="pg_dump --format=custom") as refused:
+        LabelStore(with_password).backup("labels.dump")
+    assert "secret" not in str(refused.value) and "***" in str(refused.value)
