@@ -54,6 +54,7 @@ import uuid
 import warnings
 import zlib
 from collections import Counter, defaultdict
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,7 @@ from sqlalchemy import (JSON, Boolean, Column, Float, Index, Integer, MetaData, 
                         update)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.schema import CreateColumn
 
@@ -203,6 +204,7 @@ def engine_for(url_or_path: str | Path, config: StoreConfig) -> Engine:
     if url in ("sqlite://", "sqlite:///:memory:"):
         raise ValueError("an in-memory SQLite store loses every label when the kernel stops; "
                          "pass a file path such as 'labels.db'")
+    refuse_foreign_file(Path(make_url(url).database).expanduser())
     engine = create_engine(url, connect_args={"timeout": config.busy_timeout_s, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -223,6 +225,35 @@ def engine_for(url_or_path: str | Path, config: StoreConfig) -> Engine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+APPLICATION_ID = int.from_bytes(b"RLHF", "big")  # SQLite's header field naming the program whose file it is
+STORE_TABLES = {"items", "events"}
+
+
+def refuse_foreign_file(path: Path) -> None:
+    """Refuse a file that is not a label store before anything writes to it (WAL mode, new tables): another
+    program's database, a damaged one, or something that is not SQLite at all. A new or empty file is fine."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as f:
+        header = f.read(16)
+    if header != b"SQLite format 3\x00":
+        raise ValueError(f"{path} is not a SQLite database (it starts with {header!r}); give the path of a label "
+                         "store, or a new file name")
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            owner = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(items)")}
+    except sqlite3.DatabaseError as error:
+        raise ValueError(f"{path} cannot be read as a label store ({error}); restore it from a backup "
+                         "(LabelStore.backup makes one) or give a new file name") from None
+    foreign = owner not in (0, APPLICATION_ID) or (tables and not STORE_TABLES <= tables) or (
+        "items" in tables and not {"item_id", "project", "prompt", "responses"} <= columns)
+    if foreign:
+        raise ValueError(f"{path} is another program's database (tables: {', '.join(sorted(tables))}), not a "
+                         "label store; nothing was changed. Give a new file name for the labels")
 
 
 # SQLite's locks rely on the file system's; these get them wrong, and a store on them can lose or corrupt labels
@@ -307,6 +338,8 @@ class LabelStore:
             if not self.is_sqlite:  # two kernels opening two projects of one old store would both add a column
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             metadata.create_all(conn)
+            if self.is_sqlite:  # the file says whose it is (`refuse_foreign_file`)
+                conn.exec_driver_sql(f"PRAGMA application_id = {APPLICATION_ID}")
             _add_missing_columns(conn, events_table)  # create_all adds no column to a table that exists: stores
             if _add_missing_columns(conn, coverage_table):  # written before shown_at, or coverage.answers: every
                 conn.execute(update(coverage_table).values(answers=_answers_on_item()))  # project's, not just this one's

@@ -777,3 +777,29 @@ def test_a_postgres_backup_names_pg_dump_without_the_password(postgres_url):
     with pytest.raises(NotImplementedError, match="pg_dump --format=custom") as refused:
         LabelStore(with_password).backup("labels.dump")
     assert "secret" not in str(refused.value) and "***" in str(refused.value)
+
+
+def test_a_foreign_or_damaged_file_is_refused_before_anything_writes_to_it(tmp_path):
+    """Issue 30, defect 14: any SQLite path was switched to WAL before any check, and a foreign `items` table gave a
+    raw OperationalError. Another program's database, a damaged file and a non-SQLite file are refused, untouched."""
+    import sqlite3
+
+    foreign = tmp_path / "inventory.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE items (sku TEXT, count INTEGER)")
+    before = foreign.read_bytes()
+    with pytest.raises(ValueError, match="another program's database .tables: items., not a label store"):
+        LabelStore(foreign)
+    assert foreign.read_bytes() == before and not (tmp_path / "inventory.db-wal").exists()
+    (tmp_path / "notes.db").write_text("shopping list")
+    with pytest.raises(ValueError, match="is not a SQLite database"):
+        LabelStore(tmp_path / "notes.db")
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    with pytest.raises(ValueError, match="cannot be read as a label store"):
+        LabelStore(damaged)
+    stored = LabelStore(tmp_path / "labels.db")  # a new store says whose file it is, and opens again
+    stored.add_items([pair(0)])
+    with sqlite3.connect(tmp_path / "labels.db") as conn:
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == int.from_bytes(b"RLHF", "big")
+    assert len(LabelStore(tmp_path / "labels.db").items()) == 1
