@@ -952,13 +952,24 @@ class LabelStore:
     # -- calibration --------------------------------------------------------------------------------
 
     def gold_accuracy(self) -> dict[str, dict]:
-        """Per annotator, on items with a gold answer: how many they labeled and the share that matched."""
-        items = {k: v for k, v in self.items().items() if v.gold is not None}
+        """Per annotator, on items with a gold answer: how many they labeled and the share that matched.
+
+        Each annotator's first label on a gold item counts, as in the qualification round: an edit or an undo
+        after the gold feedback showed the expected answer changes nothing."""
+        e, i, c = events_table.c, items_table.c, coverage_table.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(e.annotator, e.item_id, e.choice, e.ranking, i.gold)
+                .join(coverage_table, (c.project == e.project) & (c.item_id == e.item_id))
+                .join(items_table, (i.project == e.project) & (i.item_id == e.item_id))
+                .where(e.project == self.project, e.action == "label", c.gold)
+                .order_by(e.id)).mappings().all()
+        first: dict[tuple[str, str], bool] = {}
+        for row in rows:
+            first.setdefault((row["annotator"], row["item_id"]), matches_gold(row, row["gold"]))
         scores: dict[str, list[bool]] = defaultdict(list)
-        for label in self.labels():
-            item = items.get(label["item_id"])
-            if item is not None:
-                scores[label["annotator"]].append(matches_gold(label, item.gold))
+        for (who, _), hit in first.items():
+            scores[who].append(hit)
         return {who: {"gold_items": len(hits), "accuracy": sum(hits) / len(hits)} for who, hits in sorted(scores.items())}
 
 

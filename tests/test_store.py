@@ -803,3 +803,14 @@ def test_a_foreign_or_damaged_file_is_refused_before_anything_writes_to_it(tmp_p
     with sqlite3.connect(tmp_path / "labels.db") as conn:
         assert conn.execute("PRAGMA application_id").fetchone()[0] == int.from_bytes(b"RLHF", "big")
     assert len(LabelStore(tmp_path / "labels.db").items()) == 1
+
+
+def test_an_edit_after_the_gold_feedback_does_not_launder_gold_accuracy(tmp_path):
+    """Issue 30, defect 3: gold feedback shows the expected answer, and an Edit then relabeled the item:
+    gold_accuracy (and so the quality dashboard) counted the edit. The first label counts."""
+    store = LabelStore(tmp_path / "labels.db")
+    gold_item = Item("gold?", ("right", "wrong"), gold="a")
+    store.add_items([gold_item])
+    store.record(gold_item.item_id, "ada", choice="b")  # wrong; the feedback shows 'a'
+    store.record(gold_item.item_id, "ada", choice="a")  # the edit that would launder it
+    assert store.gold_accuracy() == {"ada": {"gold_items": 1, "accuracy": 0.0}}
