@@ -162,7 +162,9 @@ def label_store(url: str, drive: bool = False) -> str:
     google_drive.mount(DRIVE)
     kept = Path(DRIVE) / "MyDrive" / "rlhflab" / Path(url).name
     kept.parent.mkdir(parents=True, exist_ok=True)
-    print(f"labels go to {kept}: durable in your Google Drive after the runtime is gone (one person at a time; a team "
+    print(f"labels go to {kept}: written into that one file at every click (no -wal file on Drive), and durable in "
+          "your Google Drive once Drive has uploaded it, which it does in the background: before you close the "
+          "runtime, run `from google.colab import drive; drive.flush_and_unmount()` (one person at a time; a team "
           "on separate machines needs a Postgres URL)")
     return str(kept)
 

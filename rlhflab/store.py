@@ -204,14 +204,18 @@ def engine_for(url_or_path: str | Path, config: StoreConfig) -> Engine:
     if url in ("sqlite://", "sqlite:///:memory:"):
         raise ValueError("an in-memory SQLite store loses every label when the kernel stops; "
                          "pass a file path such as 'labels.db'")
-    refuse_foreign_file(Path(make_url(url).database).expanduser())
+    path = Path(make_url(url).database).expanduser()
+    refuse_foreign_file(path)
+    # WAL keeps committed labels in a -wal file until a checkpoint; a folder synced in the background (Colab's
+    # Google Drive) may upload the database without them. A rollback journal writes each commit into the file.
+    journal = "DELETE" if filesystem_of(path.parent) in SYNCED_FOLDERS else "WAL"
     engine = create_engine(url, connect_args={"timeout": config.busy_timeout_s, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection, _record):
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, and vice versa
+        cursor.execute(f"PRAGMA journal_mode={journal}")  # WAL: readers never block the writer, and vice versa
         cursor.execute(f"PRAGMA synchronous={config.synchronous.upper()}")
         cursor.execute(f"PRAGMA busy_timeout={int(config.busy_timeout_s * 1000)}")
         cursor.close()
@@ -260,6 +264,7 @@ def refuse_foreign_file(path: Path) -> None:
 # when two machines write (https://www.sqlite.org/useovernet.html).
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "fuse.sshfs",
                        "fuse.gcsfuse", "fuse.s3fs")
+SYNCED_FOLDERS = ("fuse.drive",)  # Colab's Google Drive: one machine writes, and uploads follow in the background
 MOUNTS = Path("/proc/mounts")
 
 
@@ -355,7 +360,13 @@ class LabelStore:
         return f"LabelStore({self.engine.url.render_as_string(hide_password=True)!r}, project={self.project!r})"
 
     def close(self):
+        """Close the store's connections; on SQLite, then move the WAL's committed labels into the database
+        file itself, so a copy of that one file (a backup, a synced folder) holds them all."""
         self.engine.dispose()
+        if self.is_sqlite and Path(self.engine.url.database).exists():  # outside any transaction; the last
+            # connection to close would do it too, but other kernels may still hold the store open
+            with closing(sqlite3.connect(self.engine.url.database, timeout=self.config.busy_timeout_s)) as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def backup(self, path: str | Path) -> Path:
         """A consistent copy of a SQLite store, every project in it, taken while others go on labeling (SQLite's

@@ -814,3 +814,32 @@ def test_an_edit_after_the_gold_feedback_does_not_launder_gold_accuracy(tmp_path
     store.record(gold_item.item_id, "ada", choice="b")  # wrong; the feedback shows 'a'
     store.record(gold_item.item_id, "ada", choice="a")  # the edit that would launder it
     assert store.gold_accuracy() == {"ada": {"gold_items": 1, "accuracy": 0.0}}
+
+
+def test_a_store_in_a_synced_folder_keeps_no_label_in_a_wal_file(tmp_path, monkeypatch):
+    """Issue 30, defect 6: label_store(drive=True) put a WAL database on Google Drive, whose FUSE mount uploads
+    files in the background: committed labels sat in the -wal file until a checkpoint. There the store uses a
+    rollback journal, and closing any SQLite store checkpoints its WAL into the database file."""
+    import sqlite3
+
+    from rlhflab import store as store_module
+
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/root / ext4 rw 0 0\ndrive {drive} fuse.drive rw 0 0\n")
+    monkeypatch.setattr(store_module, "MOUNTS", mounts)
+    on_drive = LabelStore(drive / "labels.db")
+    on_drive.add_items([pair(0)])
+    on_drive.record(pair(0).item_id, "ada", choice="a")
+    with on_drive.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "delete"
+    assert not (drive / "labels.db-wal").exists()
+    local = LabelStore(tmp_path / "local.db")  # the mounts list puts it on ext4: WAL
+    local.add_items([pair(0)])
+    local.record(pair(0).item_id, "ada", choice="a")
+    assert (tmp_path / "local.db-wal").stat().st_size > 0
+    local.close()
+    assert not (tmp_path / "local.db-wal").exists() or (tmp_path / "local.db-wal").stat().st_size == 0
+    with sqlite3.connect(f"{(tmp_path / 'local.db').as_uri()}?immutable=1", uri=True) as conn:  # the file alone
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1
