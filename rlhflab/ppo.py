@@ -88,7 +88,7 @@ class PPOConfig:
     missing_eos_penalty: float = 1.0  # subtracted from the score of a response with no EOS
     ptx_coef: float = 0.0  # weight of the pretraining log-likelihood term (InstructGPT's gamma)
     # NLPO (Ramamurthy et al. 2023, RL4LMs): act only within the top-p tokens of a masked policy, a frozen
-    # copy of the policy synced every nlpo_sync_every steps (a resumed run syncs at its first step)
+    # copy of the policy synced every nlpo_sync_every steps (checkpointed: a resumed run keeps its mask)
     nlpo_top_p: float | None = None  # None: plain PPO; RL4LMs used 0.9
     nlpo_sync_every: int = 5  # steps between syncs of the masked policy (RL4LMs: 5)
     # bookkeeping
@@ -292,6 +292,30 @@ class MaskedPolicy:
         else:
             self.copy = copy.deepcopy(model).requires_grad_(False).eval()
         self.sync()
+
+    def save(self, checkpoint: Path) -> None:
+        """The mask's weights beside a checkpoint: its adapter (LoRA) or its copy of the model."""
+        from peft import get_peft_model_state_dict
+
+        if self.is_lora:
+            weights = get_peft_model_state_dict(self.model, adapter_name=self.ADAPTER)
+            save_file({k: v.contiguous() for k, v in weights.items()}, checkpoint / f"{self.ADAPTER}.safetensors")
+        else:
+            self.copy.save_pretrained(checkpoint / self.ADAPTER, safe_serialization=True)
+
+    @torch.no_grad()
+    def load(self, checkpoint: Path) -> None:
+        """The mask as `save` left it, so a resumed run samples from the nucleus it had, not from a fresh copy."""
+        from peft import set_peft_model_state_dict
+
+        if self.is_lora:
+            set_peft_model_state_dict(self.model, load_file(checkpoint / f"{self.ADAPTER}.safetensors"),
+                                      adapter_name=self.ADAPTER)
+        else:
+            weights = {}
+            for shard in (checkpoint / self.ADAPTER).glob("model*.safetensors"):
+                weights.update(load_file(shard))
+            self.copy.load_state_dict(weights, strict=False)
 
     @torch.no_grad()
     def sync(self):
@@ -660,6 +684,8 @@ class PPOTrainer:
             else:
                 module.model.save_pretrained(path, safe_serialization=True)
             save_file({k: v.contiguous() for k, v in module.value_head.state_dict().items()}, path / "value_head.safetensors")
+            if self.masked_policy is not None:
+                self.masked_policy.save(path)
             torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
             state = {"step": self.step, "kl_coef": self.kl_ctl.value, "config": asdict(self.config)}
             (path / "ppo_state.json").write_text(json.dumps(state, indent=2) + "\n")
@@ -667,7 +693,7 @@ class PPOTrainer:
         return path
 
     def resume(self, checkpoint: str | Path) -> None:
-        """Continue from a checkpoint: weights, value head, optimizer, kl_coef and the step count."""
+        """Continue from a checkpoint: weights, value head, NLPO's mask, optimizer, kl_coef and the step count."""
         from peft import set_peft_model_state_dict
 
         checkpoint = Path(checkpoint)
@@ -685,6 +711,8 @@ class PPOTrainer:
             set_peft_model_state_dict(module.model, load_file(checkpoint / module.value_adapter / ADAPTER_WEIGHTS),
                                       adapter_name=module.value_adapter)
         module.value_head.load_state_dict(load_file(checkpoint / "value_head.safetensors"))
+        if self.masked_policy is not None:
+            self.masked_policy.load(checkpoint)
         self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         self.step, self.kl_ctl.value = state["step"], state["kl_coef"]
         self._rng = random.Random(f"{self.config.seed}:{self.accelerator.process_index}:{self.step}")

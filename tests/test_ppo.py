@@ -356,3 +356,21 @@ def test_the_masked_policy_is_a_frozen_copy_synced_every_few_steps(world, gold, 
     assert all(torch.equal(adapter("default")[n], p) for n, p in adapter(MaskedPolicy.ADAPTER).items())
     with pytest.raises(ValueError, match="nlpo_top_p must be in \\(0, 1\\]"):
         PPOConfig(nlpo_top_p=1.5)
+
+
+def test_a_resumed_nlpo_run_keeps_the_mask_it_had(world, gold, tmp_path):
+    """Issue 29, defect 5: the mask policy was not checkpointed, so a run resumed at step 3 (synced at step 2)
+    sampled from a fresh copy of the starting adapter's nucleus until its next sync."""
+    from peft import get_peft_model_state_dict
+
+    config = small(tmp_path, steps=3, nlpo_top_p=0.9, nlpo_sync_every=2, save_every=3, learning_rate=1e-2)
+    first = PPOTrainer(load_policy("tiny", lora=True), prompts(world), GoldReward(gold), config)
+    first.train()
+    mask = get_peft_model_state_dict(first.policy.model, adapter_name=MaskedPolicy.ADAPTER)
+    fresh = get_peft_model_state_dict(first.policy.model, adapter_name="default")
+    assert any(not torch.equal(mask[k], fresh[k]) for k in mask)  # the mask is step 2's policy, not step 3's
+    again = PPOTrainer(load_policy("tiny", lora=True), prompts(world), GoldReward(gold),
+                       small(tmp_path / "resumed", steps=4, nlpo_top_p=0.9, nlpo_sync_every=2))
+    again.resume(tmp_path / "checkpoint")
+    resumed = get_peft_model_state_dict(again.policy.model, adapter_name=MaskedPolicy.ADAPTER)
+    assert all(torch.equal(resumed[k], mask[k]) for k in mask)
