@@ -38,7 +38,7 @@ from .active import ActiveConfig, choose_items
 from .best_of_n import best_of_n_curve, sample_best_of_n
 from .exports import trl_rows
 from .live import LivePlot
-from .metrics import people_win_rate
+from .metrics import people_win_rates
 from .models import Policy
 from .records import Item
 from .reward import evaluate_reward_model, load_reward_model
@@ -214,15 +214,10 @@ class RLHFLoop:
 
     def people_evaluation(self) -> pd.DataFrame:
         """Per round with verdicts: people's win-rate against SFT on held-out prompts, its 95% interval, and
-        the number of verdicts (`rlhflab.metrics.people_win_rate`)."""
-        rows = []
-        for result in self.results:
-            try:
-                rows.append({"round": result.round, **people_win_rate(self.store, self.source_of(result.round),
-                                                                      SFT_SOURCE, seed=self.config.seed)})
-            except ValueError:  # no verdicts on this round's answers yet
-                continue
-        return pd.DataFrame(rows)
+        the number of verdicts (`rlhflab.metrics.people_win_rates`)."""
+        sources = {self.source_of(result.round): result.round for result in self.results}
+        rates = people_win_rates(self.store, list(sources), SFT_SOURCE, seed=self.config.seed)
+        return pd.DataFrame([{"round": sources[source], **rate} for source, rate in rates.items()])
 
     def run_round(self) -> RoundResult:
         """One whole round: pool, choose, label, reward model, policy update, evaluation."""

@@ -6,7 +6,7 @@
     position_bias    do left responses win more than half the decided pairs? (exact binomial test)
     wilson_interval  a confidence interval for a share (gold accuracy, say) that holds on few items
     win_rate_interval  a win-rate with ties counting half, and its bootstrap interval over prompts
-    people_win_rate  people's blind verdicts on evaluation items: a checkpoint's win-rate against SFT
+    people_win_rates  people's blind verdicts on evaluation items: each checkpoint's win-rate against SFT
     leaderboard      Elo (the mean over shuffles of the games, so the order they came in does not
                      matter) and Bradley-Terry (maximum likelihood, the model reward training assumes,
                      with bootstrap intervals) ratings of the sources behind the responses, and
@@ -168,18 +168,23 @@ def win_rate_interval(outcomes: list[float], level: float = 0.95, samples: int =
     return sum(outcomes) / n, _quantile(means, tail), _quantile(means, 1 - tail)
 
 
-def people_win_rate(store, source: str, baseline: str = "sft", seed: int = 0) -> dict:
-    """People's blind verdicts on the evaluation items of `source` against `baseline`: the win-rate (a tie
-    counts half; 'both bad' says nothing and is left out) with its 95% interval over the verdicts, and how
-    many verdicts it rests on. This is InstructGPT's main evaluation (Ouyang et al. 2022, sec. 4.1)."""
-    outcomes = [score if first == source else 1 - score for first, second, score in source_games(store, True)
-                if {first, second} == {source, baseline}]
-    if not outcomes:
-        raise ValueError(f"no verdicts yet on evaluation items of {source!r} against {baseline!r}; label them in "
-                         "the widget (they are in the same queue, marked as evaluation)")
-    rate, low, high = win_rate_interval(outcomes, seed=seed)
-    return {f"people/win_rate_vs_{baseline}": rate, f"people/win_rate_vs_{baseline}_low": low,
-            f"people/win_rate_vs_{baseline}_high": high, "people/verdicts": len(outcomes)}
+def people_win_rates(store, sources: list[str], baseline: str = "sft", seed: int = 0) -> dict[str, dict]:
+    """People's blind verdicts on the evaluation items of each of `sources` against `baseline`: the win-rate (a
+    tie counts half; 'both bad' says nothing and is left out) with its 95% interval over the verdicts, and how
+    many verdicts it rests on; a source with no verdict yet is left out. This is InstructGPT's main evaluation
+    (Ouyang et al. 2022, sec. 4.1). The store's evaluation labels are read once for all sources."""
+    outcomes: dict[str, list[float]] = defaultdict(list)
+    for first, second, score in source_games(store, evaluation=True):
+        for source, won in ((first, score), (second, 1 - score)):
+            if source in sources and baseline in (first, second) and source != baseline:
+                outcomes[source].append(won)
+    rates = {}
+    for source in sources:
+        if outcomes[source]:
+            rate, low, high = win_rate_interval(outcomes[source], seed=seed)
+            rates[source] = {f"people/win_rate_vs_{baseline}": rate, f"people/win_rate_vs_{baseline}_low": low,
+                             f"people/win_rate_vs_{baseline}_high": high, "people/verdicts": len(outcomes[source])}
+    return rates
 
 
 def position_bias(source, alpha: float = 0.05) -> dict:

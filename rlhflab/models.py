@@ -100,27 +100,30 @@ class Policy:
         A sample cut off at max_new_tokens is scored here as if it had ended there; to score what was
         sampled, token for token, use `sample`'s ids with `reply_logprobs`.
         """
-        reply_ids = []
-        for prompt, response in zip(prompts, responses):
-            transcript = transcript_ids(self.tokenizer, prompt, response)
-            reply_ids.append(transcript[len(self.prompt_ids(prompt)):])
-        return self.reply_logprobs(prompts, reply_ids, batch_size)
+        transcripts = [transcript_ids(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
+        replies = [len(transcript) - len(self.prompt_ids(p)) for transcript, p in zip(transcripts, prompts)]
+        return self.sequence_logprobs(transcripts, replies, batch_size)
+
+    def reply_logprobs(self, prompts: list[str], reply_ids: list[list[int]], batch_size: int = 16) -> torch.Tensor:
+        """log p(reply | prompt) summed over each reply's token ids, as `sample` returns them: (N,)."""
+        return self.sequence_logprobs([self.prompt_ids(p) + list(r) for p, r in zip(prompts, reply_ids)],
+                                      [len(r) for r in reply_ids], batch_size)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         return self.tokenizer(self.chat_prompt(prompt), add_special_tokens=False)["input_ids"]
 
     @torch.no_grad()
-    def reply_logprobs(self, prompts: list[str], reply_ids: list[list[int]], batch_size: int = 16) -> torch.Tensor:
-        """log p(reply | prompt) summed over each reply's token ids: (N,). KL estimates built from this are per
-        response, in nats. Rows are left-padded so every reply ends at the right edge, and the LM head runs on
-        the reply positions only."""
+    def sequence_logprobs(self, sequences: list[list[int]], reply_lengths: list[int],
+                          batch_size: int = 16) -> torch.Tensor:
+        """The summed log-probs of each sequence's last `reply_lengths` tokens: (N,). KL estimates built from
+        this are per response, in nats. Rows are left-padded so every reply ends at the right edge, and the LM
+        head runs on the reply positions only."""
         was_training = self.model.training
         self.model.eval()
         totals = []
-        for start in range(0, len(prompts), batch_size):
-            batch_prompts, batch_replies = prompts[start: start + batch_size], reply_ids[start: start + batch_size]
-            ids = [self.prompt_ids(p) + list(r) for p, r in zip(batch_prompts, batch_replies)]
-            response_lengths = torch.tensor([len(r) for r in batch_replies])
+        for start in range(0, len(sequences), batch_size):
+            ids = sequences[start: start + batch_size]
+            response_lengths = torch.tensor(reply_lengths[start: start + batch_size])
             keep = int(response_lengths.max())  # positions predicting the longest response's tokens
             batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding_side="left").to(self.device)
             logits = self.response_logits(batch, keep)  # (B, keep, V)
@@ -140,6 +143,11 @@ class Policy:
         together, so that `response_logprobs` scores what `generate` samples."""
         return self.model(**batch, position_ids=left_padded_positions(batch["attention_mask"]),
                           logits_to_keep=keep + 1).logits[:, :-1]
+
+
+def sample_pairs(policy: Policy, prompts: list[str], seed: int) -> tuple[list[str], list[str], list[str]]:
+    """Two independent samples of `policy` for each prompt: (prompts, first, second)."""
+    return prompts, policy.generate(prompts, seed=seed), policy.generate(prompts, seed=seed + 1)
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:

@@ -35,7 +35,7 @@ from .ilql import HEADS_WEIGHTS, ILQLConfig, load_ilql, train_ilql
 from .kto import KTOConfig, train_kto
 from .live import LivePlot
 from .metrics import win_rate_interval
-from .models import Policy, load_policy
+from .models import Policy, load_policy, sample_pairs
 from .ppo import PPOConfig, PPOTrainer
 from .reward import (ADAPTER_WEIGHTS, RewardConfig, RewardModel, SharedReward, evaluate_reward_model,
                      load_reward_model, train_reward_model)
@@ -208,9 +208,7 @@ def reward_agreement(reward_model, task, config: RLHFConfig, baseline: Baseline)
     task_pairs = task.reward_pairs(config.n_heldout * 2, seed=config.seed + 5)
     sft_pairs = []
     if task.judge is not None:
-        prompts, seed = baseline.prompts, config.seed + 7
-        sft_pairs = task.preferences(prompts, baseline.policy.generate(prompts, seed=seed),
-                                     baseline.policy.generate(prompts, seed=seed + 1))
+        sft_pairs = task.preferences(*sample_pairs(baseline.policy, baseline.prompts, seed=config.seed + 7))
     if not task_pairs + sft_pairs:
         raise ValueError("the task has neither held-out comparisons nor a judge, so nothing can test the reward "
                          "model: pass Task(comparisons=...) or Task(judge=...)")

@@ -189,9 +189,9 @@ def engine_for(url_or_path: str | Path, config: StoreConfig) -> Engine:
     SQLAlchemy's own)."""
     # str() of a SQLAlchemy URL hides its password ('***'), and the login would then fail
     url = url_or_path.render_as_string(hide_password=False) if isinstance(url_or_path, URL) else str(url_or_path)
-    if "://" not in url:
+    given_a_path = "://" not in url
+    if given_a_path:
         Path(url).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        warn_if_networked(Path(url).expanduser())
         url = f"sqlite:///{Path(url).expanduser()}"
     if url.startswith(("postgresql://", "postgres://")):  # psycopg 3 is the driver the lab ships
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
@@ -206,9 +206,12 @@ def engine_for(url_or_path: str | Path, config: StoreConfig) -> Engine:
                          "pass a file path such as 'labels.db'")
     path = Path(make_url(url).database).expanduser()
     refuse_foreign_file(path)
+    filesystem = filesystem_of(path.parent)
+    if given_a_path:
+        warn_if_networked(path, filesystem)
     # WAL keeps committed labels in a -wal file until a checkpoint; a folder synced in the background (Colab's
     # Google Drive) may upload the database without them. A rollback journal writes each commit into the file.
-    journal = "DELETE" if filesystem_of(path.parent) in SYNCED_FOLDERS else "WAL"
+    journal = "DELETE" if filesystem in SYNCED_FOLDERS else "WAL"
     engine = create_engine(url, connect_args={"timeout": config.busy_timeout_s, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -286,8 +289,8 @@ def filesystem_of(path: Path, mounts: Path | None = None) -> str | None:
     return max(found, key=lambda pk: len(pk[0]))[1] if found else None
 
 
-def warn_if_networked(path: Path):
-    kind = filesystem_of(path.parent)
+def warn_if_networked(path: Path, kind: str | None):
+    """Warn when `path`, on a file system of type `kind` (`filesystem_of`), is on a network file system."""
     if kind in NETWORK_FILESYSTEMS:
         warnings.warn(f"the SQLite store {str(path)!r} sits on a network file system ({kind}), whose locks SQLite "
                       "cannot trust: labels from two machines can be lost or corrupt the file. Keep it on a local "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import uuid
 
+from ..models import sample_pairs
 from ..records import Item, letter
 from ..store import LabelStore
 from .gold import GoldAnnotator
@@ -74,11 +75,6 @@ def _gold_flags(gold, prompt: str, response: str) -> list[str]:
         return []
     return [name for name, hit in (("false fact", parts["false_fact"] < 0), ("off-topic", parts["on_topic"] == 0))
             if hit]
-
-
-def sample_pairs(policy, prompts: list[str], seed: int) -> tuple[list[str], list[str], list[str]]:
-    """Two independent samples of `policy` for each prompt: (prompts, first, second)."""
-    return prompts, policy.generate(prompts, seed=seed), policy.generate(prompts, seed=seed + 1)
 
 
 def gold_comparisons(world: TinyWorld, gold: GoldAnnotator, policy, split: str, n_world: int, n_policy: int,
