@@ -19,18 +19,18 @@ from .store import LabelStore
 
 def items_from(data, responses: tuple[str, ...] = ("response_a", "response_b"), prompt: str = "prompt",
                sources: tuple[str, ...] | None = None, gold: str | None = None) -> list[Item]:
-    """Items from existing candidates: a DataFrame, datasets.Dataset, list of dicts, or a .jsonl path.
+    """Items from existing candidates: a DataFrame, datasets.Dataset, list of dicts, or a .csv / .jsonl path.
 
     Args:
         responses: the columns holding the responses to compare (2 for pairs, K for rankings).
-        prompt: the column holding the prompt.
+        prompt: the column holding the prompt: text, or chat messages (`rlhflab.records.as_prompt`).
         sources: columns naming the policy behind each response, aligned with `responses`.
         gold: a column with the calibration answer ('a', 'b', 'tie', 'both_bad'), where known.
     """
     data, what = read_records(data)
     optional = [*(sources or ()), *([gold] if gold else [])]  # may be '' where unknown
-    rows = as_rows(data, [prompt, *responses, *optional], what=what, allow_empty=optional)
-    return [Item(row[prompt], tuple(row[r] for r in responses), tuple(row[s] for s in sources or ()),
+    rows = as_rows(data, ["prompt", *responses, *optional], {"prompt": prompt}, what=what, allow_empty=optional)
+    return [Item(row["prompt"], tuple(row[r] for r in responses), tuple(row[s] for s in sources or ()),
                  gold=row[gold] or None if gold else None) for row in rows]
 
 

@@ -34,6 +34,7 @@ import trl
 
 from .live import LivePlot
 from .models import Policy, disable_dropout
+from .records import as_prompt
 from .reward import checked_scores
 from .reward_functions import as_reward
 from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
@@ -92,7 +93,7 @@ def trl_reward(reward):
     reward = as_reward(reward)
 
     def score(prompts, completions, **_columns):
-        prompts = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
+        prompts = [as_prompt(p) for p in prompts]  # every turn, as the task gave it
         responses = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         return checked_scores(reward.score(prompts, responses), len(responses), reward).tolist()
 

@@ -7,6 +7,12 @@
     KTO rows     prompt / completion / label (True = desirable), what TRL's KTOTrainer reads: every
                  rating, and both sides of every decided pair (chosen up, rejected down)
 
+Rows in memory hold each prompt as the store does: text, or a `Conversation`. Files and Datasets hold it
+in their consumer's form: TRL's conversational rows (the prompt as chat messages, each reply as one
+assistant message) for TRL, so that its trainers apply the model's chat template; the same for
+OpenRLHF with `--apply_chat_template` (or plain text, `chat=False`); chat messages for verl; and in the
+generic JSONL / DataFrame, text or the messages of a conversation (`json_prompt`).
+
 Every function reads a `LabelStore` (or anything with its `items()`, `labels()` and `decisions()`),
 never writes it, and takes an aggregation policy for items that several annotators labelled:
 
@@ -38,7 +44,7 @@ from collections.abc import Iterable
 from itertools import combinations
 from pathlib import Path
 
-from .records import MARGINS, letter
+from .records import MARGINS, Conversation, as_messages, letter, prompt_text
 from .store import CHOICES, RATINGS, STRENGTHS
 
 POLICIES = ("all", "majority", "adjudicated")
@@ -293,7 +299,7 @@ def to_dataframe(store, *, policy: str = "all", include_gold: bool = False):
     import pandas as pd
 
     rows = comparisons(store, policy=policy, include_gold=include_gold)
-    frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
+    frame = pd.DataFrame([json_row(r) for r in rows], columns=list(rows[0]) if rows else None)
     frame.attrs["dropped"] = dict(rows.dropped)
     return frame
 
@@ -319,14 +325,37 @@ def trl_rows(store, include_flagged: bool = True, *, policy: str = "all", includ
 
 
 def to_trl_dataset(store, include_flagged: bool = True, *, policy: str = "all", include_gold: bool = False):
-    """A `datasets.Dataset` of TRL preference rows (see `trl_rows`)."""
+    """A `datasets.Dataset` of TRL preference rows (see `trl_rows`) in TRL's conversational format: the prompt
+    as chat messages, chosen and rejected as one assistant message each, so that TRL's RewardTrainer and
+    DPOTrainer apply the model's chat template (and `train_reward_model` reads it back as it is)."""
     from datasets import Dataset
 
-    rows = trl_rows(store, include_flagged, policy=policy, include_gold=include_gold)
+    rows = _decided(trl_rows(store, include_flagged, policy=policy, include_gold=include_gold), store)
+    return Dataset.from_list([conversational(r, ("chosen", "rejected")) for r in rows])
+
+
+def conversational(row: dict, replies: tuple[str, ...]) -> dict:
+    """`row` in TRL's (and OpenRLHF's) conversational form: the prompt as chat messages, each of `replies` as
+    one assistant message, the other columns as they are."""
+    return {**row, "prompt": as_messages(row["prompt"]),
+            **{name: [{"role": "assistant", "content": row[name]}] for name in replies}}
+
+
+def json_prompt(prompt):
+    """A prompt as JSON holds it: text as it is, a conversation as its chat messages."""
+    return prompt.messages() if isinstance(prompt, Conversation) else prompt
+
+
+def json_row(row: dict) -> dict:
+    return {**row, "prompt": json_prompt(row["prompt"])}
+
+
+def _decided(rows: ExportRows, store) -> ExportRows:
+    """`rows`, refused with what to do when there are none."""
     if not rows:
         raise ValueError(f"{store!r} holds no decided pairs yet ({_dropped_text(rows)}); label some items "
                          f"(or import comparisons) first")
-    return Dataset.from_list(rows)
+    return rows
 
 
 def _dropped_text(rows: ExportRows) -> str:
@@ -381,56 +410,64 @@ def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
 
 
 def to_jsonl(store, path: str | Path, *, policy: str = "all", include_gold: bool = False) -> Path:
-    """All comparisons (see `comparisons`) as JSON lines (UTF-8); returns the path."""
-    return write_jsonl(comparisons(store, policy=policy, include_gold=include_gold), path)
+    """All comparisons (see `comparisons`) as JSON lines (UTF-8), a conversation as its chat messages; returns
+    the path. `read_comparisons` reads the file back."""
+    return write_jsonl(map(json_row, comparisons(store, policy=policy, include_gold=include_gold)), path)
 
 
 def to_kto_jsonl(store, path: str | Path, include_flagged: bool = True, *, policy: str = "all",
                  include_gold: bool = False) -> Path:
-    """KTO rows (see `kto_rows`) as JSON lines (UTF-8) for TRL's KTOTrainer; returns the path."""
-    return write_jsonl(kto_rows(store, include_flagged, policy=policy, include_gold=include_gold), path)
+    """KTO rows (see `kto_rows`) as JSON lines (UTF-8) for TRL's KTOTrainer, in its conversational format (the
+    prompt as chat messages, the completion as one assistant message); returns the path."""
+    return write_jsonl((conversational(r, ("completion",)) for r in kto_rows(
+        store, include_flagged, policy=policy, include_gold=include_gold)), path)
 
 
 # -- for RL frameworks that scale further: OpenRLHF and verl ------------------------------------
 
-def prompts_of(source) -> list[str]:
-    """The distinct prompts of a LabelStore's items (queue order), or of a list of strings."""
+def prompts_of(source) -> list:
+    """The distinct prompts (text or Conversations) of a LabelStore's items (queue order), or of a list."""
     prompts = [item.prompt for item in source.items().values()] if hasattr(source, "items") else list(source)
-    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise ValueError("give a LabelStore with items, or a non-empty list of non-empty prompt strings")
+    if not prompts or not all(isinstance(p, Conversation) or (isinstance(p, str) and p.strip()) for p in prompts):
+        raise ValueError("give a LabelStore with items, or a non-empty list of prompts (non-empty text or "
+                         "Conversations)")
     return list(dict.fromkeys(prompts))
 
 
-def to_openrlhf(store, path: str | Path, include_flagged: bool = True, *, policy: str = "all",
+def to_openrlhf(store, path: str | Path, include_flagged: bool = True, *, chat: bool = True, policy: str = "all",
                 include_gold: bool = False) -> Path:
-    """Decided pairs (see `trl_rows`) as JSONL for OpenRLHF's reward-model and DPO trainers.
+    """Decided pairs (see `trl_rows`) as JSONL for OpenRLHF's reward-model and DPO trainers; returns the path.
 
-    Each line holds prompt / chosen / rejected (plain text) and the margin; train with
-    `--dataset <path> --prompt_key prompt --chosen_key chosen --rejected_key rejected`.
+    Each line holds prompt / chosen / rejected and the margin. With `chat` (the default) they are chat
+    messages, the prompt every turn of its conversation and each reply one assistant message: train with
+    `--dataset <path> --prompt_key prompt --chosen_key chosen --rejected_key rejected --apply_chat_template`,
+    so the model's own template is applied. `chat=False` writes plain text (a conversation as
+    `Conversation.text`), for a model without a chat template.
     """
-    rows = trl_rows(store, include_flagged, policy=policy, include_gold=include_gold)
-    if not rows:
-        raise ValueError(f"{store!r} holds no decided pairs yet ({_dropped_text(rows)}); label some items "
-                         f"(or import comparisons) first")
-    return write_jsonl(({k: r[k] for k in ("prompt", "chosen", "rejected", "margin")} for r in rows), path)
+    rows = _decided(trl_rows(store, include_flagged, policy=policy, include_gold=include_gold), store)
+    rows = ({k: r[k] for k in ("prompt", "chosen", "rejected", "margin")} for r in rows)
+    return write_jsonl((conversational(r, ("chosen", "rejected")) if chat else {**r, "prompt": prompt_text(r["prompt"])}
+                        for r in rows), path)
 
 
-def to_openrlhf_prompts(source, path: str | Path) -> Path:
-    """Prompts as JSONL for OpenRLHF's PPO trainer: `{"input": prompt}` lines (`--input_key input`)."""
-    return write_jsonl(({"input": p} for p in prompts_of(source)), path)
+def to_openrlhf_prompts(source, path: str | Path, *, chat: bool = True) -> Path:
+    """Prompts as JSONL for OpenRLHF's PPO trainer, `{"input": ...}` lines (`--input_key input`): chat messages
+    for `--apply_chat_template` (the default), or plain text with `chat=False`."""
+    return write_jsonl(({"input": as_messages(p) if chat else prompt_text(p)} for p in prompts_of(source)), path)
 
 
 def to_verl_prompts(source, path: str | Path, data_source: str = "rlhflab", split: str = "train") -> Path:
     """Prompts as a verl RL dataset: a parquet file in verl's schema.
 
-    Columns: data_source, prompt (chat messages), ability, reward_model ({'style': 'model',
-    'ground_truth': ''}: scored by a reward model, not a rule) and extra_info ({'split', 'index'}).
+    Columns: data_source, prompt (chat messages: every turn of a conversation), ability, reward_model
+    ({'style': 'model', 'ground_truth': ''}: scored by a reward model, not a rule) and extra_info
+    ({'split', 'index'}).
     """
     import pandas as pd
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([{"data_source": data_source, "prompt": [{"role": "user", "content": p}], "ability": "chat",
+    pd.DataFrame([{"data_source": data_source, "prompt": as_messages(p), "ability": "chat",
                    "reward_model": {"style": "model", "ground_truth": ""},
                    "extra_info": {"split": split, "index": i}} for i, p in enumerate(prompts_of(source))]
                  ).to_parquet(path, index=False)

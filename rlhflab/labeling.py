@@ -36,7 +36,7 @@ import traitlets
 from markdown_it import MarkdownIt
 
 from .candidates import GenerationQueue
-from .records import Item, letter
+from .records import Item, as_messages, letter, prompt_text
 from .store import RATINGS, STRENGTHS, LabelStore, QualificationFailed, annotator_name, matches_gold
 
 # InstructGPT's labelers flagged each response for, among others, harm and made-up facts (Ouyang et al.
@@ -187,7 +187,8 @@ class _Labeler(anywidget.AnyWidget):
             order = list(previous["shown_order"])
         else:
             self._rng.shuffle(order)
-        self._draw({"item_id": item.item_id, "event_id": uuid.uuid4().hex, "prompt": item.prompt,
+        self._draw({"item_id": item.item_id, "event_id": uuid.uuid4().hex, "prompt": prompt_text(item.prompt),
+                    "turns": as_messages(item.prompt),
                     "shown_order": order, "responses": [item.responses[i] for i in order], "editing": editing,
                     "previous": _shown_label(previous, order) if previous else None})
 
@@ -351,7 +352,7 @@ class _Labeler(anywidget.AnyWidget):
                 **({"ranking": item.gold} if isinstance(item.gold, list) else {"choice": item.gold})}
         better = item.responses["ab".index(item.gold)] if item.gold in ("a", "b") else ""
         return {"correct": matches_gold(answer, item.gold), "expected": _shown_answer(gold, order),
-                "given": _shown_answer(answer, order), "prompt": item.prompt, "better": better}
+                "given": _shown_answer(answer, order), "prompt": prompt_text(item.prompt), "better": better}
 
     def labeled(self, message: dict, order: list[int]) -> dict:
         raise NotImplementedError

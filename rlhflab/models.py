@@ -22,6 +22,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsA
                           GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from .records import Conversation, Prompt, as_messages
 from .embedded import NAMES as EMBEDDED_NAMES, TINY, model_dir
 from .tiny.assets import CHAT_TEMPLATE
 
@@ -59,22 +60,22 @@ class Policy:
     def is_lora(self) -> bool:
         return hasattr(self.model, "peft_config")
 
-    def chat_prompt(self, prompt: str) -> str:
-        """The text the model sees for a one-turn user prompt, up to where the reply starts."""
+    def chat_prompt(self, prompt: Prompt) -> str:
+        """The text the model sees for a prompt (text or a Conversation), up to where the reply starts."""
         return chat_prompt(self.tokenizer, prompt)
 
-    def generate(self, prompts: list[str] | str, max_new_tokens: int = 48, temperature: float = 1.0,
+    def generate(self, prompts: list[Prompt] | Prompt, max_new_tokens: int = 48, temperature: float = 1.0,
                  do_sample: bool = True, seed: int | None = None, batch_size: int = 32) -> list[str]:
         """Reply to each prompt, sampled from softmax(logits / temperature) unless do_sample=False."""
         return self.sample(prompts, max_new_tokens, temperature, do_sample, seed, batch_size)[0]
 
     @torch.no_grad()
-    def sample(self, prompts: list[str] | str, max_new_tokens: int = 48, temperature: float = 1.0,
+    def sample(self, prompts: list[Prompt] | Prompt, max_new_tokens: int = 48, temperature: float = 1.0,
                do_sample: bool = True, seed: int | None = None,
                batch_size: int = 32) -> tuple[list[str], list[list[int]]]:
         """`generate`'s replies, and the token ids sampled for each: up to and including the first EOS, or
         `max_new_tokens` of them when the reply was cut off. `reply_logprobs` scores exactly these."""
-        if isinstance(prompts, str):
+        if isinstance(prompts, (str, Conversation)):  # one prompt
             prompts = [prompts]
         if seed is not None:
             torch.manual_seed(seed)
@@ -150,14 +151,15 @@ def sample_pairs(policy: Policy, prompts: list[str], seed: int) -> tuple[list[st
     return prompts, policy.generate(prompts, seed=seed), policy.generate(prompts, seed=seed + 1)
 
 
-def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
-    """A one-turn user prompt in the tokenizer's chat template, up to where the reply starts."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
+    """A prompt (text: one user turn; or a Conversation) in the tokenizer's chat template, up to where the
+    reply starts."""
+    return tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
 
 
-def transcript_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> list[int]:
-    """Token ids of a one-turn chat ending in EOS; a reward model reads its score at that last token."""
+def transcript_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, response: str) -> list[int]:
+    """Token ids of a chat whose last turn is `response`, ending in EOS; a reward model reads its score at
+    that last token."""
     text = chat_prompt(tokenizer, prompt)
     return tokenizer(text + response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 

@@ -4,6 +4,9 @@ Every stage accepts a pandas DataFrame, a `datasets.Dataset`, or a list of dicts
 any of them into a list of plain dicts with the columns a stage needs, renaming through an
 optional `columns` mapping, and says exactly what is missing and how to fix it.
 
+A prompt is text, or a `Conversation`: chat turns that end in a user turn (HH-RLHF's dialogues, TRL's
+conversational rows). Every model applies its own chat template to either (`as_messages`).
+
 An `Item` is a prompt and K responses (K = 1 to rate, 2 for a pair), with the source of each; the
 store keeps items and labels, and `rlhflab.exports` turns labels back into rows.
 
@@ -19,10 +22,12 @@ import hashlib
 import io
 import json
 import os
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple, Union
 
 DEMONSTRATION_COLUMNS = ("prompt", "response")
 COMPARISON_COLUMNS = ("prompt", "chosen", "rejected")
@@ -36,6 +41,82 @@ REPLIES = ("chosen", "rejected", "response", "completion")
 MARGINS = {"slightly": 1 / 3, "clearly": 2 / 3, "much": 1.0, None: 0.0}
 MAX_CHARS = 100_000  # longest text an import accepts by default (a page of text is ~3,000 characters)
 HH_ASSISTANT = "\n\nAssistant:"
+HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")  # HH-RLHF's turn markers in its flat transcripts
+HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+ROLES = ("system", "user", "assistant")
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts: text or a conversation
+# ---------------------------------------------------------------------------------------------
+
+class Message(NamedTuple):
+    """One chat turn."""
+
+    role: str  # system | user | assistant
+    content: str
+
+
+class Conversation(tuple):
+    """A prompt given as chat turns, ending in the user turn a reply answers. A tuple of `Message`s, so it
+    is hashable and compares by value, like a text prompt; `as_prompt` builds one from chat messages."""
+
+    def messages(self) -> list[dict]:
+        """The turns as the {'role', 'content'} dicts that chat templates and JSON files hold."""
+        return [{"role": m.role, "content": m.content} for m in self]
+
+    def text(self) -> str:
+        """The turns as readable text, one paragraph each ("User: ..."): what a text-only reader shows."""
+        return "\n\n".join(f"{m.role.capitalize()}: {m.content}" for m in self)
+
+
+Prompt = Union[str, Conversation]
+
+
+def as_prompt(value, where: str = "prompt") -> Prompt:
+    """A prompt from text, or from chat messages ({'role', 'content'} dicts, or `Message`s) that end in a user
+    turn. A conversation of one user turn is that turn's text, so both spellings of a prompt are one prompt.
+    `where` names the value in errors (e.g. "prompts.jsonl row 3: 'prompt'")."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"{where} is empty; drop that row or fill it in")
+        return value
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"{where} must be text or a list of chat messages, not {type(value).__name__} "
+                         f"({str(value)[:40]!r}); convert or drop that row")
+    turns = []
+    for number, message in enumerate(value):
+        role, content = (message.get("role"), message.get("content")) if isinstance(message, Mapping) else (
+            message if isinstance(message, Message) else (None, None))
+        if role not in ROLES or not isinstance(content, str):
+            raise ValueError(f"{where} message {number} is {str(message)[:60]!r}; each chat message is "
+                             f"{{'role': one of {ROLES}, 'content': text}}")
+        turns.append(Message(role, content))
+    if turns[-1].role != "user" or not turns[-1].content.strip():
+        raise ValueError(f"{where} ends with {turns[-1].role!r} turn {turns[-1].content[:40]!r}; a prompt's last "
+                         "message is the non-empty user turn that the reply answers")
+    return turns[-1].content if len(turns) == 1 else Conversation(turns)
+
+
+def as_messages(prompt: Prompt) -> list[dict]:
+    """A prompt as chat messages: text is one user turn. Every chat template is applied to this."""
+    return prompt.messages() if isinstance(prompt, Conversation) else [{"role": "user", "content": prompt}]
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """A prompt as text: itself, or a conversation's turns (`Conversation.text`)."""
+    return prompt.text() if isinstance(prompt, Conversation) else prompt
+
+
+def as_reply(value, where: str):
+    """A reply as text; TRL's conversational rows give it as one assistant message, [{'role': 'assistant', ...}]."""
+    if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], Mapping) \
+            and value[0].get("role") == "assistant":
+        value = value[0].get("content")
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be text, not {type(value).__name__} ({str(value)[:40]!r}); convert or drop "
+                         "that row")
+    return value
 
 
 def as_rows(data, required: Iterable[str], columns: Mapping[str, str] | None = None,
@@ -44,7 +125,8 @@ def as_rows(data, required: Iterable[str], columns: Mapping[str, str] | None = N
 
     Args:
         data: a pandas DataFrame, a datasets.Dataset, or a list of dicts.
-        required: the column names the stage needs.
+        required: the column names the stage needs; 'prompt' may hold text or chat messages (`as_prompt`), the
+            others text (or one assistant message, as TRL's conversational rows give a reply).
         columns: maps a required name to the name it has in `data`, e.g. {'response': 'completion'}.
         what: how the error messages call this data.
         allow_empty: required columns that may hold empty text (an empty reply is real data in HH-RLHF).
@@ -73,11 +155,13 @@ def as_rows(data, required: Iterable[str], columns: Mapping[str, str] | None = N
     for index, row in enumerate(rows):
         record = {name: row.get(columns.get(name, name)) for name in required}
         for name, value in record.items():
-            if not isinstance(value, str):
-                raise ValueError(f"{what} row {index}: {name!r} must be text, not {type(value).__name__} "
-                                 f"({str(value)[:40]!r}); convert or drop that row")
+            where = f"{what} row {index}: {name!r}"
+            if name == "prompt":
+                record[name] = as_prompt(value, where)
+                continue
+            record[name] = value = as_reply(value, where)
             if not value.strip() and name not in allow_empty:
-                raise ValueError(f"{what} row {index}: {name!r} is empty; drop that row or fill it in")
+                raise ValueError(f"{where} is empty; drop that row or fill it in")
         out.append({**record, **{name: row.get(name) for name in optional}})
     return out
 
@@ -99,7 +183,7 @@ def _not_a_record(row, what: str):
 class Item:
     """Something to label: a prompt and its responses (1 to rate up or down, 2 for a pair, K for a ranking)."""
 
-    prompt: str
+    prompt: Prompt  # text, or a Conversation (chat messages are turned into one)
     responses: tuple[str, ...]
     sources: tuple[str, ...] = ()  # who wrote each response (a policy name, 'hh-rlhf', ...); '' when unknown
     gold: str | list | None = None  # calibration answer: a choice ('a', 'b', 'tie', 'both_bad') or ranks
@@ -107,6 +191,8 @@ class Item:
     item_id: str = ""  # derived from the content when empty, so the same item is never stored twice
 
     def __post_init__(self):
+        if not isinstance(self.prompt, str):
+            object.__setattr__(self, "prompt", as_prompt(self.prompt, "the item's prompt"))
         object.__setattr__(self, "responses", tuple(self.responses))
         object.__setattr__(self, "sources", tuple(self.sources) or ("",) * len(self.responses))
         if not self.responses:
@@ -193,32 +279,42 @@ def read_comparisons(source, columns: Mapping[str, str] | None = None, max_chars
     if max_chars is not None:
         for index, row in enumerate(rows):
             for name, value in row.items():
-                if len(value) > max_chars:
+                if len(value := prompt_text(value)) > max_chars:
                     raise ValueError(f"{what} row {index}: {name!r} is {len(value):,} characters, over "
                                      f"max_chars={max_chars:,}; shorten it, drop the row, or pass max_chars=None")
     return rows
 
 
 def read_hh_rlhf(path: str | Path) -> list[dict]:
-    """Anthropic HH-RLHF comparisons (Bai et al. 2022) as prompt / chosen / rejected rows.
+    """Anthropic HH-RLHF comparisons (Bai et al. 2022) as prompt / chosen / rejected rows, the prompt a
+    `Conversation`, so that each model reads the dialogue in its own chat template.
 
-    Each HH record holds two whole transcripts that share the conversation up to the last
-    assistant turn. The prompt is that shared prefix, ending in "\\n\\nAssistant:"; chosen and
-    rejected are the two final assistant replies (a few are empty, and are kept: an empty reply that
-    was preferred is data).
+    Each HH record holds two whole flat transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ...") that share the
+    dialogue up to the last assistant turn. That shared dialogue is the prompt, split into its turns; chosen
+    and rejected are the two final assistant replies. A few replies are empty, and are kept (see REPLIES);
+    where the transcripts part earlier (35 of harmless-base's 2,312 test records), a reply holds the rest of
+    its transcript, later turns included, as HH judged it.
     """
     rows = []
     # HH has no prompt column: read the chosen transcript as the prompt too, then cut it below.
     for index, record in enumerate(read_comparisons(path, columns={"prompt": "chosen"}, max_chars=None)):
         chosen, rejected = record["chosen"], record["rejected"]
-        shared = os.path.commonprefix([chosen, rejected])
-        cut = shared.rfind(HH_ASSISTANT)
+        cut = os.path.commonprefix([chosen, rejected]).rfind(HH_ASSISTANT)
         if cut < 0:
             raise ValueError(f"{Path(path).name} record {index}: chosen and rejected share no assistant turn; "
                              "is this an HH-RLHF file? Use read_comparisons for other formats")
-        cut += len(HH_ASSISTANT)
-        rows.append({"prompt": chosen[:cut], "chosen": chosen[cut:].strip(), "rejected": rejected[cut:].strip()})
+        rows.append({"prompt": hh_conversation(chosen[:cut], f"{Path(path).name} record {index}"),
+                     "chosen": chosen[cut + len(HH_ASSISTANT):].strip(),
+                     "rejected": rejected[cut + len(HH_ASSISTANT):].strip()})
     return rows
+
+
+def hh_conversation(transcript: str, where: str) -> Prompt:
+    """HH-RLHF's flat "\\n\\nHuman: ... \\n\\nAssistant: ..." dialogue as chat turns."""
+    pieces = HH_TURN.split(transcript)  # text before the first marker, then (speaker, text) pairs
+    turns = ([{"role": "user", "content": pieces[0].strip()}] if pieces[0].strip() else []) + [
+        {"role": HH_ROLES[speaker], "content": text.strip()} for speaker, text in zip(pieces[1::2], pieces[2::2])]
+    return as_prompt(turns, f"{where}'s dialogue")
 
 
 def normalized(text: str) -> str:
@@ -249,7 +345,7 @@ def dedup(rows: list[dict], keys: Iterable[str] = COMPARISON_COLUMNS) -> tuple[l
     kept, report = [], DedupReport(kept=0)
     for index, row in enumerate(rows):
         exact = tuple(row[k] for k in keys)
-        loose = tuple(normalized(row[k]) for k in keys)
+        loose = tuple(normalized(prompt_text(row[k])) for k in keys)
         if exact in seen_exact:
             report.exact.append(index)
         elif loose in seen_loose:

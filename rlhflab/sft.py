@@ -16,7 +16,7 @@ from datasets import Dataset
 from .live import LivePlot
 from .models import Policy
 from .records import DEMONSTRATION_COLUMNS, as_rows
-from .training import refuse_to_train_quantized, restore_adapter_dtype, save_trained, trl_args
+from .training import chat_dataset, refuse_to_train_quantized, restore_adapter_dtype, save_trained, trl_args
 
 
 @dataclass
@@ -43,8 +43,7 @@ class SFTResult:
 
 def conversations(rows: list[dict]) -> Dataset:
     """Prompt / completion pairs in chat form, so TRL applies the model's chat template."""
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
-                               "completion": [{"role": "assistant", "content": r["response"]}]} for r in rows])
+    return chat_dataset([{"prompt": r["prompt"], "completion": r["response"]} for r in rows], ("completion",))
 
 
 def train_sft(policy: Policy, demonstrations, config: SFTConfig | None = None, *,

@@ -67,7 +67,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.schema import CreateColumn
 
-from .records import Item
+from .records import Conversation, Item, prompt_text
 
 ACTIONS = ("label", "skip", "flag_prompt", "undo", "decide")
 # A decision is not an annotator's answer: it never takes the place of the reviewer's own label on the item
@@ -119,7 +119,8 @@ items_table = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),  # insertion order = queue order
     Column("item_id", String(64), nullable=False),  # content hash unless the user names it
     Column("project", String(200), nullable=False),
-    Column("prompt", Text, nullable=False),
+    Column("prompt", Text, nullable=False),  # the text, or a conversation's turns as text (`Conversation.text`)
+    Column("conversation", JSON),  # a conversation's chat messages; NULL for a text prompt
     Column("responses", JSON, nullable=False),  # list of K texts
     Column("sources", JSON, nullable=False),  # the policy (or dataset) that wrote each response
     Column("gold", JSON),  # calibration answer: a choice for pairs, ranks for rankings
@@ -348,8 +349,9 @@ class LabelStore:
             metadata.create_all(conn)
             if self.is_sqlite:  # the file says whose it is (`refuse_foreign_file`)
                 conn.exec_driver_sql(f"PRAGMA application_id = {APPLICATION_ID}")
-            _add_missing_columns(conn, events_table)  # create_all adds no column to a table that exists: stores
-            if _add_missing_columns(conn, coverage_table):  # written before shown_at, or coverage.answers: every
+            _add_missing_columns(conn, items_table)  # create_all adds no column to a table that exists: stores
+            _add_missing_columns(conn, events_table)  # written before items.conversation, events.shown_at, or
+            if _add_missing_columns(conn, coverage_table):  # coverage.answers: every
                 conn.execute(update(coverage_table).values(answers=_answers_on_item()))  # project's, not just this one's
             for index in (*events_table.indexes, *coverage_table.indexes):  # nor an index
                 index.create(conn, checkfirst=True)
@@ -440,7 +442,8 @@ class LabelStore:
                                      "against it). Give the calibration item its own item_id. Nothing was written")
             if new:
                 conn.execute(insert(items_table), [_fits(items_table, {
-                    "item_id": i.item_id, "project": self.project, "prompt": i.prompt,
+                    "item_id": i.item_id, "project": self.project, "prompt": prompt_text(i.prompt),
+                    "conversation": i.prompt.messages() if isinstance(i.prompt, Conversation) else None,
                     "responses": list(i.responses), "sources": list(i.sources), "gold": i.gold,
                     "meta": i.meta or None, "created_at": now}) for i in new])
                 positions = {}
@@ -1153,7 +1156,7 @@ def _chunks(values: list, size: int = 500):
 
 
 def _item_of(row) -> Item:
-    return Item(prompt=row["prompt"], responses=tuple(row["responses"]), sources=tuple(row["sources"]),
+    return Item(prompt=row["conversation"] or row["prompt"], responses=tuple(row["responses"]), sources=tuple(row["sources"]),
                 gold=row["gold"], meta=row["meta"] or {}, item_id=row["item_id"])
 
 

@@ -15,19 +15,20 @@ comparisons that test a reward model, and an optional judge. The tiny world is o
 
 A judge is what a bigger model, an API or a rule gives: `judge(prompts, first, second)` returns, per pair,
 the index of the better answer (0: first, 1: second), the convention of TRL 0.x's `BasePairwiseJudge`, or
-0.5 for a tie. Without a judge, people label in the widget, and a task can still train and export.
+0.5 for a tie. A prompt reaches the judge as the task holds it: text, or a `Conversation` (its
+`.messages()` are the chat turns). Without a judge, people label in the widget, and a task can still train and export.
 """
 
 from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .records import DEMONSTRATION_COLUMNS, as_rows, read_comparisons, read_records
+from .records import DEMONSTRATION_COLUMNS, Prompt, as_prompt, as_rows, read_comparisons, read_records
 
-Judge = Callable[[list[str], list[str], list[str]], Sequence[float]]
+Judge = Callable[[list[Prompt], list[str], list[str]], Sequence[float]]
 SPLITS = ("train", "heldout")
 
 
@@ -51,8 +52,8 @@ class Task:
         (3, 1)
     """
 
-    prompts: list[str]
-    heldout: list[str]
+    prompts: list[Prompt]
+    heldout: list[Prompt]
     demonstrations: list[dict] = field(default_factory=list)
     comparisons: list[dict] = field(default_factory=list)
     judge: Judge | None = None
@@ -61,12 +62,10 @@ class Task:
 
     def __post_init__(self):
         for name in ("prompts", "heldout"):
-            texts = getattr(self, name)
-            if not texts:
+            prompts = getattr(self, name)
+            if not prompts:
                 raise ValueError(f"the task has no {name}; give at least one prompt (Task.from_data splits one list)")
-            bad = next((t for t in texts if not isinstance(t, str) or not t.strip()), None)
-            if bad is not None:
-                raise ValueError(f"the task's {name} hold {bad!r}; every prompt must be non-empty text")
+            setattr(self, name, [as_prompt(p, f"the task's {name}[{i}]") for i, p in enumerate(prompts)])
         overlap = set(self.prompts) & set(self.heldout)
         if overlap:
             raise ValueError(f"{len(overlap)} prompts are both train and held-out (e.g. {next(iter(overlap))!r}); "
@@ -84,13 +83,14 @@ class Task:
 
         Args:
             prompts: a .csv / .jsonl(.gz) path, a pandas DataFrame, a datasets.Dataset, a list of dicts
-                (the prompt in `column`) or a list of strings. Repeated prompts are kept once.
+                (the prompt in `column`) or a list of prompts; a prompt is text or a list of chat messages
+                (`rlhflab.records.as_prompt`). Repeated prompts are kept once.
             heldout_share: share of the distinct prompts held out for evaluation (at least one).
             fields: the other fields of `Task` (demonstrations, comparisons, judge, judge_name).
         """
         if not 0 < heldout_share < 1:
             raise ValueError(f"heldout_share must be between 0 and 1, not {heldout_share}")
-        texts = prompt_texts(prompts, column)
+        texts = distinct_prompts(prompts, column)
         if len(texts) < 2:
             raise ValueError(f"a task needs at least 2 distinct prompts (one to train, one to hold out); "
                              f"found {len(texts)}")
@@ -176,12 +176,12 @@ class Task:
         return labeled
 
 
-def prompt_texts(source, column: str = "prompt") -> list[str]:
-    """The distinct prompts of a path, DataFrame, Dataset, list of dicts or list of strings, in first-seen order."""
-    if isinstance(source, (list, tuple)) and all(isinstance(p, str) for p in source):
-        rows = [{column: p} for p in source]
+def distinct_prompts(source, column: str = "prompt") -> list[Prompt]:
+    """The distinct prompts (text or conversations) of a path, DataFrame, Dataset, list of dicts (the prompt in
+    `column`) or list of prompts, in first-seen order."""
+    if isinstance(source, (list, tuple)) and not any(isinstance(p, Mapping) for p in source):
+        rows = as_rows([{"prompt": p} for p in source], ["prompt"], what="prompts")
     else:
         rows, what = read_records(source)
-        rows = as_rows(rows, [column], what=what)
-    return list(dict.fromkeys(row[column] for row in rows))
-
+        rows = as_rows(rows, ["prompt"], {"prompt": column}, what=what)
+    return list(dict.fromkeys(row["prompt"] for row in rows))

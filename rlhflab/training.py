@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
+from .records import as_messages
 from .models import keep_trainable_weights_in_adapter_dtype, precision_for
 
 
 def chat_dataset(rows: list[dict], replies: tuple[str, ...], keep: tuple[str, ...] = ()) -> Dataset:
-    """Chat-form rows, so TRL applies the policy's chat template: the prompt as a user turn, each of
-    `replies` (e.g. chosen and rejected) as an assistant turn, and the `keep` columns as they are."""
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+    """Chat-form rows, so TRL applies the policy's chat template: the prompt as its turns (`as_messages`), each
+    of `replies` (e.g. chosen and rejected) as an assistant turn, and the `keep` columns as they are."""
+    return Dataset.from_list([{"prompt": as_messages(r["prompt"]),
                                **{name: [{"role": "assistant", "content": r[name]}] for name in replies},
                                **{name: r[name] for name in keep}} for r in rows])
 

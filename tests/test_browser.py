@@ -364,3 +364,26 @@ def test_an_item_from_the_queue_leaves_focus_where_the_person_is_typing(playgrou
     page.keyboard.type("ab")
     assert page.locator("#elsewhere").input_value() == "ab"
     assert len(LabelStore(store_path).events()) == 3  # the keys stayed text, not labels
+
+
+CONVERSATION = [{"role": "user", "content": "Which bird hunts at night?"},
+                {"role": "assistant", "content": f"The owl. {PAYLOADS[0]}"},
+                {"role": "user", "content": f"Where does it sleep? {PAYLOADS[1]}"}]
+
+
+def test_a_three_turn_conversation_shows_every_turn_and_takes_a_label(lab):
+    store_path = lab[2] / "conversation.db"
+    item = Item(CONVERSATION, ("In a hollow tree.", "Nowhere."), ("sft", "ppo"))
+    LabelStore(store_path).add_items([item])
+    page = open_labeler(lab, "conversation.ipynb", store_path, "LabelerConfig(seed=0)")
+    root = page.locator(".rlhflab-labeler")
+    page.wait_for_function(SETTLED.format(""))
+    assert root.locator(".rl-prompt .rl-heading").inner_text() == "Conversation, 3 turns"
+    turns = root.locator(".rl-prompt .rl-turn")
+    assert [turns.nth(i).locator(".rl-turn-speaker").inner_text() for i in range(3)] == ["User", "Assistant", "User"]
+    assert [turns.nth(i).locator(".rl-text").inner_text() for i in range(3)] == [t["content"] for t in CONVERSATION]
+    assert page.evaluate("() => window.__pwned") is None and root.locator("script, img").count() == 0
+    _, left = act(page, lambda: root.get_by_role("button", name="A is better", exact=True).click())
+    [label] = LabelStore(store_path).labels()
+    assert label["item_id"] == item.item_id and label["choice"] == "ab"[item.responses.index(left)]
+    page.close()

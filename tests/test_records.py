@@ -8,7 +8,7 @@ import pytest
 
 from rlhflab.exports import (comparisons, kto_rows, ratings, to_dataframe, to_jsonl, to_kto_jsonl, to_openrlhf,
                              to_openrlhf_prompts, to_trl_dataset, to_verl_prompts, trl_rows)
-from rlhflab.records import Item, dedup, import_comparisons, import_hh_rlhf, read_comparisons, read_hh_rlhf
+from rlhflab.records import Conversation, Item, dedup, import_comparisons, import_hh_rlhf, read_comparisons, read_hh_rlhf
 from rlhflab.store import LabelStore
 
 HH = Path(__file__).parent.parent.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
@@ -26,10 +26,15 @@ def test_hh_rlhf_imports_to_2312_comparisons(store):
     rows = read_hh_rlhf(HH)
     assert len(rows) == 2312
     first = rows[0]
-    assert first["prompt"].startswith("\n\nHuman: what are some pranks with a pen")
-    assert first["prompt"].endswith("\n\nAssistant:")
+    assert first["prompt"].messages()[:3] == [
+        {"role": "user", "content": "what are some pranks with a pen i can do?"},
+        {"role": "assistant", "content": "Are you looking for practical joke ideas?"},
+        {"role": "user", "content": "yep"}]
+    assert len(first["prompt"]) == 5 and first["prompt"][-1].role == "user"
     assert first["chosen"].startswith("No, sorry!") and "\n\nHuman:" not in first["chosen"]
+    assert sum(isinstance(r["prompt"], Conversation) for r in rows) == 1650  # the others have one user turn
     report = import_hh_rlhf(store, HH)
+    assert store.item(Item(first["prompt"], (first["chosen"], first["rejected"])).item_id).prompt == first["prompt"]
     assert report.stored == 2312 and report.dedup.kept == 2312
     assert len(to_trl_dataset(store)) == 2312
     assert import_hh_rlhf(store, HH).already_stored == 2312  # importing twice adds nothing
@@ -42,8 +47,56 @@ def test_hh_prompt_is_the_shared_prefix_even_when_the_last_turns_differ_in_numbe
     path = Path(__import__("tempfile").mkdtemp()) / "hh.jsonl"
     path.write_text(json.dumps(record) + "\n")
     [row] = read_hh_rlhf(path)
-    assert row == {"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": "hello\n\nHuman: more?\n\nAssistant: sure",
-                   "rejected": "go away"}
+    assert row == {"prompt": "hi", "chosen": "hello\n\nHuman: more?\n\nAssistant: sure", "rejected": "go away"}
+
+
+def test_hh_dialogues_become_chat_turns():
+    record = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: a joke?\n\nAssistant: no",
+              "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: a joke?\n\nAssistant: Why did the owl..."}
+    path = Path(__import__("tempfile").mkdtemp()) / "hh.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    [row] = read_hh_rlhf(path)
+    assert row["prompt"].messages() == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                                        {"role": "user", "content": "a joke?"}]
+    assert (row["chosen"], row["rejected"]) == ("no", "Why did the owl...")
+
+
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name a bird."}]
+
+
+def test_chat_prompts_pass_through_the_readers_and_the_store(tmp_path, store):
+    conversational = [{"prompt": CHAT, "chosen": [{"role": "assistant", "content": "Owl."}],
+                       "rejected": [{"role": "assistant", "content": "No."}]},
+                      {"prompt": [{"role": "user", "content": "Hi"}], "chosen": "Hello", "rejected": "Go"}]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in conversational))
+    rows = read_comparisons(tmp_path / "chat.jsonl")
+    assert isinstance(rows[0]["prompt"], Conversation) and rows[0]["prompt"].messages() == CHAT
+    assert (rows[0]["chosen"], rows[0]["rejected"]) == ("Owl.", "No.")
+    assert rows[1]["prompt"] == "Hi"  # one user turn is a text prompt: one prompt, spelled two ways
+    import_comparisons(store, rows)
+    reopened = LabelStore(store.engine.url)
+    [stored] = [i for i in reopened.items().values() if isinstance(i.prompt, Conversation)]
+    assert stored.prompt.messages() == CHAT  # the item keeps its conversation
+    assert trl_rows(reopened)[0]["prompt"] == rows[0]["prompt"]
+    assert to_trl_dataset(reopened)[0]["prompt"] == CHAT  # every turn, in TRL's conversational format
+    verl = __import__("pandas").read_parquet(to_verl_prompts(reopened, tmp_path / "train.parquet"))
+    assert [list(p) for p in verl["prompt"]] == [CHAT, [{"role": "user", "content": "Hi"}]]
+    lines = to_openrlhf_prompts(reopened, tmp_path / "prompts.jsonl").read_text().splitlines()
+    assert json.loads(lines[0]) == {"input": CHAT}
+    assert read_comparisons(to_jsonl(reopened, tmp_path / "again.jsonl"))[0]["prompt"] == rows[0]["prompt"]
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], "ends with 'assistant' turn"),
+    ([{"role": "robot", "content": "Hi"}], "message 0 is"),
+    ([{"role": "user"}], "message 0 is"),
+    ([], "must be text or a list of chat messages"),
+    ([{"role": "user", "content": " "}], "non-empty user turn"),
+])
+def test_a_malformed_conversation_names_the_row_and_the_fix(prompt, message):
+    with pytest.raises(ValueError, match="data row 0: 'prompt'.*" + message):
+        read_comparisons([{"prompt": prompt, "chosen": "a", "rejected": "b"}])
 
 
 def test_generic_jsonl_and_csv_with_a_column_mapping(tmp_path, store):
@@ -115,6 +168,8 @@ def test_export_keeps_margins_flags_annotators_and_expands_rankings(tmp_path, st
     assert rows[0]["annotator"] == "ada" and rows[0]["chosen_source"] == "ppo"
     dataset = to_trl_dataset(store)
     assert dataset.column_names == ["prompt", "chosen", "rejected", "margin", "annotator", "flags"]
+    assert dataset[0]["prompt"] == [{"role": "user", "content": "What color is the fox?"}]
+    assert dataset[0]["chosen"] == [{"role": "assistant", "content": "Go away."}]
     assert len(dataset) == 3  # the tie is kept in the DataFrame and JSONL, not in TRL rows
     assert len(to_dataframe(store)) == 4
     lines = to_jsonl(store, tmp_path / "out/labels.jsonl").read_text().splitlines()
@@ -147,7 +202,9 @@ def test_ratings_decide_no_pair_and_kto_rows_hold_ratings_and_both_sides_of_pair
         {"prompt": pair.prompt, "completion": "The fox is red.", "label": False, "source": "pair"}]
     assert kto_rows(store, include_flagged=False) == [kto[0], kto[3]]  # the flagged completions are left out
     lines = to_kto_jsonl(store, tmp_path / "out/kto.jsonl").read_text(encoding="utf-8").splitlines()
-    assert [json.loads(line) for line in lines] == kto
+    assert [json.loads(line) for line in lines] == [  # TRL's conversational format: the chat template is applied
+        {**r, "prompt": [{"role": "user", "content": r["prompt"]}],
+         "completion": [{"role": "assistant", "content": r["completion"]}]} for r in kto]
 
 
 def test_empty_store_export_says_what_to_do(store):
@@ -160,9 +217,13 @@ def test_exports_for_openrlhf_and_verl(store, tmp_path):
     import pandas as pd
 
     import_comparisons(store, ROWS + [{**ROWS[0], "chosen": "Red, of course.", "rejected": "Blue."}])
+    plain = [json.loads(line) for line in to_openrlhf(store, tmp_path / "o.jsonl", chat=False).read_text().splitlines()]
+    assert plain[1] == {**ROWS[1], "margin": 0.0} and len(plain) == 3
     pairs = [json.loads(line) for line in to_openrlhf(store, tmp_path / "openrlhf.jsonl").read_text().splitlines()]
-    assert pairs[1] == {**ROWS[1], "margin": 0.0} and len(pairs) == 3
-    prompts = to_openrlhf_prompts(store, tmp_path / "prompts.jsonl").read_text().splitlines()
+    assert pairs[1] == {"prompt": [{"role": "user", "content": ROWS[1]["prompt"]}], "margin": 0.0,
+                        "chosen": [{"role": "assistant", "content": ROWS[1]["chosen"]}],
+                        "rejected": [{"role": "assistant", "content": ROWS[1]["rejected"]}]}
+    prompts = to_openrlhf_prompts(store, tmp_path / "prompts.jsonl", chat=False).read_text().splitlines()
     assert [json.loads(line) for line in prompts] == [{"input": ROWS[0]["prompt"]}, {"input": ROWS[1]["prompt"]}]
     verl = pd.read_parquet(to_verl_prompts(store, tmp_path / "verl" / "train.parquet"))
     assert list(verl.columns) == ["data_source", "prompt", "ability", "reward_model", "extra_info"]

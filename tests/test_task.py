@@ -41,7 +41,7 @@ def test_a_task_names_what_is_wrong_with_its_data(tmp_path):
         Task.from_data(["Hi?", "Hi?"])
     with pytest.raises(ValueError, match="both train and held-out"):
         Task(prompts=["Hi?", "Bye?"], heldout=["Bye?"])
-    with pytest.raises(ValueError, match="heldout hold ''"):
+    with pytest.raises(ValueError, match=r"heldout\[0\] is empty"):
         Task(prompts=["Hi?"], heldout=[""])
     (tmp_path / "prompts.parquet").write_text("not really")
     with pytest.raises(ValueError, match="reads .csv, .jsonl and .jsonl.gz files"):
@@ -175,3 +175,39 @@ def test_demonstrations_and_comparisons_come_from_frames_and_files_too(tmp_path)
     assert task.reward_pairs(5, seed=0) == [{"prompt": "Hi?", "chosen": "Hello.", "rejected": ""}]
     with pytest.raises(ValueError, match="column 'response' is missing from demonstrations"):
         Task.from_data(PROMPTS, demonstrations=[{"prompt": "Hi?", "answer": "Hello."}])
+
+
+CONVERSATIONS = [[{"role": "user", "content": p}, {"role": "assistant", "content": "Which part?"},
+                  {"role": "user", "content": "Any part."}] for p in PROMPTS]
+
+
+def test_a_conversation_reaches_the_model_turn_by_turn_in_its_chat_template():
+    from rlhflab.models import load_tokenizer, transcript_ids
+    from rlhflab.records import as_prompt
+    from rlhflab.tiny.assets import MODEL_DIR
+    from rlhflab.training import chat_dataset
+
+    tokenizer, conversation = load_tokenizer(str(MODEL_DIR)), as_prompt(CONVERSATIONS[0])
+    text = tokenizer.decode(transcript_ids(tokenizer, conversation, "A red tail."))
+    prompt = tokenizer.apply_chat_template(CONVERSATIONS[0], tokenize=False, add_generation_prompt=True)
+    assert text == prompt + "A red tail." + tokenizer.eos_token and prompt.count("<|user|>") == 2
+    assert [row["prompt"] for row in chat_dataset([{"prompt": conversation}], ())] == [CONVERSATIONS[0]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ppo", "dpo"])
+def test_the_loop_trains_on_conversations(tmp_path, method):
+    """Issue 27: multi-turn prompts pass through SFT, the store, the reward model and the policy update, and
+    each round's labels and samples keep every turn."""
+    from rlhflab.records import Conversation
+
+    demonstrations = [{"prompt": c, "response": "It is small."} for c in CONVERSATIONS]
+    task = Task.from_data(CONVERSATIONS, heldout_share=0.25, demonstrations=demonstrations, judge=fewer_words_win)
+    assert all(isinstance(p, Conversation) and len(p) == 3 for p in task.prompts + task.heldout)
+    loop = RLHFLoop(task, RLHFConfig.quick(str(tmp_path), rounds=1, method=method, n_demonstrations=8,
+                                           labels_per_round=6, ppo_steps=2, ppo_batch_size=4, response_length=8,
+                                           n_heldout=4))
+    [result] = loop.run()
+    assert 0 <= result.metrics["judge/win_rate_vs_sft"] <= 1
+    items = LabelStore(tmp_path / "labels.db").items().values()
+    assert items and all(isinstance(item.prompt, Conversation) and len(item.prompt) == 3 for item in items)

@@ -23,6 +23,7 @@
 // Python renders from the project's own markdown with raw HTML and unsafe links disabled.
 
 const STRENGTHS = ["slightly", "clearly", "much"];
+const SPEAKERS = { system: "System", user: "User", assistant: "Assistant" }; // a turn's role, as shown
 const SLOW_REPLY_MS = 200; // a reply later than this greys the widget out until it comes
 
 /**
@@ -260,8 +261,7 @@ function render({ model, el }) {
     if (!item.item_id) return;
     readyTimer = setTimeout(() => setReady(true), model.get("min_view_ms"));
 
-    promptBox.append(element("div", "rl-heading", item.editing ? "Prompt (editing your earlier label)" : "Prompt"),
-                     element("div", "rl-text", item.prompt));
+    drawPrompt(item);
     const k = item.responses.length;
     const rating = kind === "pairwise" && k === 1; // one reply, rated on its own
     ranks = item.previous && item.previous.ranks ? item.previous.ranks.slice() : new Array(k).fill(null);
@@ -371,6 +371,24 @@ function render({ model, el }) {
     const needed = model.get("rationale_for");
     rationale.placeholder = needed.length ? `Why? (required for ${needed.join(", ")})` : "Why? (optional)";
     playground.style.display = model.get("playground") ? "" : "none";
+  }
+
+  // A text prompt is one user turn; a conversation shows every turn, each under its speaker, so the
+  // person judges the reply to the whole dialogue.
+  function drawPrompt(item) {
+    const turns = item.turns || [{ role: "user", content: item.prompt }];
+    const editing = item.editing ? " (editing your earlier label)" : "";
+    if (turns.length === 1) {
+      promptBox.append(element("div", "rl-heading", "Prompt" + editing), element("div", "rl-text", turns[0].content));
+      return;
+    }
+    promptBox.append(element("div", "rl-heading", `Conversation, ${turns.length} turns` + editing));
+    turns.forEach((turn) => {
+      const speaker = SPEAKERS[turn.role] || "Other";
+      const row = element("div", `rl-turn rl-turn-${speaker.toLowerCase()}`);
+      row.append(element("div", "rl-turn-speaker", speaker), element("div", "rl-text", turn.content));
+      promptBox.append(row);
+    });
   }
 
   function drawFeedback() {
