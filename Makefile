@@ -25,7 +25,12 @@ $(STAMP): $(LOCK) pyproject.toml Makefile
 demo: $(STAMP)            ## the main job on the embedded tiny world; writes reports/
 	HF_HUB_OFFLINE=1 $(BIN)/python -m rlhflab.demo --out reports
 
-test: $(STAMP)            ## the test suite, one worker per core (tests/conftest.py keeps costly fixtures on one)
+.consumers/.installed: tests/consumers.txt $(STAMP)  ## OpenRLHF's and verl's dataset readers for tests/test_consumers.py
+	rm -rf .consumers
+	$(BIN)/pip install --quiet --no-deps --require-hashes --target .consumers -r tests/consumers.txt
+	touch $@
+
+test: $(STAMP) .consumers/.installed  ## the test suite, one worker per core (tests/conftest.py keeps costly fixtures on one)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=25
 
 lab: $(STAMP)             ## JupyterLab on the notebooks

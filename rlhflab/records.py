@@ -285,7 +285,7 @@ def read_comparisons(source, columns: Mapping[str, str] | None = None, max_chars
     return rows
 
 
-def read_hh_rlhf(path: str | Path) -> list[dict]:
+def read_hh_rlhf(source) -> list[dict]:
     """Anthropic HH-RLHF comparisons (Bai et al. 2022) as prompt / chosen / rejected rows, the prompt a
     `Conversation`, so that each model reads the dialogue in its own chat template.
 
@@ -294,16 +294,19 @@ def read_hh_rlhf(path: str | Path) -> list[dict]:
     and rejected are the two final assistant replies. A few replies are empty, and are kept (see REPLIES);
     where the transcripts part earlier (35 of harmless-base's 2,312 test records), a reply holds the rest of
     its transcript, later turns included, as HH judged it.
+
+    `source` is a file (.jsonl or .jsonl.gz, as HH ships) or HH's rows in memory, e.g. the hub's
+    `datasets.load_dataset("Anthropic/hh-rlhf", data_dir="harmless-base", split="test")`.
     """
-    rows = []
+    rows, what = [], read_records(source)[1]
     # HH has no prompt column: read the chosen transcript as the prompt too, then cut it below.
-    for index, record in enumerate(read_comparisons(path, columns={"prompt": "chosen"}, max_chars=None)):
+    for index, record in enumerate(read_comparisons(source, columns={"prompt": "chosen"}, max_chars=None)):
         chosen, rejected = record["chosen"], record["rejected"]
         cut = os.path.commonprefix([chosen, rejected]).rfind(HH_ASSISTANT)
         if cut < 0:
-            raise ValueError(f"{Path(path).name} record {index}: chosen and rejected share no assistant turn; "
+            raise ValueError(f"{what} record {index}: chosen and rejected share no assistant turn; "
                              "is this an HH-RLHF file? Use read_comparisons for other formats")
-        rows.append({"prompt": hh_conversation(chosen[:cut], f"{Path(path).name} record {index}"),
+        rows.append({"prompt": hh_conversation(chosen[:cut], f"{what} record {index}"),
                      "chosen": chosen[cut + len(HH_ASSISTANT):].strip(),
                      "rejected": rejected[cut + len(HH_ASSISTANT):].strip()})
     return rows

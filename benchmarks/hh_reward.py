@@ -1,0 +1,77 @@
+"""A SmolLM2-135M LoRA reward model on HH-RLHF harmless-base, read as conversations: held-out accuracy.
+
+    .venv/bin/python benchmarks/hh_reward.py [--hh PATH] [--train 512] [--test 256] [--seeds 0 1 2]
+
+Each seed shuffles the 2,312 comparisons of HH-RLHF harmless-base's test split differently: `--test` of them
+are held out, and `--train` others, whose dialogues the held-out ones never share, train a LoRA reward model
+(one epoch, the model's chat template on every turn, at most `--max-length` tokens, keeping the end). The
+held-out accuracy is the share of unseen human pairs the model orders as people did, with its Wilson 95%
+interval. Prints one JSON line per seed, then the median and range; writes benchmarks/results/hh_reward.json.
+HH-RLHF is read from ../shared (never copied into the repo) or `--hh`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from rlhflab.embedded import SMOLLM2  # noqa: E402
+from rlhflab.metrics import wilson_interval  # noqa: E402
+from rlhflab.records import read_hh_rlhf  # noqa: E402
+from rlhflab.reward import RewardConfig, evaluate_reward_model, load_reward_model, train_reward_model  # noqa: E402
+
+ROOT = Path(__file__).parent.parent
+HH = ROOT.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
+RESULTS = Path(__file__).parent / "results"
+
+
+def split(rows: list[dict], train: int, test: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """`test` held-out comparisons and `train` others, no dialogue in both."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    heldout = rows[:test]
+    unseen = {row["prompt"] for row in heldout}
+    return [row for row in rows[test:] if row["prompt"] not in unseen][:train], heldout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hh", type=Path, default=HH)
+    parser.add_argument("--train", type=int, default=512)
+    parser.add_argument("--test", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=192)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    rows = read_hh_rlhf(args.hh)
+    results = []
+    for seed in args.seeds:
+        train, heldout = split(rows, args.train, args.test, seed)
+        started = time.time()
+        reward_model = load_reward_model(SMOLLM2, lora=True)
+        train_reward_model(reward_model, train, RewardConfig(output_dir=tempfile.mkdtemp(), batch_size=8,
+                                                             max_length=args.max_length, seed=seed))
+        trained_s = time.time() - started
+        accuracy = evaluate_reward_model(reward_model, heldout)["metrics"]["eval/accuracy"]
+        low, high = wilson_interval(round(accuracy * len(heldout)), len(heldout))
+        results.append({"seed": seed, "train_pairs": len(train), "test_pairs": len(heldout),
+                        "accuracy": accuracy, "low": low, "high": high, "train_s": trained_s,
+                        "wall_s": time.time() - started})
+        print(json.dumps(results[-1]), flush=True)
+    accuracies = [r["accuracy"] for r in results]
+    summary = {"median": statistics.median(accuracies), "min": min(accuracies), "max": max(accuracies),
+               "max_length": args.max_length, "seeds": results}
+    print(json.dumps({k: v for k, v in summary.items() if k != "seeds"}))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "hh_reward.json").write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
