@@ -6,7 +6,8 @@ Each seed shuffles the 2,312 comparisons of HH-RLHF harmless-base's test split d
 are held out, and `--train` others, whose dialogues the held-out ones never share, train a LoRA reward model
 (one epoch, the model's chat template on every turn, at most `--max-length` tokens, keeping the end). The
 held-out accuracy is the share of unseen human pairs the model orders as people did, with its Wilson 95%
-interval. Prints one JSON line per seed, then the median and range; writes benchmarks/results/hh_reward.json.
+interval. Prints one JSON line per seed, then the median and range; writes benchmarks/results/hh_reward.json,
+and each seed's reward model to benchmarks/results/hh_reward_seed<n>/ (`hh_loop.py` takes seed 0's as its gold).
 HH-RLHF is read from ../shared (never copied into the repo) or `--hh`.
 """
 
@@ -17,7 +18,6 @@ import json
 import os
 import random
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,7 +56,7 @@ def main() -> None:
         train, heldout = split(rows, args.train, args.test, seed)
         started = time.time()
         reward_model = load_reward_model(SMOLLM2, lora=True)
-        train_reward_model(reward_model, train, RewardConfig(output_dir=tempfile.mkdtemp(), batch_size=8,
+        train_reward_model(reward_model, train, RewardConfig(output_dir=str(RESULTS / f"hh_reward_seed{seed}"), batch_size=8,
                                                              max_length=args.max_length, seed=seed))
         trained_s = time.time() - started
         accuracy = evaluate_reward_model(reward_model, heldout)["metrics"]["eval/accuracy"]

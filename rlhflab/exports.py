@@ -442,7 +442,8 @@ def to_openrlhf(store, path: str | Path, include_flagged: bool = True, *, chat: 
     messages, the prompt every turn of its conversation and each reply one assistant message: train with
     `--dataset <path> --prompt_key prompt --chosen_key chosen --rejected_key rejected --apply_chat_template`,
     so the model's own template is applied. `chat=False` writes plain text (a conversation as
-    `Conversation.text`), for a model without a chat template.
+    `Conversation.text`), for a model without a chat template; OpenRLHF then joins prompt and reply with
+    nothing between them unless given an `--input_template` such as "{}\\n\\nAssistant: ".
     """
     rows = _decided(trl_rows(store, include_flagged, policy=policy, include_gold=include_gold), store)
     rows = ({k: r[k] for k in ("prompt", "chosen", "rejected", "margin")} for r in rows)
