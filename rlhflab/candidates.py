@@ -1,6 +1,7 @@
 """Candidates to label: items from existing data, and responses generated ahead of the people labeling.
 
     items_from        a DataFrame, Dataset, JSONL file or list of dicts with K response columns
+    sample_pairs      two independent samples of a policy for each prompt, to compare
     GenerationQueue   K responses per prompt from one or two policies, made in background batches
                       ahead of labeling; `answer` is the playground's: replies to a typed prompt
                       (two to compare, or one to rate up or down)
@@ -32,6 +33,13 @@ def items_from(data, responses: tuple[str, ...] = ("response_a", "response_b"), 
     rows = as_rows(data, ["prompt", *responses, *optional], {"prompt": prompt}, what=what, allow_empty=optional)
     return [Item(row["prompt"], tuple(row[r] for r in responses), tuple(row[s] for s in sources or ()),
                  gold=row[gold] or None if gold else None) for row in rows]
+
+
+
+def sample_pairs(policy, prompts: list[str], seed: int) -> tuple[list[str], list[str], list[str]]:
+    """Two independent samples of `policy` (anything with `generate(prompts, seed=...)`) for each prompt:
+    (prompts, first, second)."""
+    return prompts, policy.generate(prompts, seed=seed), policy.generate(prompts, seed=seed + 1)
 
 
 @dataclass

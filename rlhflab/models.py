@@ -146,11 +146,6 @@ class Policy:
                           logits_to_keep=keep + 1).logits[:, :-1]
 
 
-def sample_pairs(policy: Policy, prompts: list[str], seed: int) -> tuple[list[str], list[str], list[str]]:
-    """Two independent samples of `policy` for each prompt: (prompts, first, second)."""
-    return prompts, policy.generate(prompts, seed=seed), policy.generate(prompts, seed=seed + 1)
-
-
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
     """A prompt (text: one user turn; or a Conversation) in the tokenizer's chat template, up to where the
     reply starts."""

@@ -29,13 +29,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .candidates import sample_pairs
 from .critic_free import CriticFreeConfig, train_critic_free
 from .dpo import DPOConfig, train_dpo
 from .ilql import HEADS_WEIGHTS, ILQLConfig, load_ilql, train_ilql
 from .kto import KTOConfig, train_kto
 from .live import LivePlot
 from .metrics import win_rate_interval
-from .models import Policy, load_policy, sample_pairs
+from .models import Policy, load_policy
 from .ppo import PPOConfig, PPOTrainer
 from .reward import (ADAPTER_WEIGHTS, RewardConfig, RewardModel, SharedReward, evaluate_reward_model,
                      load_reward_model, train_reward_model)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import uuid
 
-from ..models import sample_pairs
+from ..candidates import sample_pairs
 from ..records import Item, letter
 from ..store import LabelStore
 from .gold import GoldAnnotator
