@@ -23,7 +23,7 @@ $(STAMP): $(LOCK) pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)            ## the main job on the embedded tiny world; writes reports/
-	HF_HUB_OFFLINE=1 $(BIN)/python -m rlhflab.demo --out reports
+	HF_HUB_OFFLINE=1 $(BIN)/python -m rlhflab.lab.demo --out reports
 
 .consumers/.installed: tests/consumers.txt $(STAMP)  ## OpenRLHF's and verl's dataset readers for tests/test_consumers.py
 	rm -rf .consumers
@@ -40,7 +40,7 @@ tiny-model: $(STAMP)      ## rebuild the shipped tiny base model (about 12 minut
 	$(BIN)/python -m rlhflab.tiny.build
 
 pages: $(STAMP)           ## every notebook run headless, one HTML page each in reports/notebooks/ (QUICK=1: small sizes)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m rlhflab.notebook --out reports/notebooks $(if $(QUICK),--quick)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m rlhflab.lab.notebook --out reports/notebooks $(if $(QUICK),--quick)
 
 colab-check:              ## Colab's torch and ipywidgets in a fresh venv, the notebooks' install line, 00 at QUICK (10-30 min)
 	PYTHON=$(PYTHON) bash scripts/colab_check.sh

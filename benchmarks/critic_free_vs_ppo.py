@@ -1,4 +1,4 @@
-"""RLOO and GRPO (TRL's trainers, `rlhflab.critic_free`) side by side with our PPO: speed and memory.
+"""RLOO and GRPO (TRL's trainers, `rlhflab.trainers.critic_free`) side by side with our PPO: speed and memory.
 
     .venv/bin/python benchmarks/critic_free_vs_ppo.py [--model gpt2-small-scale|smollm2] [--steps 2] [--repeats 3]
 
@@ -11,7 +11,7 @@ interleaved per repeat: samples (responses) per second over `--steps` steps (bui
 and saving the result included, for every method), and the largest
 anonymous RSS sampled while training (`RssAnon`, which leaves out memory-mapped checkpoints). Models:
 a random Llama of GPT-2-small scale (12 layers x 768, the tiny tokenizer) or SmolLM2-135M-Instruct
-(`rlhflab.embedded`). Prints the median (range) and the ratio to PPO; writes
+(`rlhflab.trainers.embedded`). Prints the median (range) and the ratio to PPO; writes
 benchmarks/results/critic_free_vs_ppo.json.
 """
 
@@ -37,9 +37,9 @@ def train(method: str, model_dir: Path, steps: int) -> dict:
     import torch
 
     from rlhflab import load_policy
-    from rlhflab.critic_free import CriticFreeConfig, train_critic_free
-    from rlhflab.ppo import PPOConfig, PPOTrainer
-    from rlhflab.reward import load_reward_model
+    from rlhflab.trainers.critic_free import CriticFreeConfig, train_critic_free
+    from rlhflab.trainers.ppo import PPOConfig, PPOTrainer
+    from rlhflab.trainers.reward import load_reward_model
 
     torch.manual_seed(0)
     policy = load_policy(str(model_dir / "policy"), lora=True, device="cpu")

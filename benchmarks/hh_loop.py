@@ -25,11 +25,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from hh_reward import HH, RESULTS, split  # noqa: E402
 
 from rlhflab import Task  # noqa: E402
-from rlhflab.embedded import SMOLLM2  # noqa: E402
-from rlhflab.loop import RLHFLoop  # noqa: E402
-from rlhflab.records import import_comparisons, read_hh_rlhf  # noqa: E402
-from rlhflab.reward import load_reward_model  # noqa: E402
-from rlhflab.stages import RLHFConfig  # noqa: E402
+from rlhflab.lab.loop import RLHFLoop  # noqa: E402
+from rlhflab.lab.stages import RLHFConfig  # noqa: E402
+from rlhflab.labeling.records import import_comparisons, read_hh_rlhf  # noqa: E402
+from rlhflab.trainers.embedded import SMOLLM2  # noqa: E402
+from rlhflab.trainers.reward import load_reward_model  # noqa: E402
 
 
 def gold_judge(gold):

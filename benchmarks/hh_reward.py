@@ -23,10 +23,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rlhflab.embedded import SMOLLM2  # noqa: E402
-from rlhflab.metrics import wilson_interval  # noqa: E402
-from rlhflab.records import read_hh_rlhf  # noqa: E402
-from rlhflab.reward import RewardConfig, evaluate_reward_model, load_reward_model, train_reward_model  # noqa: E402
+from rlhflab.labeling.metrics import wilson_interval  # noqa: E402
+from rlhflab.labeling.records import read_hh_rlhf  # noqa: E402
+from rlhflab.trainers.embedded import SMOLLM2  # noqa: E402
+from rlhflab.trainers.reward import (RewardConfig, evaluate_reward_model, load_reward_model,  # noqa: E402
+                                    train_reward_model)
 
 ROOT = Path(__file__).parent.parent
 HH = ROOT.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
 from lab_session import CHROMIUM, CHROMIUM_ARGS, LABELER, NODELAY, JupyterLab  # noqa: E402
 
-from rlhflab.store import LabelStore  # noqa: E402
+from rlhflab.labeling.store import LabelStore  # noqa: E402
 from rlhflab.tiny import TinyWorld  # noqa: E402
 from rlhflab.tiny.annotate import world_items  # noqa: E402
 
@@ -60,10 +60,10 @@ def main():
 
     workdir = Path(tempfile.mkdtemp(prefix="rlhflab-latency-"))
     store_path = workdir / "labels.db"
-    cells = ["from rlhflab.store import LabelStore\nfrom rlhflab.labeling import PairwiseLabeler"]
+    cells = ["from rlhflab.labeling.store import LabelStore\nfrom rlhflab.labeling.widget import PairwiseLabeler"]
     if args.generating:  # notebook 02's set-up; the prompts are drawn twice over, since repeats are dropped
         cells += ["from rlhflab import TinyWorld, load_policy\n"
-                  "from rlhflab.candidates import GenerationConfig, GenerationQueue\n"
+                  "from rlhflab.labeling.candidates import GenerationConfig, GenerationQueue\n"
                   f"prompts = [q.text for q in TinyWorld(seed=0).questions('train', {2 * (args.labels + 1)}, seed=5)]\n"
                   f"assert len(set(prompts)) > {args.labels}, 'too few distinct prompts for the labels asked'\n"
                   "policy = load_policy('tiny')",

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlhflab.store import LabelStore
+from rlhflab.labeling.store import LabelStore
 from rlhflab.tiny import TinyWorld
 from rlhflab.tiny.annotate import world_items
 

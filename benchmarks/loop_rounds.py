@@ -25,8 +25,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlhflab import TinyWorld  # noqa: E402
-from rlhflab.loop import RLHFLoop  # noqa: E402
-from rlhflab.stages import RLHFConfig  # noqa: E402
+from rlhflab.lab.loop import RLHFLoop  # noqa: E402
+from rlhflab.lab.stages import RLHFConfig  # noqa: E402
 from rlhflab.tiny.task import WorldTask  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -41,7 +41,7 @@ def overrides(pairs: list[str]) -> dict:
         key, _, value = pair.partition("=")
         if key not in fields:
             raise SystemExit(f"--set {pair}: RLHFConfig has no field {key!r}; fields: {', '.join(fields)}")
-        kind = str(fields[key].type)  # a string: this module and rlhflab.stages use postponed annotations
+        kind = str(fields[key].type)  # a string: this module and rlhflab.lab.stages use postponed annotations
         if value == "None" and "None" in kind:
             parsed[key] = None
         elif kind == "bool":

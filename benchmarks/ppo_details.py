@@ -4,7 +4,7 @@ initialised from the reward model).
 
     .venv/bin/python benchmarks/ppo_details.py [--seeds 0 1 2] [--ppo-steps 32]
 
-One SFT adapter and one reward model (`rlhflab.stages`, as the tests' fixture makes them) serve every run;
+One SFT adapter and one reward model (`rlhflab.lab.stages`, as the tests' fixture makes them) serve every run;
 each run is PPO from SFT with one variant and one seed, scored on the held-out prompts: gold
 win-rate against SFT, gold mean, KL to SFT and wall time. Runs of the variants alternate. Prints a
 Markdown table of per-seed values and their mean; writes benchmarks/results/ppo_details.json.
@@ -24,7 +24,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlhflab import GoldAnnotator, TinyWorld  # noqa: E402
-from rlhflab.stages import (RLHFConfig, evaluate, load, ppo_trainer, reward_stage, sft_baseline,  # noqa: E402
+from rlhflab.lab.stages import (RLHFConfig, evaluate, load, ppo_trainer, reward_stage, sft_baseline,  # noqa: E402
                             sft_stage)
 from rlhflab.tiny.annotate import gold_comparisons  # noqa: E402
 from rlhflab.tiny.task import WorldTask  # noqa: E402

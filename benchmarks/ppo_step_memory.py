@@ -38,12 +38,16 @@ def one_step(mode: str, model_path: str) -> dict:
     import torch
 
     from rlhflab import load_policy
-    from rlhflab.ppo import PPOConfig, PPOTrainer
     from rlhflab.tiny import GoldAnnotator, TinyWorld
     try:
-        from rlhflab.reward import GoldReward
-    except ImportError:  # revisions before GoldReward moved to rlhflab.reward
-        from rlhflab.ppo import GoldReward
+        from rlhflab.trainers.ppo import PPOConfig, PPOTrainer
+        from rlhflab.trainers.reward import GoldReward
+    except ImportError:  # `--before` revisions from before the layers were folders: the modules at the top
+        from rlhflab.ppo import PPOConfig, PPOTrainer
+        try:
+            from rlhflab.reward import GoldReward
+        except ImportError:  # and before GoldReward moved from rlhflab.ppo to rlhflab.reward
+            from rlhflab.ppo import GoldReward
 
     world = TinyWorld(seed=0)
     prompts = [q.text for q in world.questions("train", 64, seed=4)]
@@ -75,7 +79,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["lora", "4bit+lora"])
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from rlhflab.embedded import SMOLLM2, model_dir
+    from rlhflab.trainers.embedded import SMOLLM2, model_dir
 
     model_path = str(model_dir(SMOLLM2))  # both revisions load the same converted checkpoint
     worktree = Path(tempfile.mkdtemp()) / "before"

@@ -12,7 +12,7 @@ models in a temp dir, and runs every measurement in a fresh process:
   baseline measured after imports, for TRL and for our full, LoRA and 4-bit + LoRA shared-base modes,
   the last two also with gradient checkpointing (`PPOConfig.gradient_checkpointing`).
 
-- like for like on a real model: SmolLM2-135M-Instruct (`rlhflab.embedded`), LoRA on both sides
+- like for like on a real model: SmolLM2-135M-Instruct (`rlhflab.trainers.embedded`), LoRA on both sides
   (TRL 1.9.2's PPOTrainer takes `peft_config`), the same batch, response length, epochs and
   minibatch; `--smollm2-repeats` interleaved repeats of `--smollm2-steps` steps each, median and
   range. What differs is each design: TRL keeps its value model as a second, fully trained
@@ -106,10 +106,10 @@ def build_models(root: Path, layers: int, width: int, heads: int) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from rlhflab.models import load_tokenizer
-    from rlhflab.tiny.assets import MODEL_DIR
-    from rlhflab.reward import NORMALIZATION_FILE
     from rlhflab.tiny import TinyWorld
+    from rlhflab.tiny.assets import MODEL_DIR
+    from rlhflab.trainers.models import load_tokenizer
+    from rlhflab.trainers.reward import NORMALIZATION_FILE
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(str(MODEL_DIR))
@@ -136,9 +136,9 @@ def smollm2_models(root: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from rlhflab.embedded import SMOLLM2, model_dir
-    from rlhflab.reward import NORMALIZATION_FILE
     from rlhflab.tiny import TinyWorld
+    from rlhflab.trainers.embedded import SMOLLM2, model_dir
+    from rlhflab.trainers.reward import NORMALIZATION_FILE
 
     torch.manual_seed(0)
     source = model_dir(SMOLLM2)
@@ -172,8 +172,8 @@ def prompts(model_dir: Path) -> list[str]:
 def ours(model_dir: Path, mode: str, steps: int, checkpointing: bool = False) -> dict:
     baseline = peak_rss_mb()
     from rlhflab import load_policy
-    from rlhflab.ppo import PPOConfig, PPOTrainer
-    from rlhflab.reward import SharedReward, load_reward_model
+    from rlhflab.trainers.ppo import PPOConfig, PPOTrainer
+    from rlhflab.trainers.reward import SharedReward, load_reward_model
 
     baseline = max(baseline, peak_rss_mb())
     lora = mode != "full"

@@ -5,17 +5,17 @@
         [--rl-steps 120] [--no-active] [--ensemble 3] [--jobs 1] [--out part.json]
     .venv/bin/python benchmarks/rlhf_methods.py --merge part1.json part2.json ...
 
-Every method learns from the same gold-labelled pairs of SFT samples (`rlhflab.loop.compare_methods`);
+Every method learns from the same gold-labelled pairs of SFT samples (`rlhflab.lab.loop.compare_methods`);
 'KTO (ratings)' learns from as many gold thumbs ratings of single SFT samples instead. The gold
 annotator then scores each on held-out prompts: win-rate against SFT (ties count half) and KL to
 SFT in nats per response (measured, best-of-n's in closed form). Each seed redraws SFT, the labels,
 the training and the held-out samples; the table gives the median and the range over seeds.
-Over-optimisation (`rlhflab.overoptimization`): gold and proxy gains over SFT as KL grows, along
+Over-optimisation (`rlhflab.lab.overoptimization`): gold and proxy gains over SFT as KL grows, along
 best-of-n for n = 1, 2, 4, ... `--curve-n` (one draw) and along a PPO run of `--rl-steps` with a
 weak KL penalty (`chasing_config`) from the same SFT adapter against the same reward model, with
 Gao et al. 2022's forms fitted over every seed's points; the curves go to
 benchmarks/results/overoptimization.html and, where Chromium is installed, .png. The
-learning curve (`rlhflab.loop.active_vs_random`) spends the same labels in batches, picked at
+learning curve (`rlhflab.lab.loop.active_vs_random`) spends the same labels in batches, picked at
 random, by one reward model's uncertainty, or by an ensemble's disagreement, and measures the
 reward model's agreement with gold on held-out pairs after each batch; each strategy's gain over
 random is given with a 95% t-interval over seeds (paired: a seed's strategies share SFT, the pool
@@ -43,11 +43,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pandas as pd  # noqa: E402
 
 from rlhflab import GoldAnnotator, TinyWorld  # noqa: E402
-from rlhflab.demo import screenshots  # noqa: E402
-from rlhflab.loop import active_vs_random, compare_methods  # noqa: E402
-from rlhflab.overoptimization import (best_of_n_points, chasing_config, overoptimization,  # noqa: E402
+from rlhflab.lab.demo import screenshots  # noqa: E402
+from rlhflab.lab.loop import active_vs_random, compare_methods  # noqa: E402
+from rlhflab.lab.overoptimization import (best_of_n_points, chasing_config, overoptimization,  # noqa: E402
                                       rl_points)
-from rlhflab.stages import METHODS, RLHFConfig, ppo_trainer  # noqa: E402
+from rlhflab.lab.stages import METHODS, RLHFConfig, ppo_trainer  # noqa: E402
 from rlhflab.tiny.task import WorldTask  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/smollm2_loop.py [--rounds 2] [--labels 64] [--ppo-steps 8]
 
 SmolLM2 has never seen the tiny world: its first answers to the world's questions are fluent but
-off-vocabulary, and the gold annotator scores them low. The loop (`rlhflab.loop.RLHFLoop`, LoRA on
+off-vocabulary, and the gold annotator scores them low. The loop (`rlhflab.lab.loop.RLHFLoop`, LoRA on
 one base, the gold annotator labeling) then runs SFT on a small demonstration budget and
 `--rounds` rounds of labels -> reward model -> PPO. Prints the base model's gold mean and one row
 per round (gold win-rate against SFT, gold mean, KL to SFT, reward-model agreement with gold, wall
@@ -22,10 +22,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlhflab import GoldAnnotator, TinyWorld, load_policy  # noqa: E402
-from rlhflab.embedded import SMOLLM2  # noqa: E402
-from rlhflab.loop import RLHFLoop  # noqa: E402
-from rlhflab.stages import RLHFConfig  # noqa: E402
+from rlhflab.lab.loop import RLHFLoop  # noqa: E402
+from rlhflab.lab.stages import RLHFConfig  # noqa: E402
 from rlhflab.tiny.task import WorldTask  # noqa: E402
+from rlhflab.trainers.embedded import SMOLLM2  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

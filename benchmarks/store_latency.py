@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from test_store import throwaway_postgres
 
-from rlhflab.labeling import LabelerConfig
-from rlhflab.records import Item
-from rlhflab.store import LabelStore
+from rlhflab.labeling.records import Item
+from rlhflab.labeling.store import LabelStore
+from rlhflab.labeling.widget import LabelerConfig
 
 FILL_BATCH = 5000  # events per record_many while filling: one transaction each
 

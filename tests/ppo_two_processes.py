@@ -3,8 +3,8 @@
 import sys
 
 from rlhflab import GoldAnnotator, TinyWorld, load_policy
-from rlhflab.ppo import PPOConfig, PPOTrainer
-from rlhflab.reward import GoldReward
+from rlhflab.trainers.ppo import PPOConfig, PPOTrainer
+from rlhflab.trainers.reward import GoldReward
 
 world = TinyWorld()
 prompts = [q.text for q in world.questions("train", 64, seed=1)]

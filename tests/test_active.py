@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from rlhflab.active import (ActiveConfig, choose_items, preference_probability, preference_uncertainty, queue_next,
-                            review_items)
-from rlhflab.records import Item
-from rlhflab.store import LabelStore, StoreConfig
+from rlhflab.labeling.active import (ActiveConfig, choose_items, preference_probability, preference_uncertainty,
+                                     queue_next, review_items)
+from rlhflab.labeling.records import Item
+from rlhflab.labeling.store import LabelStore, StoreConfig
 from rlhflab.tiny.annotate import label_with_gold, world_items
 
 

@@ -3,9 +3,9 @@ the adjudication queue and decisions; what each policy dropped."""
 
 import pytest
 
-from rlhflab.exports import adjudication_queue, comparisons, kto_rows, to_dataframe, trl_rows
-from rlhflab.records import Item
-from rlhflab.store import LabelStore
+from rlhflab.labeling.exports import adjudication_queue, comparisons, kto_rows, to_dataframe, trl_rows
+from rlhflab.labeling.records import Item
+from rlhflab.labeling.store import LabelStore
 
 AGREED = Item("What color is the fox?", ("The fox is red.", "Go away."))
 SPLIT = Item("Where does the owl live?", ("In the forest.", "Owls? Whatever."))

@@ -9,10 +9,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
 PACKAGE = ROOT / "rlhflab"
-TRAINERS = {"rlhflab.sft", "rlhflab.reward", "rlhflab.ppo", "rlhflab.dpo", "rlhflab.kto", "rlhflab.ilql",
-            "rlhflab.critic_free", "rlhflab.reward_functions", "rlhflab.best_of_n", "rlhflab.training",
-            "rlhflab.stages", "rlhflab.loop", "rlhflab.live"}
-ORCHESTRATION = ["rlhflab.stages", "rlhflab.loop", "rlhflab.report", "rlhflab.demo"]
+TRAINERS = {"rlhflab.trainers.sft", "rlhflab.trainers.reward", "rlhflab.trainers.ppo", "rlhflab.trainers.dpo",
+            "rlhflab.trainers.kto", "rlhflab.trainers.ilql", "rlhflab.trainers.critic_free",
+            "rlhflab.trainers.reward_functions", "rlhflab.trainers.best_of_n", "rlhflab.trainers.training",
+            "rlhflab.lab.stages", "rlhflab.lab.loop", "rlhflab.trainers.live"}
+ORCHESTRATION = ["rlhflab.lab.stages", "rlhflab.lab.loop", "rlhflab.lab.report", "rlhflab.lab.demo"]
 
 
 def module_name(path: Path) -> str:
@@ -46,14 +47,14 @@ def test_the_truth_imports_no_trainer_and_models_do_not_import_the_build_script(
     for name, targets in graph.items():
         if name.startswith("rlhflab.tiny"):
             assert not targets & TRAINERS, f"{name} imports {targets & TRAINERS}"
-    assert "rlhflab.tiny.build" not in graph["rlhflab.models"]
+    assert "rlhflab.tiny.build" not in graph["rlhflab.trainers.models"]
 
 
 def test_the_stages_and_the_loop_take_any_task_and_import_nothing_of_the_tiny_world():
     """Issue 27: every stage took `world, gold`. The tiny world is one task (`rlhflab.tiny.task`), so the
     orchestration imports nothing from `rlhflab.tiny`, anywhere in the file."""
     graph = {name: imports_of(name, path) for name, path in modules().items()}
-    for name in ("rlhflab.stages", "rlhflab.loop", "rlhflab.task"):
+    for name in ("rlhflab.lab.stages", "rlhflab.lab.loop", "rlhflab.lab.task"):
         tiny = sorted(t for t in graph[name] if t == "rlhflab.tiny" or t.startswith("rlhflab.tiny."))
         assert not tiny, f"{name} imports {tiny}: take a task instead"
 
@@ -97,7 +98,7 @@ def test_readme_module_table_matches_the_tree_and_every_module_says_what_it_owns
 
 
 def test_readme_metric_table_is_the_vocabulary():
-    from rlhflab.stages import METRICS
+    from rlhflab.lab.stages import METRICS
 
     section = (ROOT / "README.md").read_text().split("## Metrics\n", 1)[1].split("\n## ", 1)[0]
     rows = dict(re.findall(r"^\| `([\w/]+)` \| (.+) \|$", section, flags=re.M))

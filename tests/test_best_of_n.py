@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from rlhflab import load_policy
-from rlhflab.best_of_n import BestOfN, best_of_n_curve, kl_of_best_of_n, sample_best_of_n
-from rlhflab.reward import GoldReward
-from rlhflab.reward import load_reward_model
+from rlhflab.trainers.best_of_n import BestOfN, best_of_n_curve, kl_of_best_of_n, sample_best_of_n
+from rlhflab.trainers.reward import GoldReward
+from rlhflab.trainers.reward import load_reward_model
 
 
 def test_kl_closed_form():

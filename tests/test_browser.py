@@ -21,9 +21,9 @@ ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from lab_session import CHROMIUM, CHROMIUM_ARGS, LABELER, JupyterLab  # noqa: E402
 
-from rlhflab.exports import kto_rows, ratings  # noqa: E402
-from rlhflab.records import Item  # noqa: E402
-from rlhflab.store import LabelStore  # noqa: E402
+from rlhflab.labeling.exports import kto_rows, ratings  # noqa: E402
+from rlhflab.labeling.records import Item  # noqa: E402
+from rlhflab.labeling.store import LabelStore  # noqa: E402
 
 if not Path(CHROMIUM).exists() and os.environ.get("CI") != "true":
     pytest.skip("no /usr/bin/chromium (apt-get install chromium) and not in CI", allow_module_level=True)
@@ -58,8 +58,8 @@ def open_labeler(lab, name: str, store_path: Path, arguments: str):
     """A page whose notebook runs `PairwiseLabeler(LabelStore(store_path), 'browser', <arguments>)`."""
     server, browser, _ = lab
     cells = ["from rlhflab import load_policy\n"
-             "from rlhflab.store import LabelStore\n"
-             "from rlhflab.labeling import GuidelineExample, PairwiseLabeler, LabelerConfig",
+             "from rlhflab.labeling.store import LabelStore\n"
+             "from rlhflab.labeling.widget import GuidelineExample, PairwiseLabeler, LabelerConfig",
              f"labeler = PairwiseLabeler(LabelStore({str(store_path)!r}), 'browser', {arguments})\nlabeler"]
     page = server.open_notebook(name, cells, browser)
     page.dialogs = []
@@ -275,7 +275,7 @@ def test_a_late_kernel_gets_a_retry_and_a_broken_rule_and_a_gold_item_get_a_mess
 
     # The guidelines now ask a reason for "both bad", and a gold item says its expected answer once answered.
     gold = Item(f"Gold: {PAYLOADS[0]}", (f"right {PAYLOADS[1]}", f"wrong {PAYLOADS[4]}"), ("p1", "p2"), gold="a")
-    run_in_kernel(page, "from rlhflab.records import Item\n"
+    run_in_kernel(page, "from rlhflab.labeling.records import Item\n"
                         "labeler.config.rationale_for, labeler.config.gold_feedback = ('both_bad',), True\n"
                         f"labeler.store.add_items([Item({gold.prompt!r}, {gold.responses!r}, {gold.sources!r}, "
                         "gold='a')])\nlabeler.show_next()")
@@ -355,7 +355,7 @@ def test_an_item_from_the_queue_leaves_focus_where_the_person_is_typing(playgrou
     assert root.get_attribute("data-item-id") == ""
     page.evaluate("() => { const box = document.createElement('textarea'); box.id = 'elsewhere';"
                   " document.body.prepend(box); box.focus(); }")
-    run_in_kernel(page, "from rlhflab.candidates import GenerationQueue\n"
+    run_in_kernel(page, "from rlhflab.labeling.candidates import GenerationQueue\n"
                         "queue = GenerationQueue(labeler.store, ['Where does the fox sleep?'], [load_policy('tiny')])\n"
                         "queue.listeners.append(labeler._on_new_items)  # as PairwiseLabeler(queue=queue) does\n"
                         "queue.start()")

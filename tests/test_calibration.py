@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from rlhflab.labeling import GuidelineExample, LabelerConfig, PairwiseLabeler
-from rlhflab.records import Item
-from rlhflab.store import LabelStore, QualificationFailed, StoreConfig
+from rlhflab.labeling.records import Item
+from rlhflab.labeling.store import LabelStore, QualificationFailed, StoreConfig
+from rlhflab.labeling.widget import GuidelineExample, LabelerConfig, PairwiseLabeler
 
 
 def pair(n: int) -> Item:

@@ -17,9 +17,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from rlhflab import exports
-from rlhflab.records import import_comparisons
-from rlhflab.store import LabelStore
+from rlhflab.labeling import exports
+from rlhflab.labeling.records import import_comparisons
+from rlhflab.labeling.store import LabelStore
 
 CONSUMERS = Path(__file__).resolve().parent.parent / ".consumers"
 INSTALL = "pip install --no-deps --require-hashes --target .consumers -r tests/consumers.txt (or `make test`)"
@@ -78,7 +78,7 @@ def consumers():
 
 @pytest.fixture(scope="module")
 def smollm2_dir(smollm2):
-    from rlhflab.embedded import model_dir
+    from rlhflab.trainers.embedded import model_dir
 
     return str(model_dir(smollm2))
 

@@ -10,11 +10,11 @@ import torch
 import trl
 
 from rlhflab import load_policy
-from rlhflab.critic_free import CriticFreeConfig, critic_free_args, train_critic_free, trl_reward
-from rlhflab.reward import load_reward_model
-from rlhflab.reward_functions import WeightedReward, length_reward
-from rlhflab.stages import evaluate, load, ppo_prompts, sft_baseline
+from rlhflab.lab.stages import evaluate, load, ppo_prompts, sft_baseline
 from rlhflab.tiny.task import WorldTask
+from rlhflab.trainers.critic_free import CriticFreeConfig, critic_free_args, train_critic_free, trl_reward
+from rlhflab.trainers.reward import load_reward_model
+from rlhflab.trainers.reward_functions import WeightedReward, length_reward
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from rlhflab import load_policy
-from rlhflab.dpo import DPOConfig, dpo_rows, train_dpo
-from rlhflab.live import LivePlot
-from rlhflab.store import LabelStore
+from rlhflab.labeling.store import LabelStore
 from rlhflab.tiny.annotate import label_with_gold, world_items
+from rlhflab.trainers.dpo import DPOConfig, dpo_rows, train_dpo
+from rlhflab.trainers.live import LivePlot
 
 
 @pytest.fixture(scope="module")

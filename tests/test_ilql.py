@@ -7,7 +7,11 @@ import statistics
 import pytest
 import torch
 
-from rlhflab.ilql import (
+from rlhflab.lab.stages import evaluate, load, sft_baseline
+from rlhflab.labeling.records import Item
+from rlhflab.labeling.store import LabelStore
+from rlhflab.tiny.task import WorldTask
+from rlhflab.trainers.ilql import (
     ILQLConfig,
     ILQLHeads,
     awac_loss,
@@ -23,11 +27,7 @@ from rlhflab.ilql import (
     tokenized,
     train_ilql,
 )
-from rlhflab.models import load_policy
-from rlhflab.records import Item
-from rlhflab.stages import evaluate, load, sft_baseline
-from rlhflab.store import LabelStore
-from rlhflab.tiny.task import WorldTask
+from rlhflab.trainers.models import load_policy
 
 N, V = 7, 5
 

@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from rlhflab.exports import kto_rows
-from rlhflab.kto import KTOConfig, kto_data, train_kto
-from rlhflab.models import load_policy
-from rlhflab.records import Item
-from rlhflab.stages import sample
-from rlhflab.store import LabelStore
+from rlhflab.lab.stages import sample
+from rlhflab.labeling.exports import kto_rows
+from rlhflab.labeling.records import Item
+from rlhflab.labeling.store import LabelStore
 from rlhflab.tiny.annotate import label_with_gold
+from rlhflab.trainers.kto import KTOConfig, kto_data, train_kto
+from rlhflab.trainers.models import load_policy
 
 
 def test_kto_trains_from_thumbs_events_in_the_store(recipe, world, gold, tmp_path):
@@ -65,8 +65,8 @@ def test_no_row_takes_its_kl_completion_from_its_own_prompt(tmp_path, monkeypatc
     """Issue 29, defect 1: TRL's KTOTrainer gives each row the completion of the row before it in its batch as
     the "mismatched" KL pair; kto_rows writes a pair's chosen and rejected rows next to each other, so 8 of 16
     rows per batch were paired with their own prompt's other reply. The seed now also changes the order."""
-    from rlhflab import kto
-    from rlhflab.records import import_comparisons
+    from rlhflab.labeling.records import import_comparisons
+    from rlhflab.trainers import kto
 
     store = LabelStore(tmp_path / "labels.db")
     import_comparisons(store, [{"prompt": f"Question {n}?", "chosen": f"Good {n}.", "rejected": f"Bad {n}."}

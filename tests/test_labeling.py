@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from rlhflab.candidates import GenerationConfig, GenerationQueue, items_from
-from rlhflab.exports import comparisons, kto_rows, ratings
-from rlhflab.labeling import LabelerConfig, PairwiseLabeler, RankingLabeler, render_guidelines
-from rlhflab.records import Item
-from rlhflab.store import LabelStore, StoreConfig
+from rlhflab.labeling.candidates import GenerationConfig, GenerationQueue, items_from
+from rlhflab.labeling.exports import comparisons, kto_rows, ratings
+from rlhflab.labeling.records import Item
+from rlhflab.labeling.store import LabelStore, StoreConfig
+from rlhflab.labeling.widget import LabelerConfig, PairwiseLabeler, RankingLabeler, render_guidelines
 from rlhflab.tiny import GoldAnnotator, TinyWorld
 from rlhflab.tiny.annotate import label_with_gold, world_items
 
@@ -245,7 +245,7 @@ def test_label_with_gold_labels_everything_left_through_the_store(tmp_path, worl
 
 @pytest.fixture(scope="module")
 def tiny_policy():
-    from rlhflab.models import load_policy
+    from rlhflab.trainers.models import load_policy
 
     return load_policy("tiny")
 

@@ -9,10 +9,10 @@ import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from rlhflab import load_policy
-from rlhflab.live import HEALTH, LAYOUTS, MAX_CURVES, Chart, Curve, LivePlot, layout_for
-from rlhflab.ppo import PPOConfig, PPOTrainer
-from rlhflab.reward import GoldReward, RewardConfig, load_reward_model, train_reward_model
-from rlhflab.sft import SFTConfig, train_sft
+from rlhflab.trainers.live import HEALTH, LAYOUTS, MAX_CURVES, Chart, Curve, LivePlot, layout_for
+from rlhflab.trainers.ppo import PPOConfig, PPOTrainer
+from rlhflab.trainers.reward import GoldReward, RewardConfig, load_reward_model, train_reward_model
+from rlhflab.trainers.sft import SFTConfig, train_sft
 
 PAYLOAD = "<img src=x onerror=alert(1)>"
 

@@ -9,10 +9,10 @@ import json
 import pandas as pd
 import pytest
 
-from rlhflab.loop import RLHFLoop
-from rlhflab.metrics import leaderboard
-from rlhflab.stages import RLHFConfig
-from rlhflab.store import LabelStore
+from rlhflab.lab.loop import RLHFLoop
+from rlhflab.lab.stages import RLHFConfig
+from rlhflab.labeling.metrics import leaderboard
+from rlhflab.labeling.store import LabelStore
 from rlhflab.tiny.task import WorldTask
 
 

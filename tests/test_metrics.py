@@ -5,10 +5,10 @@ import random
 
 import pytest
 
-from rlhflab.metrics import (agreement, binomial_two_sided, bradley_terry, cohen_kappa, disagreements, elo, elo_mean,
-                             fleiss_kappa, leaderboard, leaderboard_plot, position_bias)
-from rlhflab.records import Item
-from rlhflab.store import LabelStore, StoreConfig
+from rlhflab.labeling.metrics import (agreement, binomial_two_sided, bradley_terry, cohen_kappa, disagreements, elo,
+                                      elo_mean, fleiss_kappa, leaderboard, leaderboard_plot, position_bias)
+from rlhflab.labeling.records import Item
+from rlhflab.labeling.store import LabelStore, StoreConfig
 from rlhflab.tiny import GoldAnnotator
 from rlhflab.tiny.annotate import label_with_gold, world_items
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rlhflab import load_policy
-from rlhflab.models import (FALLBACK_CHAT_TEMPLATE, Precision, default_device, precision_for, sample_tokens,
-                            transcript_ids)
+from rlhflab.trainers.models import (FALLBACK_CHAT_TEMPLATE, Precision, default_device, precision_for, sample_tokens,
+                                     transcript_ids)
 
 MODES = {"fp32": {}, "lora": {"lora": True}, "4bit+lora": {"lora": True, "quantization": "4bit"}}
 
@@ -159,10 +159,10 @@ def test_precision_per_device(monkeypatch):
 def test_a_t4_trains_fp32_adapters_over_fp16_weights(monkeypatch):
     """Seen on a GPU with a T4's precision: the reward model's trainable score head was an fp16 copy
     of the base's, and the fp16 GradScaler refused it ('Attempting to unscale FP16 gradients')."""
-    import rlhflab.models
-    from rlhflab.reward import load_reward_model
+    import rlhflab.trainers.models
+    from rlhflab.trainers.reward import load_reward_model
 
-    monkeypatch.setattr(rlhflab.models, "precision_for", lambda device: Precision(torch.float16, "cpu"))
+    monkeypatch.setattr(rlhflab.trainers.models, "precision_for", lambda device: Precision(torch.float16, "cpu"))
     for model in (load_policy("tiny", lora=True).model, load_reward_model("tiny", lora=True).model):
         trainable = [p for p in model.parameters() if p.requires_grad]
         frozen = [p for p in model.parameters() if not p.requires_grad]
@@ -237,7 +237,7 @@ def test_an_evaluations_kl_is_k1_on_the_token_ids_it_sampled():
     reply cut off at response_length was scored with an EOS it never sampled (9 of 24 held-out replies at 32
     tokens on the tiny model), and the estimate could go negative. It is now k1 on the sampled ids."""
     from rlhflab import Task
-    from rlhflab.stages import Baseline, RLHFConfig, evaluate
+    from rlhflab.lab.stages import Baseline, RLHFConfig, evaluate
 
     sft = load_policy("tiny")
     policy = load_policy("tiny", lora=True)

@@ -12,9 +12,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from rlhflab.demo import CHROMIUM
-from rlhflab.notebook import INSTALL, run_notebook
-from rlhflab.store import LabelStore
+from rlhflab.lab.demo import CHROMIUM
+from rlhflab.lab.notebook import INSTALL, run_notebook
+from rlhflab.labeling.store import LabelStore
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 SHARED = Path(__file__).parent.parent.parent / "shared"
@@ -89,7 +89,7 @@ def test_every_notebook_has_a_quick_toggle():
 
 def test_every_notebook_installs_the_pinned_release_before_it_imports_anything():
     """On Colab the first code cell runs `%pip` before torch, the widgets or rlhflab are imported (pip cannot
-    replace a module a kernel has loaded), and it installs `rlhflab.notebook.INSTALL`, the release tag of the
+    replace a module a kernel has loaded), and it installs `rlhflab.lab.notebook.INSTALL`, the release tag of the
     version in pyproject.toml."""
     version = tomllib.loads((NOTEBOOKS.parent / "pyproject.toml").read_text())["project"]["version"]
     assert INSTALL == f"rlhflab @ git+https://github.com/rlhflab/rlhflab@v{version}"
@@ -208,7 +208,7 @@ def test_report_and_ppo_dashboard_read_well_in_a_browser(quickstart):
 
 
 def test_setup_says_which_model_device_and_precision(capsys, monkeypatch):
-    from rlhflab.notebook import setup
+    from rlhflab.lab.notebook import setup
 
     assert setup("tiny") == ("tiny", None)
     assert "model: tiny | device: cpu | precision: fp32 | weights: unquantized" in capsys.readouterr().out
@@ -225,7 +225,7 @@ def test_summary_never_reports_negative_kl():
     """Seen in a quick run: k1 on 24 samples gave -0.03 nats, and the report said '-0.0 nats of KL'."""
     import pandas as pd
 
-    from rlhflab.report import summary
+    from rlhflab.lab.report import summary
 
     table = pd.DataFrame([{"round": 1, "labels": 95, "gold/win_rate_vs_sft": 0.54, "kl/to_sft": -0.03,
                            "reward/gold_agreement": 0.71}])
@@ -237,7 +237,7 @@ def test_setup_stops_when_the_install_replaced_a_library_the_kernel_had_loaded(m
     """Colab's kernel may have imported ipywidgets before `%pip` upgraded it; only a restart loads the new one."""
     import types
 
-    from rlhflab.notebook import setup
+    from rlhflab.lab.notebook import setup
 
     monkeypatch.setitem(sys.modules, "ipywidgets", types.SimpleNamespace(__version__="7.7.1"))
     with pytest.raises(RuntimeError, match=r"upgraded ipywidgets 7\.7\.1 -> 8\.\S+ while this kernel still runs the "
@@ -250,7 +250,7 @@ def test_setup_runs_where_torch_metadata_omits_the_cuda_build_tag(monkeypatch):
     setup must not ask for a restart (it did, and every notebook stopped in its first cell)."""
     import types
 
-    from rlhflab import notebook
+    from rlhflab.lab import notebook
 
     on_disk = importlib.metadata.version("torch")
     public = on_disk.split("+")[0]
@@ -269,7 +269,7 @@ def test_setup_runs_where_torch_metadata_omits_the_cuda_build_tag(monkeypatch):
 def test_label_store_says_whether_labels_outlive_the_session(tmp_path, monkeypatch, capsys):
     import types
 
-    from rlhflab import notebook
+    from rlhflab.lab import notebook
 
     assert notebook.label_store("labels/x.db") == "labels/x.db"
     assert "durable on this disk" in capsys.readouterr().out
@@ -287,7 +287,7 @@ def test_label_store_says_whether_labels_outlive_the_session(tmp_path, monkeypat
 
 
 def test_earlier_output_is_reused_only_when_finished(tmp_path, capsys):
-    from rlhflab.notebook import earlier_output
+    from rlhflab.lab.notebook import earlier_output
 
     adapter = tmp_path / "runs/01_sft"
     adapter.mkdir(parents=True)
@@ -301,7 +301,7 @@ def test_earlier_output_is_reused_only_when_finished(tmp_path, capsys):
 def test_the_labels_of_02_are_reused_by_03(tmp_path, capsys):
     """03_reward passes 02_label's store file, which has no adapter_config.json inside it: in a `make pages` run
     03 said "02_label did not run here" beside 02's labels and trained without them."""
-    from rlhflab.notebook import earlier_output
+    from rlhflab.lab.notebook import earlier_output
 
     labels = tmp_path / "labels/02_label.db"
     labels.parent.mkdir()
@@ -323,8 +323,8 @@ logging.getLogger("kernels._internals.hf_hub").warning("Skipping publisher trust
     "'kernels-community/quantization-bitsandbytes' because Hugging Face Hub is in offline mode.")
 logging.getLogger("kernels._internals.hf_hub").warning("Skipping publisher trust check for 'someone/else' because "
                                                        "Hugging Face Hub is in offline mode.")
-from rlhflab.sft import SFTConfig
-from rlhflab.training import trl_args
+from rlhflab.trainers.sft import SFTConfig
+from rlhflab.trainers.training import trl_args
 logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward from "
                                                            "kernels-community: No module named 'kernels'")
 logging.getLogger("bitsandbytes.backends.cpu.ops").warning("another bitsandbytes notice")
@@ -349,7 +349,7 @@ def test_a_headless_notebook_runs_its_kernel_without_the_tcp_warning(tmp_path):
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("QUICK = False", metadata={
         "tags": ["parameters"]}), nbformat.v4.new_code_cell("print(6 * 7)")])
     nbformat.write(notebook, tmp_path / "tiny.ipynb")
-    script = (f"from rlhflab.notebook import run_notebook\n"
+    script = (f"from rlhflab.lab.notebook import run_notebook\n"
               f"ran = run_notebook({str(tmp_path / 'tiny.ipynb')!r}, {str(tmp_path)!r}, 'QUICK = True')\n"
               "print(ran.cells[-1].outputs[0].text.strip())\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

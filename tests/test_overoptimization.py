@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from rlhflab import load_policy
-from rlhflab.best_of_n import best_of_n_curve, kl_of_best_of_n, sample_best_of_n
-from rlhflab.overoptimization import fit_gao, gold_peak, overoptimization, rl_points
-from rlhflab.reward_functions import length_reward
+from rlhflab.lab.overoptimization import fit_gao, gold_peak, overoptimization, rl_points
+from rlhflab.trainers.best_of_n import best_of_n_curve, kl_of_best_of_n, sample_best_of_n
+from rlhflab.trainers.reward_functions import length_reward
 
 TRUTH = {"best-of-n": (0.8, 0.12), "rl": (0.5, 0.2)}
 

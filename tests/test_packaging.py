@@ -138,7 +138,7 @@ def test_wheel_holds_model_and_widgets(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
                     str(next(tmp_path.glob("rlhflab-*.whl")))], check=True)
-    script = "from rlhflab.notebook import shipped_notebook; print(shipped_notebook('00_quickstart.ipynb'))"
+    script = "from rlhflab.lab.notebook import shipped_notebook; print(shipped_notebook('00_quickstart.ipynb'))"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "PYTHONPATH": str(target)}, check=True)
     assert out.stdout.strip() == str(target / "rlhflab" / "notebooks" / "00_quickstart.ipynb")

@@ -4,7 +4,7 @@ import copy
 
 import nbformat
 
-from rlhflab.notebook import LAST_PICTURES, PLOTLY_JS, WIDGET_STATE, WIDGET_VIEW, static_page
+from rlhflab.lab.notebook import LAST_PICTURES, PLOTLY_JS, WIDGET_STATE, WIDGET_VIEW, static_page
 
 MARKUP = "<img src=x onerror=alert(1)>"  # what a model could answer; the page must show it, not run it
 
@@ -30,7 +30,7 @@ def test_quickstart_page_is_small_keeps_the_results_and_escapes_model_text(quick
     for line in ("SFT done", "pairs queued for round 1", "rounds in", "report written", "gold win-rate"):
         assert line in text
     assert text.count("class=\"plotly-graph-div\"") >= plots > 0  # every live plot, as a static chart
-    assert "rlhflab.labeling.PairwiseLabeler: an interactive widget; run the notebook to use it" in text
+    assert "rlhflab.labeling.widget.PairwiseLabeler: an interactive widget; run the notebook to use it" in text
     assert MARKUP not in text and "a sample: &lt;img src=x onerror=alert(1)&gt;" in text
 
 

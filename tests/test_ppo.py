@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from rlhflab import load_policy
-from rlhflab.models import left_padded_positions, token_logprobs
-from rlhflab.ppo import MaskedPolicy, PPOConfig, PPOTrainer, masked_logits, nucleus_mask, train_ppo
-from rlhflab.reward import GoldReward, SharedReward
-from rlhflab.stages import evaluate, load, ppo_trainer, sft_baseline
+from rlhflab.lab.stages import evaluate, load, ppo_trainer, sft_baseline
 from rlhflab.tiny.task import WorldTask
+from rlhflab.trainers.models import left_padded_positions, token_logprobs
+from rlhflab.trainers.ppo import MaskedPolicy, PPOConfig, PPOTrainer, masked_logits, nucleus_mask, train_ppo
+from rlhflab.trainers.reward import GoldReward, SharedReward
 
 
 def small(tmp_path, **overrides):
@@ -169,7 +169,7 @@ def test_first_minibatch_has_ratio_one_with_dropout_in_the_model(random_models, 
 def test_adapters_loaded_for_ppo_bring_no_dropout_back(random_models, world, gold, tmp_path):
     """Issue 29, defect 6: dropout was switched off before the value adapter (and NLPO's mask adapter) were
     loaded, so a reward adapter saved with lora_dropout put dropout back into the value forward."""
-    from rlhflab.reward import load_reward_model
+    from rlhflab.trainers.reward import load_reward_model
 
     load_reward_model(str(random_models["gpt2"]), lora={"lora_dropout": 0.1}).save(tmp_path / "reward")
     policy = load_policy(str(random_models["gpt2"]), lora={"lora_dropout": 0.1})

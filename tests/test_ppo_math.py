@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
-from rlhflab.ppo import (AdaptiveKLController, PPOConfig, compute_gae, kl_per_token, masked_mean, masked_whiten,
-                         truncate_after_eos)
+from rlhflab.trainers.ppo import (AdaptiveKLController, PPOConfig, compute_gae, kl_per_token, masked_mean,
+                                  masked_whiten, truncate_after_eos)
 
 
 def slow_gae(rewards, values, lengths, gamma, lam):

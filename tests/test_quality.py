@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from rlhflab.metrics import binomial_two_sided, majority_agreement, wilson_interval
-from rlhflab.quality import annotator_quality, quality_dashboard
-from rlhflab.records import Item
-from rlhflab.store import LabelStore, StoreConfig
+from rlhflab.labeling.metrics import binomial_two_sided, majority_agreement, wilson_interval
+from rlhflab.labeling.quality import annotator_quality, quality_dashboard
+from rlhflab.labeling.records import Item
+from rlhflab.labeling.store import LabelStore, StoreConfig
 from rlhflab.tiny import GoldAnnotator
 from rlhflab.tiny.annotate import calibration_items, label_with_gold, world_items
 

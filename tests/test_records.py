@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from rlhflab.exports import (comparisons, kto_rows, ratings, to_dataframe, to_jsonl, to_kto_jsonl, to_openrlhf,
-                             to_openrlhf_prompts, to_trl_dataset, to_verl_prompts, trl_rows)
-from rlhflab.records import Conversation, Item, dedup, import_comparisons, import_hh_rlhf, read_comparisons, read_hh_rlhf
-from rlhflab.store import LabelStore
+from rlhflab.labeling.exports import (comparisons, kto_rows, ratings, to_dataframe, to_jsonl, to_kto_jsonl, to_openrlhf,
+                                      to_openrlhf_prompts, to_trl_dataset, to_verl_prompts, trl_rows)
+from rlhflab.labeling.records import Conversation, Item, dedup, import_comparisons, import_hh_rlhf, read_comparisons, read_hh_rlhf
+from rlhflab.labeling.store import LabelStore
 
 HH = Path(__file__).parent.parent.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
 ROWS = [{"prompt": "What color is the fox?", "chosen": "The fox is red.", "rejected": "Go away."},
@@ -242,8 +242,8 @@ def test_every_export_skips_and_reports_events_it_cannot_interpret(tmp_path, sto
 
     from sqlalchemy import insert
 
-    from rlhflab.exports import UnreadableEventWarning
-    from rlhflab.store import events_table
+    from rlhflab.labeling.exports import UnreadableEventWarning
+    from rlhflab.labeling.store import events_table
 
     import_comparisons(store, ROWS)
     reply = Item("What sound does the cow make?", ("Moo.",))
@@ -300,7 +300,7 @@ def test_a_label_without_a_strength_exports_with_margin_zero(store):
 
 def test_an_export_interrupted_midway_leaves_the_earlier_file_whole(tmp_path):
     """Issue 30, defect 15: write_jsonl wrote in place, so a kill midway left a truncated file that still parsed."""
-    from rlhflab.exports import write_jsonl
+    from rlhflab.labeling.exports import write_jsonl
 
     path = write_jsonl([{"n": n} for n in range(3)], tmp_path / "pairs.jsonl")
 
@@ -326,7 +326,7 @@ def test_dedup_folds_unicode_forms():
 def test_a_flagged_prompt_reaches_the_exports_and_can_be_left_out(store):
     """Issue 30, defect 7: a prompt flagged harmful by one annotator still exported the others' labels with no
     mark, and include_flagged=False did not drop it."""
-    from rlhflab.exports import kto_rows
+    from rlhflab.labeling.exports import kto_rows
 
     import_comparisons(store, ROWS, annotator="ada")
     flagged = next(iter(store.items()))

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from rlhflab import load_policy
-from rlhflab.records import MARGINS
-from rlhflab.reward import (GoldReward, RewardConfig, SharedReward, checked_scores, evaluate_reward_model,
-                            load_reward_model, preference_rows, reward_ids, reward_plot, train_reward_model)
+from rlhflab.labeling.records import MARGINS
+from rlhflab.trainers.reward import (GoldReward, RewardConfig, SharedReward, checked_scores, evaluate_reward_model,
+                                     load_reward_model, preference_rows, reward_ids, reward_plot, train_reward_model)
 
 
 @pytest.fixture(scope="module")
@@ -171,10 +171,10 @@ def test_a_saved_reward_model_loads_without_a_missing_head_report_and_real_repor
 def test_an_empty_reply_is_kept_and_counted_at_import_and_trains_every_judged_method(tmp_path):
     """Issue 27: `train_reward_model` on HH-RLHF's rows stopped at row 397 ('chosen' is empty), while
     `import_hh_rlhf` kept such rows. One rule now: an empty judged reply is kept, and counted at import."""
-    from rlhflab.dpo import dpo_rows
-    from rlhflab.kto import kto_data
-    from rlhflab.records import import_comparisons
-    from rlhflab.store import LabelStore
+    from rlhflab.labeling.records import import_comparisons
+    from rlhflab.labeling.store import LabelStore
+    from rlhflab.trainers.dpo import dpo_rows
+    from rlhflab.trainers.kto import kto_data
 
     rows = [{"prompt": "Tell me a secret.", "chosen": "", "rejected": "Here is one."},
             {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}]

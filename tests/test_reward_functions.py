@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from rlhflab import load_policy
-from rlhflab.best_of_n import best_of_n_curve, sample_best_of_n
-from rlhflab.ppo import PPOConfig, train_ppo
-from rlhflab.reward import GoldReward, load_reward_model
-from rlhflab.reward_functions import FunctionReward, WeightedReward, as_reward, chrf_reward, length_reward, regex_reward
+from rlhflab.trainers.best_of_n import best_of_n_curve, sample_best_of_n
+from rlhflab.trainers.ppo import PPOConfig, train_ppo
+from rlhflab.trainers.reward import GoldReward, load_reward_model
+from rlhflab.trainers.reward_functions import (FunctionReward, WeightedReward, as_reward, chrf_reward, length_reward,
+                                               regex_reward)
 
 
 def test_metric_rewards_score_what_they_say():

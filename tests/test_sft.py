@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 
 from rlhflab import load_policy
-from rlhflab.sft import SFTConfig, conversations, train_sft
+from rlhflab.trainers.sft import SFTConfig, conversations, train_sft
 
 
 def test_sft_lowers_heldout_loss_and_raises_gold_score(world, gold, tmp_path):

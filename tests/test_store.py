@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhflab.records import Item
-from rlhflab.store import LabelStore, StoreConfig
+from rlhflab.labeling.records import Item
+from rlhflab.labeling.store import LabelStore, StoreConfig
 
 
 
@@ -179,7 +179,7 @@ def test_an_answer_ends_its_lease_so_the_leases_a_click_reads_stay_few(tmp_path)
     of a 13 ms Postgres round trip after 200 labels); an answer now ends its item's lease."""
     from sqlalchemy import func, select
 
-    from rlhflab.store import leases_table
+    from rlhflab.labeling.store import leases_table
     store = LabelStore(tmp_path / "l.db", config=StoreConfig(overlap=1))
     store.add_items([pair(n) for n in range(5)])
     on_screen = store.next_item("ada").item_id
@@ -395,7 +395,7 @@ def test_a_label_round_trip_on_postgres_is_eight_statements_whatever_the_log(pos
 def test_a_bulk_write_on_postgres_refreshes_the_planners_statistics(postgres_url):
     """Issue 14: after 100,000 labels were filled in, a click took 118-209 ms instead of 8 until autovacuum's next
     ANALYZE, a minute or so later; a write of BULK_ROWS rows now analyzes the tables it wrote."""
-    from rlhflab.store import BULK_ROWS
+    from rlhflab.labeling.store import BULK_ROWS
     store = LabelStore(postgres_url, project="bulk")
 
     def analyzed() -> dict:
@@ -498,7 +498,7 @@ def test_the_derived_tables_follow_the_log_through_edits_undos_and_a_rebuild(tmp
 
     from sqlalchemy import delete
 
-    from rlhflab.store import coverage_table, in_force_table
+    from rlhflab.labeling.store import coverage_table, in_force_table
 
     url = tmp_path / "l.db"
     store = LabelStore(url, config=StoreConfig(overlap=2))
@@ -610,7 +610,7 @@ def test_annotator_names_are_normalised_and_an_empty_one_is_refused(store):
 def test_a_sqlite_store_on_a_network_file_system_warns(tmp_path, monkeypatch):
     import warnings
 
-    from rlhflab import store as store_module
+    from rlhflab.labeling import store as store_module
     mounts = tmp_path / "mounts"
     mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/export {tmp_path}/shared nfs4 rw 0 0\n"
                       f"//nas/team {tmp_path}/my\\040drive cifs rw 0 0\n")
@@ -630,7 +630,7 @@ def test_a_store_opened_with_a_sqlalchemy_url_keeps_its_password():
     shows the password as '***', so the login failed."""
     from sqlalchemy.engine import make_url
 
-    from rlhflab.store import engine_for
+    from rlhflab.labeling.store import engine_for
     url = make_url("postgresql://ada:s3cret@127.0.0.1:5432/labels")
     assert engine_for(url, StoreConfig()).url.password == "s3cret"  # nothing connects until the first statement
 
@@ -643,7 +643,7 @@ def test_two_kernels_upgrading_one_postgres_store_at_once_both_open_it(postgres_
 
     from sqlalchemy import create_engine
 
-    from rlhflab.store import SCHEMA_LOCK
+    from rlhflab.labeling.store import SCHEMA_LOCK
     LabelStore(postgres_url, project="upgrade-a").add_items([pair(0)])
     engine = create_engine(LabelStore(postgres_url, project="upgrade-a").engine.url)
     with engine.begin() as conn:  # as a store written before coverage.answers
@@ -673,7 +673,7 @@ def test_the_annotator_role_can_label_but_never_change_or_delete_a_label(postgre
     from sqlalchemy import text
     from sqlalchemy.exc import ProgrammingError
 
-    from rlhflab.store import annotator_role_sql, main
+    from rlhflab.labeling.store import annotator_role_sql, main
     owner = LabelStore(postgres_url, project="roles")
     owner.add_items([pair(0), pair(1)])
     role = f"annotator_{uuid.uuid4().hex[:8]}"
@@ -746,7 +746,7 @@ def test_an_import_beyond_postgres_lock_table_is_one_transaction(postgres_url, m
     and the lock table holds about 6,400 (64 per connection x 100): 50,000 pairs failed with "out of shared
     memory" after their items had committed. Items and labels are now one transaction, and new items need no
     lock (25 s here)."""
-    from rlhflab.records import import_comparisons
+    from rlhflab.labeling.records import import_comparisons
 
     rows = [{"prompt": f"question {n}?", "chosen": f"good {n}", "rejected": f"bad {n}"} for n in range(50_000)]
     store = LabelStore(postgres_url, "big-import")
@@ -822,7 +822,7 @@ def test_a_store_in_a_synced_folder_keeps_no_label_in_a_wal_file(tmp_path, monke
     rollback journal, and closing any SQLite store checkpoints its WAL into the database file."""
     import sqlite3
 
-    from rlhflab import store as store_module
+    from rlhflab.labeling import store as store_module
 
     drive = tmp_path / "drive"
     drive.mkdir()

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from rlhflab import LabelStore, Task, WorldTask
-from rlhflab.candidates import items_from
-from rlhflab.loop import RLHFLoop
-from rlhflab.metrics import win_rate_interval
-from rlhflab.stages import RLHFConfig
+from rlhflab.lab.loop import RLHFLoop
+from rlhflab.lab.stages import RLHFConfig
+from rlhflab.labeling.candidates import items_from
+from rlhflab.labeling.metrics import win_rate_interval
 
 PROMPTS = [f"Tell me one thing about the {thing}." for thing in
            ("fox", "owl", "river", "lamp", "cake", "train", "moon", "garden", "violin", "kettle", "bridge", "cloud")]
@@ -141,8 +141,8 @@ def test_without_a_judge_people_label_and_evaluate_each_round_blind(tmp_path):
     """Issue 27: evaluation without gold. People label the queue; each round's held-out answers then wait in
     the same queue beside SFT's, marked as evaluation: their verdicts give the round's win-rate with its 95%
     interval and a leaderboard, and never become training rows."""
-    from rlhflab.exports import comparisons, trl_rows
-    from rlhflab.metrics import leaderboard
+    from rlhflab.labeling.exports import comparisons, trl_rows
+    from rlhflab.labeling.metrics import leaderboard
 
     demonstrations = [{"prompt": p, "response": "It is small."} for p in PROMPTS]
     task = Task.from_data(PROMPTS, heldout_share=0.5, demonstrations=demonstrations)
@@ -182,10 +182,10 @@ CONVERSATIONS = [[{"role": "user", "content": p}, {"role": "assistant", "content
 
 
 def test_a_conversation_reaches_the_model_turn_by_turn_in_its_chat_template():
-    from rlhflab.models import load_tokenizer, transcript_ids
-    from rlhflab.records import as_prompt
+    from rlhflab.labeling.records import as_prompt
     from rlhflab.tiny.assets import MODEL_DIR
-    from rlhflab.training import chat_dataset
+    from rlhflab.trainers.models import load_tokenizer, transcript_ids
+    from rlhflab.trainers.training import chat_dataset
 
     tokenizer, conversation = load_tokenizer(str(MODEL_DIR)), as_prompt(CONVERSATIONS[0])
     text = tokenizer.decode(transcript_ids(tokenizer, conversation, "A red tail."))
@@ -199,7 +199,7 @@ def test_a_conversation_reaches_the_model_turn_by_turn_in_its_chat_template():
 def test_the_loop_trains_on_conversations(tmp_path, method):
     """Issue 27: multi-turn prompts pass through SFT, the store, the reward model and the policy update, and
     each round's labels and samples keep every turn."""
-    from rlhflab.records import Conversation
+    from rlhflab.labeling.records import Conversation
 
     demonstrations = [{"prompt": c, "response": "It is small."} for c in CONVERSATIONS]
     task = Task.from_data(CONVERSATIONS, heldout_share=0.25, demonstrations=demonstrations, judge=fewer_words_win)

@@ -1,4 +1,5 @@
-"""The embedded default: a seeded world, its gold annotator and a shipped tiny base model."""
+"""The embedded default: a seeded world, its gold annotator and a shipped tiny base model. It labels
+through `rlhflab.labeling` as people do, and imports nothing of `rlhflab.trainers` or `rlhflab.lab`."""
 
 from .gold import GoldAnnotator, Verdict
 from .world import AXES, Candidate, Question, TinyWorld

@@ -14,9 +14,9 @@ from __future__ import annotations
 import random
 import uuid
 
-from ..candidates import sample_pairs
-from ..records import Item, letter
-from ..store import LabelStore
+from ..labeling.candidates import sample_pairs
+from ..labeling.records import Item, letter
+from ..labeling.store import LabelStore
 from .gold import GoldAnnotator
 from .world import TinyWorld
 

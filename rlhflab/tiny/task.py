@@ -1,6 +1,6 @@
 """The tiny world as a task: its procedural prompts and demonstrations, judged by its gold annotator.
 
-It answers what every task answers (`rlhflab.task`), from the world and its truth: prompts come from
+It answers what every task answers (`rlhflab.lab.task`), from the world and its truth: prompts come from
 the world's train and held-out topics, demonstrations are the world's good answers, a reward model is
 tested on gold-labelled pairs of the world's own candidates, and the gold annotator judges, labels and
 scores. Its metrics are named 'gold/...'.

@@ -231,7 +231,7 @@ class TinyWorld:
         return self.respond(q, random.Random(f"demo:{seed}:{q.text}")).text
 
     def demonstrations(self, split: str, n: int, seed: int = 0) -> list[dict]:
-        """`n` prompt / response records of good answers, ready for `rlhflab.sft.train_sft`."""
+        """`n` prompt / response records of good answers, ready for `rlhflab.trainers.sft.train_sft`."""
         return [{"prompt": q.text, "response": self.demonstration(q, seed)} for q in self.questions(split, n, seed)]
 
     def random_candidate(self, q: Question, rng: random.Random, p_better: float = 0.5) -> Candidate:

@@ -10,7 +10,7 @@ reading shows a left share far from 1/2; someone who avoids hard calls ties, ski
 more often than the team does; someone who rushes labels in seconds. Gold (calibration) items, which
 everyone gets, measure accuracy directly; agreement with the majority of the others measures it where
 there is no gold answer. Everything reads the labels in force (`LabelStore.current`) through the
-statistics of `rlhflab.metrics`; nothing is written.
+statistics of `rlhflab.labeling.metrics`; nothing is written.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def annotator_quality(store, alpha: float = 0.05, level: float = 0.95) -> pd.Dat
         tie_rate, both_bad_rate (of their pair labels) and skip_rate (of their answers), each with `_p`:
             the exact two-sided binomial p-value against the team's pooled rate (all annotators).
         left_share, left_p: the share of decided pairs (a or b won, order recorded) won by the response
-            shown first, and its p-value against 1/2 (`rlhflab.metrics.position_bias`).
+            shown first, and its p-value against 1/2 (`rlhflab.labeling.metrics.position_bias`).
         gold_items, gold_accuracy, gold_low, gold_high: labels on gold items, the share that matched the
             gold answer, and its Wilson interval at `level` (NaN without gold items).
         majority_items, majority_agreement: items where more than half of the other annotators chose

@@ -8,7 +8,7 @@ A prompt is text, or a `Conversation`: chat turns that end in a user turn (HH-RL
 conversational rows). Every model applies its own chat template to either (`as_messages`).
 
 An `Item` is a prompt and K responses (K = 1 to rate, 2 for a pair), with the source of each; the
-store keeps items and labels, and `rlhflab.exports` turns labels back into rows.
+store keeps items and labels, and `rlhflab.labeling.exports` turns labels back into rows.
 
 Imports (HH-RLHF, generic JSONL or CSV) are read and checked completely before anything is
 written, so a bad file raises with the line and the fix, and the store is left as it was.
@@ -387,7 +387,7 @@ def import_comparisons(store, source, columns: Mapping[str, str] | None = None, 
 
     Examples:
         >>> import tempfile, os
-        >>> from rlhflab.store import LabelStore
+        >>> from rlhflab.labeling.store import LabelStore
         >>> store = LabelStore(os.path.join(tempfile.mkdtemp(), "labels.db"))
         >>> rows = [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}] * 2
         >>> str(import_comparisons(store, rows))

@@ -13,7 +13,7 @@
                      `leaderboard_plot`, the two as an interval plot; `source_games` are the games
     disagreements    the items where annotators split, to review by hand
 
-`rlhflab.quality` puts these together per annotator, for a team lead.
+`rlhflab.labeling.quality` puts these together per annotator, for a team lead.
 
 Every function takes a `LabelStore` (or the label dicts `store.labels()` returns) and uses only the
 labels in force. Pair labels count here; rankings enter the leaderboard through their expanded pairs.

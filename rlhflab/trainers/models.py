@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig,
-                          GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GenerationConfig,
+                          PreTrainedModel, PreTrainedTokenizerBase)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from .records import Conversation, Prompt, as_messages
+from ..labeling.records import Conversation, Prompt, as_messages
+from ..tiny.assets import CHAT_TEMPLATE
 from .embedded import NAMES as EMBEDDED_NAMES, TINY, model_dir
-from .tiny.assets import CHAT_TEMPLATE
 
 # For models with no chat template: the tiny world's role tags, ended by the model's own EOS token.
 FALLBACK_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<|end|>", "{{ eos_token }}")
@@ -140,7 +140,7 @@ class Policy:
 
     def response_logits(self, batch: dict, keep: int) -> torch.Tensor:
         """Logits at the `keep` positions that predict a left-padded batch's last `keep` tokens: (B, keep, V).
-        A policy that decodes another way (`rlhflab.ilql.ILQLPolicy`) overrides this and `sample_tokens`
+        A policy that decodes another way (`rlhflab.trainers.ilql.ILQLPolicy`) overrides this and `sample_tokens`
         together, so that `response_logprobs` scores what `generate` samples."""
         return self.model(**batch, position_ids=left_padded_positions(batch["attention_mask"]),
                           logits_to_keep=keep + 1).logits[:, :-1]

@@ -7,7 +7,7 @@ DPO trains the policy on prompt / chosen / rejected rows with the loss
 which is the Bradley-Terry loss of the implicit reward beta * log(pi / ref) (Rafailov et al.
 2023, eq. 7). We build on TRL's DPOTrainer:
 
-- Comparisons come straight from a `LabelStore` (its decided pairs, `rlhflab.exports.trl_rows`)
+- Comparisons come straight from a `LabelStore` (its decided pairs, `rlhflab.labeling.exports.trl_rows`)
   or from any DataFrame, Dataset or list of rows with prompt / chosen / rejected.
 - With a LoRA policy loaded on a trained adapter (`load_policy(base, lora=True, adapter=sft_dir)`)
   TRL keeps a frozen copy of that adapter as the reference, so the KL anchor is SFT, not the base.
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import trl
 
-from .exports import trl_rows
+from ..labeling.exports import trl_rows
+from ..labeling.records import COMPARISON_COLUMNS, REPLIES, as_rows
+from ..labeling.store import LabelStore
 from .live import LivePlot
 from .models import Policy
-from .records import COMPARISON_COLUMNS, REPLIES, as_rows
-from .store import LabelStore
 from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
 
 

@@ -10,7 +10,7 @@ Two tables, both insert-only:
              calibration items
     events   one row per action: label (a choice, a ranking or a rating), skip, flag_prompt (a bad
              prompt), undo, and decide (a reviewer's verdict on an item the annotators disagree on;
-             see `rlhflab.exports.adjudication_queue`)
+             see `rlhflab.labeling.exports.adjudication_queue`)
 
 Nothing in them is updated in place or deleted. An edit is a new label for the same item; an undo is
 an event naming the event it cancels. The current view (`labels()`) is derived by folding the log, so
@@ -38,7 +38,7 @@ an annotator first labels that many gold items and gets real ones only with enou
 
 Every event keeps when its item went on screen (`shown_at`), so the log holds the time per label, and
 the version of the guidelines the annotator was shown. Annotator names are normalised (`annotator_name`).
-For a team, `annotator_role_sql` (`python -m rlhflab.store annotator-role`) prints the SQL for a Postgres
+For a team, `annotator_role_sql` (`python -m rlhflab.labeling.store annotator-role`) prints the SQL for a Postgres
 login that can add labels but never change or delete one; a SQLite file on a network file system warns.
 """
 
@@ -80,7 +80,7 @@ CONTENT = ("item_id", "annotator", "action", "choice", "strength", "ranking", "f
            "target")
 CHOICES = ("a", "b", "tie", "both_bad")  # of a pair; 'a' / 'b' name the responses as stored, never as shown
 # A rating is a label too: thumbs up or down on an item with exactly one response. It decides no pair;
-# KTO learns from it (rlhflab.exports.kto_rows). Undo and edit work on it as on any other label.
+# KTO learns from it (rlhflab.labeling.exports.kto_rows). Undo and edit work on it as on any other label.
 RATINGS = ("up", "down")
 STRENGTHS = ("slightly", "clearly", "much")
 BULK_ROWS = 1000  # a write of this many rows or more refreshes Postgres' planner statistics (`_after_bulk_write`)
@@ -1188,7 +1188,7 @@ def annotator_role_sql(database: str, role: str = "annotator") -> str:
 
 
 def main(argv: list[str] | None = None):
-    """`rlhflab annotator-role --database labels [--role annotator]` (or `python -m rlhflab.store ...`):
+    """`rlhflab annotator-role --database labels [--role annotator]` (or `python -m rlhflab.labeling.store ...`):
     print that SQL."""
     parser = argparse.ArgumentParser(prog="rlhflab", description="label store set-up")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -48,7 +48,9 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .exports import kto_rows
+from ..labeling.exports import kto_rows
+from ..labeling.records import COMPARISON_COLUMNS, REPLIES, as_rows
+from ..labeling.store import LabelStore
 from .live import LivePlot
 from .models import (
     Policy,
@@ -60,10 +62,8 @@ from .models import (
     precision_for,
     transcript_ids,
 )
-from .records import COMPARISON_COLUMNS, REPLIES, as_rows
 from .reward import checked_scores
 from .reward_functions import as_reward
-from .store import LabelStore
 
 HEADS_WEIGHTS = "ilql_heads.safetensors"  # next to the adapter: a directory holding it is an ILQL policy
 SETTINGS = "ilql.json"
@@ -285,7 +285,7 @@ def ilql_rows(data, reward=None, columns: dict | None = None) -> list[dict]:
     - a `LabelStore`: +1 for every chosen and thumbs-up response, -1 for every rejected and thumbs-down one
     - rows with prompt / chosen / rejected: +1 chosen, -1 rejected (trlX's HH-RLHF example)
     - rows with prompt / response / reward
-    - rows with prompt / response, and `reward`: anything `rlhflab.reward_functions.as_reward` takes
+    - rows with prompt / response, and `reward`: anything `rlhflab.trainers.reward_functions.as_reward` takes
     """
     if isinstance(data, LabelStore):
         rows = kto_rows(data)

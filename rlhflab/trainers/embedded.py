@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .tiny.assets import MODEL_DIR
+from ..tiny.assets import MODEL_DIR
 
 TINY = "tiny"
 SMOLLM2 = "smollm2-135m"

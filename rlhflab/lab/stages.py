@@ -9,10 +9,10 @@
     evaluate        held-out win-rate against SFT by the task's judge (95% interval), KL to SFT, proxy means,
                     gold means where the task knows the truth, reward agreement with the judge
 
-Every stage takes a task (`rlhflab.task`): a user's prompts, demonstrations and judge, or the tiny world
+Every stage takes a task (`rlhflab.lab.task`): a user's prompts, demonstrations and judge, or the tiny world
 judged by its gold annotator (`rlhflab.tiny.task.WorldTask`); nothing here knows which.
 Data flows one way: records -> store -> comparison rows -> trainers -> evaluation. `RLHFLoop` and
-`compare_methods` (`rlhflab.loop`), notebooks 03-05, the benchmarks and the tests' fixtures all run
+`compare_methods` (`rlhflab.lab.loop`), notebooks 03-05, the benchmarks and the tests' fixtures all run
 these functions, at the sizes of one `RLHFConfig`. Every number they report is named in `METRICS`,
 the lab's one vocabulary, which the README's metrics table documents.
 
@@ -29,18 +29,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .candidates import sample_pairs
-from .critic_free import CriticFreeConfig, train_critic_free
-from .dpo import DPOConfig, train_dpo
-from .ilql import HEADS_WEIGHTS, ILQLConfig, load_ilql, train_ilql
-from .kto import KTOConfig, train_kto
-from .live import LivePlot
-from .metrics import win_rate_interval
-from .models import Policy, load_policy
-from .ppo import PPOConfig, PPOTrainer
-from .reward import (ADAPTER_WEIGHTS, RewardConfig, RewardModel, SharedReward, evaluate_reward_model,
-                     load_reward_model, train_reward_model)
-from .sft import SFTConfig, train_sft
+from ..labeling.candidates import sample_pairs
+from ..labeling.metrics import win_rate_interval
+from ..trainers.critic_free import CriticFreeConfig, train_critic_free
+from ..trainers.dpo import DPOConfig, train_dpo
+from ..trainers.ilql import HEADS_WEIGHTS, ILQLConfig, load_ilql, train_ilql
+from ..trainers.kto import KTOConfig, train_kto
+from ..trainers.live import LivePlot
+from ..trainers.models import Policy, load_policy
+from ..trainers.ppo import PPOConfig, PPOTrainer
+from ..trainers.reward import (ADAPTER_WEIGHTS, RewardConfig, RewardModel, SharedReward, evaluate_reward_model,
+                               load_reward_model, train_reward_model)
+from ..trainers.sft import SFTConfig, train_sft
 
 METHODS = ("ppo", "dpo", "kto", "ilql", "nlpo", "rloo", "grpo")  # the policy updates `policy_stage` runs
 FROM_A_REWARD_MODEL = ("ppo", "nlpo", "rloo", "grpo")  # the rest learn from the labels directly
@@ -94,11 +94,11 @@ class RLHFConfig:
     response_length: int = 32  # most tokens per sampled response, everywhere
     # -- evaluation
     n_heldout: int = 48  # held-out prompts of every evaluation
-    # -- the iterated loop (rlhflab.loop)
+    # -- the iterated loop (rlhflab.lab.loop)
     rounds: int = 3  # label -> reward -> policy rounds
     labels_per_round: int = 300  # pairs sent to annotators per round
     pool_per_label: int = 2  # candidate pairs generated per label spent; active learning picks among them
-    random_share: float = 0.25  # share of each round's pairs drawn at random (see rlhflab.active)
+    random_share: float = 0.25  # share of each round's pairs drawn at random (see rlhflab.labeling.active)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -132,7 +132,7 @@ def ppo_prompts(task, config: RLHFConfig) -> list[str]:
 
 def load(config: RLHFConfig, adapter: str | Path | None = None, trainable: bool = False) -> Policy:
     """The base with `adapter` on it; `trainable` adds (or keeps training) a LoRA adapter. A directory
-    that ILQL wrote gives a policy that decodes with its heads (`rlhflab.ilql.ILQLPolicy`)."""
+    that ILQL wrote gives a policy that decodes with its heads (`rlhflab.trainers.ilql.ILQLPolicy`)."""
     if adapter is not None and (Path(adapter) / HEADS_WEIGHTS).exists() and not trainable:
         return load_ilql(config.base, adapter, quantization=config.quantization)
     return load_policy(config.base, lora=True if trainable else None, adapter=str(adapter) if adapter else None,

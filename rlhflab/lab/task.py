@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .records import DEMONSTRATION_COLUMNS, Prompt, as_prompt, as_rows, read_comparisons, read_records
+from ..labeling.records import DEMONSTRATION_COLUMNS, Prompt, as_prompt, as_rows, read_comparisons, read_records
 
 Judge = Callable[[list[Prompt], list[str], list[str]], Sequence[float]]
 SPLITS = ("train", "heldout")
@@ -84,7 +84,7 @@ class Task:
         Args:
             prompts: a .csv / .jsonl(.gz) path, a pandas DataFrame, a datasets.Dataset, a list of dicts
                 (the prompt in `column`) or a list of prompts; a prompt is text or a list of chat messages
-                (`rlhflab.records.as_prompt`). Repeated prompts are kept once.
+                (`rlhflab.labeling.records.as_prompt`). Repeated prompts are kept once.
             heldout_share: share of the distinct prompts held out for evaluation (at least one).
             fields: the other fields of `Task` (demonstrations, comparisons, judge, judge_name).
         """

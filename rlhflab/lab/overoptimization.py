@@ -14,7 +14,7 @@ d = alpha / (2 beta) for best-of-n and at d = exp(alpha / beta - 1) for RL. Both
 (alpha, beta), so ordinary least squares fits them exactly, with no optimiser.
 
 The points come from what the lab already measures, on the tiny world where gold is known:
-- best-of-n: `rlhflab.best_of_n.best_of_n_curve` (or `compare_methods`' best-of rows), KL in closed form;
+- best-of-n: `rlhflab.trainers.best_of_n.best_of_n_curve` (or `compare_methods`' best-of rows), KL in closed form;
 - RL: the per-step log of a PPO run (`metrics.jsonl` or `PPOResult.history`): `objective/scores`
   (proxy), `objective/gold_scores` (gold) and `objective/kl_k3`. The k3 estimate is used because it
   is never negative on any batch, where a batch's k1 estimate (`objective/kl`) can dip below 0 near SFT.
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .live import COLORS
+from ..trainers.live import COLORS
 from .stages import RLHFConfig
 
 FORMS = {"best-of-n": "d (alpha - beta d)", "rl": "d (alpha - beta log d)"}  # Gao et al. 2022

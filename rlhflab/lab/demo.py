@@ -1,11 +1,11 @@
 """`make demo`: the whole lab on the embedded tiny world, headless, in one command.
 
-    python -m rlhflab.demo [--quick] [--out reports]
+    python -m rlhflab.lab.demo [--quick] [--out reports]
 
 Executes the quickstart notebook that ships in the package (`notebooks/00_quickstart.ipynb`: SFT,
 then rounds of gold labeling, reward model and PPO) with nbclient, and writes
 `<out>/quickstart.ipynb` (the executed notebook) and `<out>/quickstart.html` (the report of
-`rlhflab.report`, which the notebook's last cell writes). `--quick` sets the notebook's QUICK
+`rlhflab.lab.report`, which the notebook's last cell writes). `--quick` sets the notebook's QUICK
 toggle, whose sizes are those of the tests. Where Chromium and Playwright are
 installed (`make test` installs Playwright; `apt-get install chromium`), it also writes screenshots
 of the report and of the PPO dashboard next to them, for people to look at. It works from a checkout

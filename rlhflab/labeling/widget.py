@@ -1,9 +1,9 @@
 """The labeling widgets, Python side: `PairwiseLabeler` (two responses side by side) and `RankingLabeler`
 (K responses, ties allowed). `PairwiseLabeler(..., playground=[policy])` lets a person type a prompt
 and either compare two fresh replies or rate one reply thumbs up or down, with an optional reason.
-What to label comes from the store, filled by `rlhflab.candidates`; an item with a single response
+What to label comes from the store, filled by `rlhflab.labeling.candidates`; an item with a single response
 is always rated rather than compared. A rating is a label event like any other (choice 'up' or
-'down'): durable, undoable, and exported for KTO by `rlhflab.exports.kto_rows`.
+'down'): durable, undoable, and exported for KTO by `rlhflab.labeling.exports.kto_rows`.
 
 The widget only collects: it sends "label / skip / flag / undo / edit / cancel" messages. Python decides
 which item to show, in which left/right order (random per item, recorded with the label), commits each

@@ -55,7 +55,7 @@ def sample_best_of_n(policy: Policy, reward, prompts: list[str], n: int, *, max_
     Args:
         policy: the policy to sample from (its weights are not changed).
         reward: a `RewardModel`, `SharedReward`, the gold annotator, a function f(prompts, responses)
-            -> list[float], or a `WeightedReward` (`rlhflab.reward_functions`).
+            -> list[float], or a `WeightedReward` (`rlhflab.trainers.reward_functions`).
         n: samples per prompt; `BestOfN.best(k)` then gives best-of-k for every k <= n from one draw.
 
     Examples:
@@ -77,7 +77,7 @@ def sample_best_of_n(policy: Policy, reward, prompts: list[str], n: int, *, max_
 
 def best_of_n_curve(draw: BestOfN, gold, baseline: list[str], ns: list[int] | None = None) -> pd.DataFrame:
     """Gold win-rate against `baseline`, KL to the sampling policy, and mean gold and proxy scores, per n,
-    in `rlhflab.stages.METRICS`' names (the sampling policy and the baseline are SFT there).
+    in `rlhflab.lab.stages.METRICS`' names (the sampling policy and the baseline are SFT there).
 
     Args:
         draw: from `sample_best_of_n` with at least max(ns) samples per prompt.

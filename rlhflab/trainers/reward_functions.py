@@ -44,7 +44,7 @@ def as_reward(reward):
     A reward model (or any object with `score`) is returned as it is; the gold annotator becomes a
     `GoldReward`; a callable becomes a `FunctionReward`.
     """
-    from .tiny import GoldAnnotator
+    from ..tiny import GoldAnnotator
 
     if isinstance(reward, GoldAnnotator):  # its own `score` takes one prompt and one response
         return GoldReward(reward)

@@ -24,7 +24,7 @@ def items_from(data, responses: tuple[str, ...] = ("response_a", "response_b"), 
 
     Args:
         responses: the columns holding the responses to compare (2 for pairs, K for rankings).
-        prompt: the column holding the prompt: text, or chat messages (`rlhflab.records.as_prompt`).
+        prompt: the column holding the prompt: text, or chat messages (`rlhflab.labeling.records.as_prompt`).
         sources: columns naming the policy behind each response, aligned with `responses`.
         gold: a column with the calibration answer ('a', 'b', 'tie', 'both_bad'), where known.
     """

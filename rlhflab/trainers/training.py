@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from .records import as_messages
+from ..labeling.records import as_messages
 from .models import keep_trainable_weights_in_adapter_dtype, precision_for
 
 
@@ -37,7 +37,7 @@ def refuse_to_train_quantized(model: torch.nn.Module, is_lora: bool, loader: str
 
 def trl_args(trl_config_class, config, device: str | torch.device, recompute: bool = True, **fields):
     """`trl_config_class` (e.g. `trl.DPOConfig`) from a stage config, training where the weights are and in
-    the device's precision (`rlhflab.models.precision_for`): fp32 on a CPU, bf16 on Ampere and newer,
+    the device's precision (`rlhflab.trainers.models.precision_for`): fp32 on a CPU, bf16 on Ampere and newer,
     fp16 with loss scaling on a T4. Checkpoints and reporting are off: the stage saves what it trained.
     Activations are recomputed in the backward pass only on a GPU, and never with `recompute=False`."""
     shared = dict(output_dir=str(config.output_dir), num_train_epochs=config.epochs, max_steps=config.max_steps,

@@ -5,7 +5,7 @@ Llama 2 ran five such rounds (Touvron et al. 2023, sec. 3.2.2). One round here i
 
     1. pool     two samples per prompt: the current policy against the previous one
                 (round 1: two samples of SFT)
-    2. choose   active learning picks `labels_per_round` pairs of the pool (`rlhflab.active`)
+    2. choose   active learning picks `labels_per_round` pairs of the pool (`rlhflab.labeling.active`)
     3. label    people label the store's queue in the widgets; the task's judge labels what is left
     4. reward   a fresh LoRA reward model on every label so far, normalised on SFT samples
     5. policy   PPO from the current policy against that reward, KL to SFT (a fresh value head and KL
@@ -14,10 +14,10 @@ Llama 2 ran five such rounds (Touvron et al. 2023, sec. 3.2.2). One round here i
     6. evaluate held-out prompts: the judge's win-rate against SFT (95% interval), KL to SFT, proxy means,
                 and gold means where the task knows the truth
 
-The loop runs on a task (`rlhflab.task`): a user's own prompts and judge, or the tiny world judged by
-its gold annotator. Every stage is a function of `rlhflab.stages`; this module only sequences them and
+The loop runs on a task (`rlhflab.lab.task`): a user's own prompts and judge, or the tiny world judged by
+its gold annotator. Every stage is a function of `rlhflab.lab.stages`; this module only sequences them and
 keeps the store, the rounds' table and their plots. Pairs of round r's policy against round r-1's are labelled
-in the next round, so the store's Elo / Bradley-Terry leaderboard (`rlhflab.metrics.leaderboard`)
+in the next round, so the store's Elo / Bradley-Terry leaderboard (`rlhflab.labeling.metrics.leaderboard`)
 ranks the rounds' policies. Everything a round writes lives under `out_dir/round_<r>/`; the labels
 live in `out_dir/labels.db`. `compare_methods` and `active_vs_random` measure methods and label
 strategies on the same stages (notebook 05 and benchmarks/rlhf_methods.py).
@@ -34,17 +34,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from .active import ActiveConfig, choose_items
-from .best_of_n import best_of_n_curve, sample_best_of_n
-from .exports import trl_rows
-from .live import LivePlot
-from .metrics import people_win_rates
-from .models import Policy
-from .records import Item
-from .reward import evaluate_reward_model, load_reward_model
+from ..labeling.active import ActiveConfig, choose_items
+from ..labeling.exports import trl_rows
+from ..labeling.metrics import people_win_rates
+from ..labeling.records import Item
+from ..labeling.store import LabelStore
+from ..trainers.best_of_n import best_of_n_curve, sample_best_of_n
+from ..trainers.live import LivePlot
+from ..trainers.models import Policy
+from ..trainers.reward import evaluate_reward_model, load_reward_model
 from .stages import (FROM_A_REWARD_MODEL, LAYOUT_OF, METHODS, Baseline, RLHFConfig, evaluate, heldout_prompts, load,
                      policy_stage, reward_stage, sample, sft_baseline, sft_stage)
-from .store import LabelStore
 
 SFT_SOURCE = "sft"
 
@@ -214,7 +214,7 @@ class RLHFLoop:
 
     def people_evaluation(self) -> pd.DataFrame:
         """Per round with verdicts: people's win-rate against SFT on held-out prompts, its 95% interval, and
-        the number of verdicts (`rlhflab.metrics.people_win_rates`)."""
+        the number of verdicts (`rlhflab.labeling.metrics.people_win_rates`)."""
         sources = {self.source_of(result.round): result.round for result in self.results}
         rates = people_win_rates(self.store, list(sources), SFT_SOURCE, seed=self.config.seed)
         return pd.DataFrame([{"round": sources[source], **rate} for source, rate in rates.items()])

@@ -10,9 +10,9 @@ and both add beta * KL(policy || reference) to keep the policy near where it sta
 trainers fit the lab as they are, so we wrap them rather than write our own:
 
 - they take a peft model, on a 4-bit base too (QLoRA), and keep a frozen copy of the starting
-  adapter (SFT) as the reference, as DPO and KTO do (`rlhflab.training.train_against_reference`);
+  adapter (SFT) as the reference, as DPO and KTO do (`rlhflab.trainers.training.train_against_reference`);
 - their reward functions have our shape, f(prompts, completions) -> scores, so any reward of
-  `rlhflab.reward_functions.as_reward` (a reward model, the gold annotator, a function, a weighted
+  `rlhflab.trainers.reward_functions.as_reward` (a reward model, the gold annotator, a function, a weighted
   sum) plugs in, through `checked_scores`: TRL would average a NaN away, we name the reward;
 - they take callbacks, so `LivePlot` draws reward, KL and length as they train.
 
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import trl
 
+from ..labeling.records import as_prompt
 from .live import LivePlot
 from .models import Policy, disable_dropout
-from .records import as_prompt
 from .reward import checked_scores
 from .reward_functions import as_reward
 from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
@@ -121,7 +121,7 @@ def train_critic_free(policy: Policy, prompts: list[str], reward, config: Critic
             adapter starts from SFT and a frozen copy of it is the KL reference.
         prompts: the prompts to sample from.
         reward: a reward model, the gold annotator, a function f(prompts, responses) -> scores, or a
-            `WeightedReward` (`rlhflab.reward_functions`).
+            `WeightedReward` (`rlhflab.trainers.reward_functions`).
         live: a LivePlot; by default one writing to `output_dir`.
 
     Examples:

@@ -226,7 +226,7 @@ def comparisons(store, *, policy: str = "all", include_gold: bool = False, evalu
 def _decided_pairs(label: dict, k: int):
     """(winner index, loser index, kind, margin) for each pair a label speaks about.
 
-    The margin follows the strength (`rlhflab.records.MARGINS`). No strength, as an import or a
+    The margin follows the strength (`rlhflab.labeling.records.MARGINS`). No strength, as an import or a
     person who did not say how much better gives, is margin 0: plain Bradley-Terry, which claims
     no gap the person did not state; a middle margin would invent one.
     """

@@ -5,7 +5,7 @@ It opens with one summary sentence, then shows:
 - the rounds' gold win-rate against KL, and the per-round dashboard (integer round ticks);
 - the leaderboard of the rounds' policies as Bradley-Terry ratings with bootstrap intervals;
 - before / after samples with the gold score difference;
-- the PPO dashboard of the whole run (`rlhflab.live`), the same charts the notebook drew live.
+- the PPO dashboard of the whole run (`rlhflab.trainers.live`), the same charts the notebook drew live.
 
 Styling is the page's own CSS, plotly.js is inlined once (no CDN), and model text is escaped
 (pandas `escape=True`), so the page works offline and is safe to open.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .live import page
-from .metrics import leaderboard_plot
+from ..labeling.metrics import leaderboard_plot
+from ..trainers.live import page
 
 # stages.METRICS' names as table headers, with how to print them
 COLUMNS = {
@@ -85,7 +85,7 @@ def before_after(samples: pd.DataFrame) -> pd.DataFrame:
 def write_report(loop, path: str | Path, leaderboard: pd.DataFrame | None = None) -> Path:
     """Write the page for `loop` (an `RLHFLoop` with at least one round) to `path`; returns the path.
 
-    `leaderboard` (from `rlhflab.metrics.leaderboard(store, intervals=...)`) adds the interval plot.
+    `leaderboard` (from `rlhflab.labeling.metrics.leaderboard(store, intervals=...)`) adds the interval plot.
     """
     if not loop.results:
         raise ValueError("the loop has no finished round to report yet; run loop.run() or loop.finish_round() first")

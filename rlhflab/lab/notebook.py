@@ -19,7 +19,7 @@ Postgres), and `earlier_output` lets a notebook reuse what the one before it lef
 labels, reward model) and say so, or say what it does instead when that notebook never ran.
 
 `static_page` turns an executed notebook into an HTML page that needs neither a kernel nor the widgets'
-saved state, and `write_pages` (`make pages`, `python -m rlhflab.notebook [--quick]`) writes one for
+saved state, and `write_pages` (`make pages`, `python -m rlhflab.lab.notebook [--quick]`) writes one for
 each notebook, so a participant can read the results before running anything.
 
 `INSTALL` is the one requirement every notebook's install cell installs on Colab, pinned to the
@@ -41,10 +41,10 @@ import time
 import uuid
 from pathlib import Path
 
-from . import __version__
-from .embedded import NAMES as EMBEDDED_NAMES
-from .embedded import SMOLLM2
-from .models import default_device, precision_for
+from .. import __version__
+from ..trainers.embedded import NAMES as EMBEDDED_NAMES
+from ..trainers.embedded import SMOLLM2
+from ..trainers.models import default_device, precision_for
 
 INSTALL = f"rlhflab @ git+https://github.com/rlhflab/rlhflab@v{__version__}"  # the tag must exist on release
 RESTART_AFTER_UPGRADE = ("torch", "ipywidgets")  # what a kernel keeps using once imported, whatever pip does

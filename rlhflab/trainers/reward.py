@@ -5,7 +5,7 @@ RewardTrainer on prompt / chosen / rejected rows:
 
     loss = -log sigmoid(r(chosen) - r(rejected) - margin)        (Touvron et al. 2023, eq. 2)
 
-- Preference strength becomes the margin (`rlhflab.records.MARGINS`, Llama 2's "small" margins:
+- Preference strength becomes the margin (`rlhflab.labeling.records.MARGINS`, Llama 2's "small" margins:
   slightly 1/3, clearly 2/3, much 1). A numeric 'margin' column, as the label store exports, is used as is.
 - Ties and "both bad" carry no direction, so they are not rows here (the label store keeps them;
   its TRL export leaves them out). Rankings arrive already expanded into all their pairs.
@@ -28,9 +28,9 @@ from datasets import Dataset
 from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification
 
+from ..labeling.records import COMPARISON_COLUMNS, MARGINS, REPLIES, as_rows
 from .live import LivePlot
 from .models import attach_adapter, default_device, left_padded_positions, load_pretrained, transcript_ids
-from .records import COMPARISON_COLUMNS, MARGINS, REPLIES, as_rows
 from .training import refuse_to_train_quantized, restore_adapter_dtype, trl_args
 
 NORMALIZATION_FILE = "reward_normalization.json"  # mean, std and max_length, saved with the adapter

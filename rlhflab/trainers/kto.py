@@ -9,7 +9,7 @@ A chat product collects one verdict per answer, not comparisons. KTO learns from
 where z is an estimate of KL(pi || ref) from mismatched prompt / completion pairs of the batch
 (Ethayarajh et al. 2024, eq. 8). We build on TRL's KTOTrainer:
 
-- Rows come from a `LabelStore` (`rlhflab.exports.kto_rows`): every thumbs rating of the playground,
+- Rows come from a `LabelStore` (`rlhflab.labeling.exports.kto_rows`): every thumbs rating of the playground,
   and every decided pair as chosen = desirable, rejected = undesirable. Or from any DataFrame,
   Dataset or list of rows with prompt / completion / label.
 - As for DPO, a LoRA policy loaded on a trained adapter keeps a frozen copy of it as the reference,
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import trl
 
-from .exports import kto_rows
+from ..labeling.exports import kto_rows
+from ..labeling.records import REPLIES, as_rows
+from ..labeling.store import LabelStore
 from .live import LivePlot
 from .models import Policy
-from .records import REPLIES, as_rows
-from .store import LabelStore
 from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
 
 LOGGED = ("rewards/chosen", "rewards/rejected", "rewards/margins", "kl")

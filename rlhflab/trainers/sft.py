@@ -13,9 +13,9 @@ from pathlib import Path
 import trl
 from datasets import Dataset
 
+from ..labeling.records import DEMONSTRATION_COLUMNS, as_rows
 from .live import LivePlot
 from .models import Policy
-from .records import DEMONSTRATION_COLUMNS, as_rows
 from .training import chat_dataset, refuse_to_train_quantized, restore_adapter_dtype, save_trained, trl_args
 
 

@@ -220,7 +220,7 @@ def masked_logits(logits: torch.Tensor, nucleus: torch.Tensor | None) -> torch.T
 
 
 # ---------------------------------------------------------------------------------------------
-# Models: the policy with its value head (rewards live in rlhflab.reward)
+# Models: the policy with its value head (rewards live in rlhflab.trainers.reward)
 # ---------------------------------------------------------------------------------------------
 
 class PolicyWithValue(torch.nn.Module):
@@ -389,7 +389,7 @@ class PPOTrainer:
         prompts: the prompts to sample from (a list of strings).
         reward: a `RewardModel` or `SharedReward` (normalised), the gold annotator, a function
             f(prompts, responses) -> list[float], or a `WeightedReward` of these
-            (`rlhflab.reward_functions`).
+            (`rlhflab.trainers.reward_functions`).
         config: PPOConfig.
         gold: optional GoldAnnotator; its mean score is logged next to the proxy reward.
         ptx_texts: demonstration or pretraining texts for the ptx term (needs ptx_coef > 0).
