@@ -1,19 +1,22 @@
-"""The layout the README promises: data flows one way, the truth imports no trainer, training code
-never loads the widgets, no import cycles, and the README's module and metric tables match the code."""
+"""The layout the README promises: the layers are the folders of rlhflab/, each imports only the layers below
+it (so the truth imports no trainer and nothing imports the lab), training code never loads the widgets,
+there are no import cycles, and the README's module and metric tables match the code."""
 
 import ast
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).parent.parent
 PACKAGE = ROOT / "rlhflab"
-TRAINERS = {"rlhflab.trainers.sft", "rlhflab.trainers.reward", "rlhflab.trainers.ppo", "rlhflab.trainers.dpo",
-            "rlhflab.trainers.kto", "rlhflab.trainers.ilql", "rlhflab.trainers.critic_free",
-            "rlhflab.trainers.reward_functions", "rlhflab.trainers.best_of_n", "rlhflab.trainers.training",
-            "rlhflab.lab.stages", "rlhflab.lab.loop", "rlhflab.trainers.live"}
-ORCHESTRATION = ["rlhflab.lab.stages", "rlhflab.lab.loop", "rlhflab.lab.report", "rlhflab.lab.demo"]
+# Bottom to top: a layer may import the layers before it, never those after it. The truth labels through the
+# store, the trainers load the truth's shipped model and score with its gold annotator, the lab runs them all.
+LAYERS = ("rlhflab.labeling", "rlhflab.tiny", "rlhflab.trainers", "rlhflab.lab")
+WIDGET = "rlhflab.labeling.widget"  # the one module that imports anywidget
 
 
 def module_name(path: Path) -> str:
@@ -23,6 +26,10 @@ def module_name(path: Path) -> str:
 
 def modules() -> dict[str, Path]:
     return {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
 
 
 def imports_of(name: str, path: Path) -> set[str]:
@@ -42,25 +49,48 @@ def imports_of(name: str, path: Path) -> set[str]:
     return {m for m in found if m in modules() and m != name}
 
 
-def test_the_truth_imports_no_trainer_and_models_do_not_import_the_build_script():
-    graph = {name: imports_of(name, path) for name, path in modules().items()}
-    for name, targets in graph.items():
-        if name.startswith("rlhflab.tiny"):
-            assert not targets & TRAINERS, f"{name} imports {targets & TRAINERS}"
-    assert "rlhflab.tiny.build" not in graph["rlhflab.trainers.models"]
+def import_graph() -> dict[str, set[str]]:
+    return {name: imports_of(name, path) for name, path in modules().items()}
+
+
+def test_the_top_of_the_package_holds_only_its_init_and_the_layers():
+    top = {path.name for path in PACKAGE.iterdir() if path.name != "__pycache__"}
+    assert top == {"__init__.py"} | {layer.split(".")[1] for layer in LAYERS}, "a module belongs in a layer's folder"
+    for layer in LAYERS:
+        docstring = ast.get_docstring(ast.parse((PACKAGE / layer.split(".")[1] / "__init__.py").read_text()))
+        assert docstring and "import" in docstring, f"{layer}/__init__.py should say what the layer owns and imports"
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_each_layer_imports_only_the_layers_below_it(layer):
+    """So the truth (`rlhflab.tiny`) imports no trainer and nothing of the lab, the labeling layer imports no
+    trainer, no truth and no lab (a reward model or a policy reaches it as an argument), and the trainers
+    import nothing of the lab."""
+    above = LAYERS[LAYERS.index(layer) + 1:]
+    for name, targets in import_graph().items():
+        if within(name, layer):
+            upward = sorted(t for t in targets if any(within(t, other) for other in above))
+            assert not upward, f"{name} imports {upward}, a layer above {layer}"
+
+
+def test_the_trainers_never_import_the_widgets_and_nothing_imports_the_build_script():
+    for name, targets in import_graph().items():
+        if within(name, "rlhflab.trainers"):
+            assert WIDGET not in targets, f"{name} imports {WIDGET}"
+        assert "rlhflab.tiny.build" not in targets, f"{name} imports the tiny model's build script"
 
 
 def test_the_stages_and_the_loop_take_any_task_and_import_nothing_of_the_tiny_world():
     """Issue 27: every stage took `world, gold`. The tiny world is one task (`rlhflab.tiny.task`), so the
     orchestration imports nothing from `rlhflab.tiny`, anywhere in the file."""
-    graph = {name: imports_of(name, path) for name, path in modules().items()}
+    graph = import_graph()
     for name in ("rlhflab.lab.stages", "rlhflab.lab.loop", "rlhflab.lab.task"):
-        tiny = sorted(t for t in graph[name] if t == "rlhflab.tiny" or t.startswith("rlhflab.tiny."))
+        tiny = sorted(t for t in graph[name] if within(t, "rlhflab.tiny"))
         assert not tiny, f"{name} imports {tiny}: take a task instead"
 
 
 def test_no_import_cycles():
-    graph = {name: imports_of(name, path) for name, path in modules().items()}
+    graph = import_graph()
     for name in graph:  # a package's own __init__ runs before its submodules: not an edge of the flow
         graph[name] = {t for t in graph[name] if not name.startswith(t + ".")}
     done, path = set(), []
@@ -80,18 +110,33 @@ def test_no_import_cycles():
         visit(name)
 
 
-def test_orchestration_never_loads_the_widgets():
-    script = f"import sys; import {', '.join(ORCHESTRATION)}; print('anywidget' in sys.modules)"
+def test_only_the_widget_module_imports_anywidget():
+    """Every other module, imported whole (the package's `__init__` loads the widgets lazily), leaves anywidget
+    unloaded; and no other module names it in an import."""
+    for name, path in modules().items():
+        if name == WIDGET:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            named = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            assert not any(within(n, "anywidget") for n in named), f"{name} imports anywidget"
+    others = sorted(name for name in modules() if name != WIDGET)
+    script = f"import sys; import {', '.join(others)}; print('anywidget' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_readme_module_table_matches_the_tree_and_every_module_says_what_it_owns():
+    """One row per module, its layer its folder; the data packages that pyproject.toml maps into the package
+    (the notebooks, the widgets' front end) are the 'assets'."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Modules\n", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"^\| \w+ \| `(rlhflab[\w.]*)` \|", section, flags=re.M))
-    shipped = {name for name, path in modules().items() if path.name != "__init__.py"}
-    assert listed == shipped | {"rlhflab.notebooks", "rlhflab.widgets"}
+    rows = re.findall(r"^\| (\w+) \| `(rlhflab[\w.]*)` \|", section, flags=re.M)
+    listed = {module: layer for layer, module in rows}
+    assert len(listed) == len(rows), "a module is listed twice"
+    shipped = {name: name.split(".")[1] for name, path in modules().items() if path.name != "__init__.py"}
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    assert listed == shipped | {package: "assets" for package in data}
     for name, path in modules().items():
         docstring = ast.get_docstring(ast.parse(path.read_text()))
         assert docstring and len(docstring.split()) >= 5, f"{name} has no docstring saying what it owns"

@@ -121,6 +121,15 @@ def test_shipped_model_is_safetensors_under_20_mb():
     assert not list(model.glob("*.bin")) and not list(model.glob("*.pt"))
 
 
+
+def test_every_package_of_the_tree_is_listed_for_the_wheel():
+    """`packages` in pyproject.toml is a list by hand: a layer's folder missing from it would be missing from the
+    wheel. The wheel test below would catch that too, slowly; this says which at once."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    in_tree = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "rlhflab").rglob("__init__.py")}
+    data = {"rlhflab.tiny.model", *setuptools["package-dir"]}  # folders of files, shipped as packages
+    assert set(setuptools["packages"]) == in_tree | data
+
 @pytest.mark.slow
 def test_wheel_holds_model_and_widgets(tmp_path):
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
