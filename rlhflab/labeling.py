@@ -244,6 +244,11 @@ class _Labeler(anywidget.AnyWidget):
                 progress["qualifying"] = f"{round_['answered']} of {round_['required']}"
         self.progress = progress
 
+    def _lease_kept(self) -> bool:
+        """Whether the item on screen is still this annotator's: its lease is renewed, or taken again while the
+        item has room for them (`LabelStore.renew_lease`)."""
+        return self.store.renew_lease(self.item["item_id"], self.annotator)
+
     def _history(self) -> list[dict]:
         return [{"event_id": e["event_id"], "action": e["action"], "prompt": e["prompt"][:120],
                  "summary": _summary(e)} for e in self.store.recent(self.annotator, self.config.history)]
@@ -271,8 +276,10 @@ class _Labeler(anywidget.AnyWidget):
         """Apply one browser message; also how tests and scripts drive the widget without a browser."""
         action = message.get("action")
         if action == "still_here":  # the item is still on screen: keep its lease, quietly
-            if self.item and message.get("item_id") == self.item["item_id"]:
-                self.store.renew_lease(self.item["item_id"], self.annotator)
+            if self.item and message.get("item_id") == self.item["item_id"] and not self._lease_kept():
+                self.say("this item went to someone else while it was off screen (its lease ran out); here is "
+                         "the next one")
+                self.show_next()
             return
         if action == "undo":
             # `target`, the newest event the browser listed, makes a resent undo cancel nothing more
@@ -331,6 +338,11 @@ class _Labeler(anywidget.AnyWidget):
         problem = broken_rule(self.config, answer, time.time() - self._shown_at)
         if problem:
             raise ValueError(problem)
+        if not self.item["editing"] and not self._lease_kept():  # an answer now would exceed the overlap
+            self.say("not saved: this item went to someone else while it was off screen (its lease ran out); "
+                     "here is the next one")
+            self.show_next()
+            return
         self.store.record(item_id, self.annotator, session=self.session, shown_order=order, event_id=event_id,
                           shown_at=self._shown_at, guidelines=self.config.guidelines_version, **answer)
         if action == "skip":

@@ -760,18 +760,32 @@ class LabelStore:
         return None if row is None else _item_of(row)
 
     def renew_lease(self, item_id: str, annotator: str) -> bool:
-        """Keep `annotator`'s item: a live lease on `item_id` gets `config.lease_seconds` more from now, as the
+        """Keep `annotator`'s item: their lease on `item_id` gets `config.lease_seconds` more from now, as the
         widget asks while the item stays on screen, so a slow reader is not handed a duplicate by the queue.
-        Returns False when no lease is live (it expired, and the item may be someone else's now).
+
+        A lease that ran out (a hidden tab, a sleeping laptop) is taken again while the item still has room for
+        them: a gold item always, another while its labels and others' live leases are fewer than `overlap`.
+        Returns False when it has none: it went to someone else, and an answer now would exceed the overlap.
         """
         annotator, now = annotator_name(annotator), time.time()
-        lease = leases_table.c
+        lease, c = leases_table.c, coverage_table.c
 
         def renew():
             with self._write(durable=False) as conn:
-                return conn.execute(update(leases_table).where(
-                    lease.project == self.project, lease.item_id == item_id, lease.annotator == annotator,
-                    lease.expires_at > now).values(expires_at=now + self.config.lease_seconds)).rowcount > 0
+                if conn.execute(update(leases_table).where(
+                        lease.project == self.project, lease.item_id == item_id, lease.annotator == annotator,
+                        lease.expires_at > now).values(expires_at=now + self.config.lease_seconds)).rowcount:
+                    return True
+                others = select(func.count()).where(
+                    lease.project == self.project, lease.item_id == item_id, lease.expires_at > now,
+                    lease.annotator != annotator, ~self._answered(lease.annotator, lease.item_id)).scalar_subquery()
+                room = conn.execute(select(c.gold | (c.labels + others < self.config.overlap)).where(
+                    c.project == self.project, c.item_id == item_id)).scalar()
+                if room:
+                    self._upsert(conn, leases_table, [{"project": self.project, "item_id": item_id, "annotator":
+                                                       annotator, "expires_at": now + self.config.lease_seconds}],
+                                 ("expires_at",))
+                return bool(room)
 
         return self._retrying(renew)
 

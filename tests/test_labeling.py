@@ -407,6 +407,26 @@ def test_the_item_on_screen_keeps_its_lease_while_the_browser_says_it_is_still_t
     assert labeler.status == ""
 
 
+def test_an_item_whose_lease_ran_out_off_screen_and_went_to_someone_else_takes_no_answer(tmp_path):
+    """Issue 30, defect 5: a tab hidden past the lease came back to an item someone else had labeled since, and
+    its answer was stored anyway: overlap + 1 labels, and with overlap 1 a split the majority policy drops."""
+    store = LabelStore(tmp_path / "l.db", config=StoreConfig(overlap=1, lease_seconds=0.3))
+    store.add_items(world_items(TinyWorld(), 2))
+    ada = PairwiseLabeler(store, "ada")
+    stale = ada.item
+    time.sleep(0.4)  # ada's tab is hidden; the lease runs out
+    taken = store.next_item("bob")
+    assert taken.item_id == stale["item_id"]
+    store.record(taken.item_id, "bob", choice="a")
+    ada.handle({"action": "label", "item_id": stale["item_id"], "event_id": stale["event_id"], "choice": "left"})
+    assert [label["annotator"] for label in store.labels()] == ["bob"]  # one label, as overlap 1 asks
+    assert ada.status.startswith("not saved: this item went to someone else") and ada.item["item_id"] != stale["item_id"]
+    on_screen, status = ada.item, ada.status
+    time.sleep(0.4)  # hidden again, but nobody wanted this item: the tab's first tick takes it back, quietly
+    ada.handle({"action": "still_here", "item_id": on_screen["item_id"]})
+    assert (ada.item, ada.status) == (on_screen, status) and store.next_item("bob") is None
+
+
 def test_a_label_reaches_the_browser_as_one_message_with_the_next_item_and_the_progress_follows(store, monkeypatch):
     """Issue 14: a key press sent the browser three messages (the status twice, then the item with the progress and
     history) and counted the whole queue before the next item left the kernel; the Jupyter server passes them on one

@@ -227,8 +227,11 @@ def test_a_renewed_lease_keeps_the_item_while_it_is_on_screen(tmp_path):
     time.sleep(0.4)  # past the first lease, inside the renewed one
     assert store.next_item("bob") is None
     time.sleep(0.7)  # ada walked away and nothing renewed it
-    assert not store.renew_lease(held.item_id, "ada")  # an expired lease is not brought back
     assert store.next_item("bob").item_id == held.item_id
+    assert not store.renew_lease(held.item_id, "ada")  # bob holds it now: no room for ada (overlap 1)
+    time.sleep(0.7)  # bob walked away too
+    assert store.renew_lease(held.item_id, "ada")  # an expired lease is taken again while the item has room
+    assert store.next_item("bob") is None
 
 
 # -- durability ----------------------------------------------------------------------------------
