@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import secrets
 import sqlite3
 import time
 import unicodedata
@@ -69,6 +70,7 @@ from sqlalchemy.schema import CreateColumn
 
 from .records import Conversation, Item, prompt_text
 
+UNPREDICTABLE = secrets.SystemRandom()  # the gold schedule's draws
 ACTIONS = ("label", "skip", "flag_prompt", "undo", "decide")
 # A decision is not an annotator's answer: it never takes the place of the reviewer's own label on the item
 # and never moves anyone's queue; exports read it under the "adjudicated" policy.
@@ -818,8 +820,9 @@ class LabelStore:
             .join(coverage_table, (c.project == f.project) & (c.item_id == f.item_id))
             .where(f.project == self.project, f.annotator == annotator)).one()
         due = self.config.gold_rate * (answered + 1) - gold  # gold items owed once this one is answered
-        draw = zlib.crc32(f"{self.project}/{annotator}/{answered}".encode()) / 2**32  # stable across a reload
-        return due > draw
+        # A draw from the system's randomness, which no annotator can compute from what they see (a hash of
+        # project, name and count could be). A reload needs no stable draw: the item leased is served again.
+        return due > UNPREDICTABLE.random()
 
     def qualification(self, annotator: str) -> dict:
         """The annotator's qualification round: gold items `required`, how many they `answered` (their
