@@ -678,19 +678,27 @@ class LabelStore:
         return self.record(item_id, annotator, action="flag_prompt", rationale=rationale, **kwargs)
 
     def undo(self, annotator: str, event_id: str | None = None, session: str | None = None) -> dict | None:
-        """Cancel `event_id`, or the annotator's latest event still in force; returns the cancelled event."""
-        annotator = annotator_name(annotator)
-        with self._read() as conn:
-            events = self._events(conn, annotator=annotator)
-        undone = {e["target"] for e in events if e["action"] == "undo"}
-        live = [e for e in events if e["action"] != "undo" and e["event_id"] not in undone]
+        """Cancel `event_id`, or the annotator's latest event still in force; returns the cancelled event. One
+        indexed lookup, however long the annotator's log."""
+        annotator, e = annotator_name(annotator), events_table.c
+        query = select(events_table).where(e.project == self.project, e.annotator == annotator, e.action != "undo",
+                                           ~select(literal(1)).where(UNDO.c.target == e.event_id).exists())
         if event_id is not None:
-            live = [e for e in live if e["event_id"] == event_id]
-        if not live:
+            query = query.where(e.event_id == event_id)
+        with self._read() as conn:
+            target = conn.execute(query.order_by(e.id.desc()).limit(1)).mappings().first()
+        if target is None:
             return None
-        target = live[-1]
         self.record(target["item_id"], annotator, action="undo", target=target["event_id"], session=session)
-        return target
+        return dict(target)
+
+    def event(self, event_id: str) -> dict | None:
+        """One event of this project by its event_id (an indexed lookup), or None."""
+        e = events_table.c
+        with self._read() as conn:
+            row = conn.execute(select(events_table).where(e.event_id == event_id, e.project == self.project)
+                               ).mappings().first()
+        return dict(row) if row is not None else None
 
     def events(self, annotator: str | None = None) -> list[dict]:
         """The raw log, oldest first."""
@@ -1008,6 +1016,7 @@ class LabelStore:
 
 
 # The values the assignment query binds when it runs (see `LabelStore._assignment`)
+UNDO = events_table.alias("undo")  # an event that cancels the one it targets
 ANNOTATOR, NOW, EXCLUDE = bindparam("annotator", type_=String), bindparam("now", type_=Float), bindparam("exclude", expanding=True)
 IN_QUEUE_ORDER, QUALIFYING = (None,), (True,)  # plans (see `LabelStore._plan`): any open item; gold items only
 

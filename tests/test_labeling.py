@@ -2,6 +2,7 @@
 and the front end's pure logic under node."""
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -446,3 +447,26 @@ def test_a_label_reaches_the_browser_as_one_message_with_the_next_item_and_the_p
 
     assert asyncio.run(press()) == [{"status", "item", "history"}]
     assert sent[1:] == [{"progress"}] and labeler.progress["labelled"] == 1
+
+
+def test_undo_edit_and_skip_read_no_more_of_the_log_as_it_grows(tmp_path):
+    """Issue 30, defect 10: undo and Edit read the annotator's whole log on every click, and the widget sent
+    every item skipped this session back as a NOT IN list. Now no click reads the annotator's events at large:
+    each read of the log is bounded (one pair's events, events by id, or the newest with LIMIT)."""
+    from sqlalchemy import event
+
+    store = LabelStore(tmp_path / "l.db")
+    items = world_items(TinyWorld(), 60)
+    store.add_items(items)
+    store.record_many([{"item_id": item.item_id, "annotator": "ada", "choice": "a"} for item in items[:40]])
+    labeler = PairwiseLabeler(store, "ada")
+    sent = []
+    event.listen(store.engine, "before_cursor_execute", lambda _c, _cur, statement, *_: sent.append(statement))
+    for _ in range(3):
+        labeler.handle({"action": "skip", "item_id": labeler.item["item_id"], "event_id": labeler.item["event_id"]})
+    labeler.handle({"action": "undo", "target": labeler.history[0]["event_id"]})
+    labeler.handle({"action": "edit", "event_id": labeler.history[-1]["event_id"]})
+    whole_log = [s for s in sent if s.lstrip().startswith("SELECT") and re.search(r"FROM events\b", s)
+                 and "events.annotator = ?" in s and "events.item_id = ?" not in s and "LIMIT" not in s]
+    assert not whole_log, whole_log
+    assert not any("NOT IN" in s for s in sent)
