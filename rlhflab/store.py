@@ -721,7 +721,19 @@ class LabelStore:
 
     def labels(self) -> list[dict]:
         """The labels in force, one per (item, annotator), oldest first; skips and undone labels left out."""
-        return sorted((e for e in self.current().values() if e["action"] == "label"), key=lambda e: e["id"])
+        return _labels_in_force(self.current())
+
+    def snapshot(self) -> StoreSnapshot:
+        """The items and the whole log as one transaction saw them (a repeatable read on Postgres), with the
+        read methods of the store. Exports read this, so a label written meanwhile never meets an item list
+        that lacks its item, and labels and decisions come from one moment."""
+        with self._read() as conn:
+            if not self.is_sqlite:  # Postgres' default isolation gives each statement its own snapshot
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            items = conn.execute(select(items_table).where(items_table.c.project == self.project)
+                                 .order_by(items_table.c.id)).mappings()
+            items = {r["item_id"]: _item_of(r) for r in items}
+            return StoreSnapshot(items, self._events(conn))
 
     def decide(self, item_id: str, reviewer: str, *, choice: str | None = None, strength: str | None = None,
                ranking: list[int] | None = None, rationale: str | None = None, **kwargs) -> str:
@@ -733,9 +745,7 @@ class LabelStore:
 
     def decisions(self) -> dict[str, dict]:
         """item_id -> the decision in force on it (the newest 'decide' event not undone)."""
-        events = self.events()
-        undone = {e["target"] for e in events if e["action"] == "undo"}
-        return {e["item_id"]: e for e in events if e["action"] == "decide" and e["event_id"] not in undone}
+        return _decisions(self.events())
 
     # -- assignment ---------------------------------------------------------------------------------
 
@@ -1019,6 +1029,38 @@ class LabelStore:
 UNDO = events_table.alias("undo")  # an event that cancels the one it targets
 ANNOTATOR, NOW, EXCLUDE = bindparam("annotator", type_=String), bindparam("now", type_=Float), bindparam("exclude", expanding=True)
 IN_QUEUE_ORDER, QUALIFYING = (None,), (True,)  # plans (see `LabelStore._plan`): any open item; gold items only
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """A store's items and log read at one moment (`LabelStore.snapshot`), with its read methods."""
+
+    _items: dict[str, Item]
+    _events: list[dict]
+
+    def items(self) -> dict[str, Item]:
+        return self._items
+
+    def events(self) -> list[dict]:
+        return self._events
+
+    def current(self) -> dict[tuple[str, str], dict]:
+        return _fold(self._events)
+
+    def labels(self) -> list[dict]:
+        return _labels_in_force(self.current())
+
+    def decisions(self) -> dict[str, dict]:
+        return _decisions(self._events)
+
+
+def _labels_in_force(current: dict[tuple[str, str], dict]) -> list[dict]:
+    return sorted((e for e in current.values() if e["action"] == "label"), key=lambda e: e["id"])
+
+
+def _decisions(events: list[dict]) -> dict[str, dict]:
+    undone = {e["target"] for e in events if e["action"] == "undo"}
+    return {e["item_id"]: e for e in events if e["action"] == "decide" and e["event_id"] not in undone}
 
 
 def matches_gold(label, gold) -> bool:

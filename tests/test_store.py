@@ -427,6 +427,8 @@ def test_postgres_store_derives_the_same_view(postgres_url):
     store.undo("ada")
     store.record(Item("rank?", ("x", "y", "z")).item_id, "ada", ranking=[1, 2, 2])
     assert [l["flags"] for l in store.labels()] == [{"b": ["harmful"]}, None]
+    snapshot = store.snapshot()  # what exports read: one repeatable-read transaction on Postgres
+    assert snapshot.labels() == store.labels() and snapshot.items() == store.items()
     assert store.gold_accuracy() == {"ada": {"gold_items": 1, "accuracy": 1.0}}
     with store.engine.connect() as conn:  # a stuck statement fails (and is retried once) instead of hanging
         assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "30s"
