@@ -613,31 +613,38 @@ class LabelStore:
         for e in new:
             if e["action"] in ANSWERS:
                 state[(e["item_id"], e["annotator"])] = e
-        targets = [e["target"] for e in new if e["action"] == "undo"]
+        undone_events = list(self._stored_events(conn, [e["target"] for e in new if e["action"] == "undo"]).values())
+        refolded = {(target["item_id"], target["annotator"]) for target in undone_events}
+        if not state and not refolded:
+            return
+        # On Postgres two answers to one item, committed at once, would each count the item's answers and labels
+        # without the other's, and an undo could refold its pair without an answer committed meanwhile: the
+        # item's lock, taken before anything is read, makes the second writer wait for the first commit. Items
+        # stored in this transaction are seen by no other until it commits, and Postgres' lock table holds
+        # about 6,400 locks a transaction: an import of tens of thousands of pairs takes none.
+        if not items_are_new:
+            self._lock_items(conn, {item_id for item_id, _ in state.keys() | refolded})
         c = events_table.c
-        for target in self._stored_events(conn, targets).values():
-            key = (target["item_id"], target["annotator"])
+        for key in refolded:  # the answer before comes back: refold the pair from its own events (a few rows)
             pair = self._events(conn, annotator=key[1], item_id=key[0])
             undone = set(conn.scalars(select(c.target).where(c.project == self.project, c.action == "undo",
                                                              c.target.in_([e["event_id"] for e in pair]))))
             answers = [e for e in pair if e["action"] in ANSWERS and e["event_id"] not in undone]
             state[key] = answers[-1] if answers else None
-        if not state:
-            return
-        # On Postgres two answers to one item, committed at once, would each count the item's answers and labels
-        # without the other's: the item's lock makes the second count wait for the first commit. Items stored in
-        # this transaction are seen by no other until it commits, and Postgres' lock table holds about 6,400
-        # locks a transaction: an import of tens of thousands of pairs takes none.
-        if not items_are_new:
-            self._lock_items(conn, {item_id for item_id, _ in state})
         gone = [{"i": item_id, "a": who} for (item_id, who), e in state.items() if e is None]
         if gone:
             self._delete_pairs(conn, in_force_table, gone)
-        now = [{"project": self.project, "item_id": e["item_id"], "annotator": e["annotator"],
-                "event_id": e["event_id"], "action": e["action"], "event_row": e["id"]} for e in state.values() if e]
+        now = {key: {"project": self.project, "item_id": e["item_id"], "annotator": e["annotator"],
+                     "event_id": e["event_id"], "action": e["action"], "event_row": e["id"]}
+               for key, e in state.items() if e}
+        # The log's order is its ids, and Postgres hands ids out at insert, not at commit: an answer that commits
+        # after a newer-id one of the same pair must not replace it (a refolded pair was read whole: it must).
+        for newer_only in (True, False):
+            rows = [row for key, row in now.items() if (key not in refolded) == newer_only]
+            if rows:
+                self._upsert(conn, in_force_table, rows, ("event_id", "action", "event_row"), newer_only)
         if now:
-            self._upsert(conn, in_force_table, now, ("event_id", "action", "event_row"))
-            self._delete_pairs(conn, leases_table, [{"i": e["item_id"], "a": e["annotator"]} for e in now])  # done
+            self._delete_pairs(conn, leases_table, [{"i": e["item_id"], "a": e["annotator"]} for e in now.values()])
 
         def count_answers():
             cov = coverage_table.c
@@ -657,14 +664,16 @@ class LabelStore:
             return delete(table).where(c.project == self.project, c.item_id == bindparam("i"), c.annotator == bindparam("a"))
         conn.execute(self._built(("delete", table.name), build), pairs)
 
-    def _upsert(self, conn: Connection, table: Table, rows: list[dict], changing: tuple[str, ...]):
+    def _upsert(self, conn: Connection, table: Table, rows: list[dict], changing: tuple[str, ...],
+                newer_only: bool = False):
         """Insert `rows` into `table`; a row whose (project, item_id, annotator) is there already has its
-        `changing` columns set instead."""
+        `changing` columns set instead (with `newer_only`, only by a row of a higher `event_row`)."""
         def build():
             upsert = self._insert(table)
-            return upsert.on_conflict_do_update(index_elements=["project", "item_id", "annotator"],
-                                                set_={k: upsert.excluded[k] for k in changing})
-        conn.execute(self._built(("upsert", table.name, changing), build), rows)
+            return upsert.on_conflict_do_update(
+                index_elements=["project", "item_id", "annotator"], set_={k: upsert.excluded[k] for k in changing},
+                where=table.c.event_row < upsert.excluded.event_row if newer_only else None)
+        conn.execute(self._built(("upsert", table.name, changing, newer_only), build), rows)
 
     def _insert(self, table: Table):
         """An INSERT with the database's ON CONFLICT clauses."""
