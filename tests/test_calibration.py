@@ -47,6 +47,17 @@ def test_gold_items_are_mixed_in_at_the_rate_wherever_they_sit_in_the_queue(tmp_
     assert [item.gold for item in served(in_order, "ada")] == ["a"] * 3 + [None] * 3
 
 
+def test_no_one_can_compute_the_gold_schedule_from_what_an_annotator_sees(tmp_path):
+    """Issue 30, defect 13: the draw was crc32(project/annotator/answered), all known to the annotator, so the
+    same name in a project of the same name met gold at the same places in every store."""
+    schedules = set()
+    for copy in range(3):
+        store = LabelStore(tmp_path / f"copy{copy}.db", config=StoreConfig(gold_rate=0.3, synchronous="NORMAL"))
+        store.add_items([gold_pair(n) for n in range(12)] + [pair(n) for n in range(28)])
+        schedules.add(tuple(item.gold is not None for item in served(store, "ada")))
+    assert len(schedules) > 1
+
+
 # -- the qualification round ---------------------------------------------------------------------
 
 def test_real_items_wait_for_a_passed_qualification_round_and_a_failure_says_why(tmp_path):

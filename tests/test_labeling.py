@@ -2,6 +2,7 @@
 and the front end's pure logic under node."""
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -407,6 +408,26 @@ def test_the_item_on_screen_keeps_its_lease_while_the_browser_says_it_is_still_t
     assert labeler.status == ""
 
 
+def test_an_item_whose_lease_ran_out_off_screen_and_went_to_someone_else_takes_no_answer(tmp_path):
+    """Issue 30, defect 5: a tab hidden past the lease came back to an item someone else had labeled since, and
+    its answer was stored anyway: overlap + 1 labels, and with overlap 1 a split the majority policy drops."""
+    store = LabelStore(tmp_path / "l.db", config=StoreConfig(overlap=1, lease_seconds=0.3))
+    store.add_items(world_items(TinyWorld(), 2))
+    ada = PairwiseLabeler(store, "ada")
+    stale = ada.item
+    time.sleep(0.4)  # ada's tab is hidden; the lease runs out
+    taken = store.next_item("bob")
+    assert taken.item_id == stale["item_id"]
+    store.record(taken.item_id, "bob", choice="a")
+    ada.handle({"action": "label", "item_id": stale["item_id"], "event_id": stale["event_id"], "choice": "left"})
+    assert [label["annotator"] for label in store.labels()] == ["bob"]  # one label, as overlap 1 asks
+    assert ada.status.startswith("not saved: this item went to someone else") and ada.item["item_id"] != stale["item_id"]
+    on_screen, status = ada.item, ada.status
+    time.sleep(0.4)  # hidden again, but nobody wanted this item: the tab's first tick takes it back, quietly
+    ada.handle({"action": "still_here", "item_id": on_screen["item_id"]})
+    assert (ada.item, ada.status) == (on_screen, status) and store.next_item("bob") is None
+
+
 def test_a_label_reaches_the_browser_as_one_message_with_the_next_item_and_the_progress_follows(store, monkeypatch):
     """Issue 14: a key press sent the browser three messages (the status twice, then the item with the progress and
     history) and counted the whole queue before the next item left the kernel; the Jupyter server passes them on one
@@ -426,3 +447,26 @@ def test_a_label_reaches_the_browser_as_one_message_with_the_next_item_and_the_p
 
     assert asyncio.run(press()) == [{"status", "item", "history"}]
     assert sent[1:] == [{"progress"}] and labeler.progress["labelled"] == 1
+
+
+def test_undo_edit_and_skip_read_no_more_of_the_log_as_it_grows(tmp_path):
+    """Issue 30, defect 10: undo and Edit read the annotator's whole log on every click, and the widget sent
+    every item skipped this session back as a NOT IN list. Now no click reads the annotator's events at large:
+    each read of the log is bounded (one pair's events, events by id, or the newest with LIMIT)."""
+    from sqlalchemy import event
+
+    store = LabelStore(tmp_path / "l.db")
+    items = world_items(TinyWorld(), 60)
+    store.add_items(items)
+    store.record_many([{"item_id": item.item_id, "annotator": "ada", "choice": "a"} for item in items[:40]])
+    labeler = PairwiseLabeler(store, "ada")
+    sent = []
+    event.listen(store.engine, "before_cursor_execute", lambda _c, _cur, statement, *_: sent.append(statement))
+    for _ in range(3):
+        labeler.handle({"action": "skip", "item_id": labeler.item["item_id"], "event_id": labeler.item["event_id"]})
+    labeler.handle({"action": "undo", "target": labeler.history[0]["event_id"]})
+    labeler.handle({"action": "edit", "event_id": labeler.history[-1]["event_id"]})
+    whole_log = [s for s in sent if s.lstrip().startswith("SELECT") and re.search(r"FROM events\b", s)
+                 and "events.annotator = ?" in s and "events.item_id = ?" not in s and "LIMIT" not in s]
+    assert not whole_log, whole_log
+    assert not any("NOT IN" in s for s in sent)

@@ -374,3 +374,32 @@ def test_a_resumed_nlpo_run_keeps_the_mask_it_had(world, gold, tmp_path):
     again.resume(tmp_path / "checkpoint")
     resumed = get_peft_model_state_dict(again.policy.model, adapter_name=MaskedPolicy.ADAPTER)
     assert all(torch.equal(resumed[k], mask[k]) for k in mask)
+
+
+def test_the_nucleus_always_keeps_eos():
+    """Issue 29, defect 2: RL4LMs keeps EOS in every nucleus, so a reply can always end; ours could mask it out."""
+    logits = torch.tensor([[8.0, 6.0, 0.0, -5.0]])  # EOS (3) is far outside a 0.9 nucleus
+    assert nucleus_mask(logits, 0.9).tolist() == [[True, True, False, False]]
+    assert nucleus_mask(logits, 0.9, eos_token_id=3).tolist() == [[True, True, False, True]]
+
+
+def test_an_nlpo_checkpoint_is_evaluated_within_its_nucleus(world, gold, tmp_path):
+    """Issue 29, defect 2: NLPO trained within its masked policy's nucleus but was saved, loaded and evaluated
+    without it, so evaluation sampled tokens NLPO never trained. The stages' loader now gives a policy that
+    samples within the nucleus, and scores its replies under the same mask."""
+    from rlhflab.trainers.ppo import NucleusPolicy
+    from rlhflab.lab.stages import RLHFConfig, load
+
+    trainer = PPOTrainer(load_policy("tiny", lora=True), prompts(world), GoldReward(gold),
+                         small(tmp_path, nlpo_top_p=0.3, nlpo_sync_every=1))
+    trainer.train()
+    policy = load(RLHFConfig(out_dir=str(tmp_path)), tmp_path / "checkpoint")
+    assert isinstance(policy, NucleusPolicy) and policy.masked.top_p == 0.3
+    replies, sampled = policy.sample(prompts(world)[:6], max_new_tokens=12, seed=0)
+    for prompt, ids in zip(prompts(world)[:6], sampled):
+        sequence = policy.prompt_ids(prompt) + list(ids)
+        batch = policy.tokenizer.pad({"input_ids": [sequence]}, return_tensors="pt", padding_side="left")
+        nuclei = policy.masked.nuclei(batch, len(ids))[0]  # (R, V)
+        assert nuclei.gather(-1, torch.tensor(ids)[:, None]).all()  # every sampled token is inside its nucleus
+        assert nuclei.sum(-1).float().mean() < 0.5 * nuclei.shape[-1]  # and the nucleus is a real cut
+    assert torch.isfinite(policy.reply_logprobs(prompts(world)[:6], sampled)).all()  # scored under the same mask

@@ -356,3 +356,27 @@ def test_an_import_interrupted_midway_leaves_the_store_as_it_was_and_a_rerun_sto
     assert report.stored == 2 and len(store.labels()) == 2 and trl_rows(store) == [
         {**{k: row[k] for k in ("prompt", "chosen", "rejected")}, "margin": 0.0, "annotator": "imported", "flags": []}
         for row in ROWS]
+
+
+def test_an_export_reads_the_items_and_the_labels_at_one_moment(tmp_path, store):
+    """Issue 30, defect 10: exports read items, labels and decisions in three transactions, so a label written
+    in between met an item list without its item and was dropped as 'unknown item', with a warning."""
+    import warnings
+
+    from sqlalchemy import event
+
+    import_comparisons(store, ROWS)
+    other = LabelStore(store.engine.url)  # another kernel, labeling while the export runs
+    late = Item("Is the owl awake at noon?", ("No.", "Yes."))
+
+    def write_once(_conn, _cursor, statement, *_):
+        if "FROM items" in statement and not other.items().get(late.item_id):
+            other.add_items([late])
+            other.record(late.item_id, "bob", choice="a")
+
+    event.listen(store.engine, "after_cursor_execute", write_once)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an UnreadableEventWarning fails the test
+        rows = trl_rows(store)
+    assert len(rows) == 2 and not rows.dropped
+    assert len(trl_rows(store)) == 3  # the next export sees the late label, with its item

@@ -227,8 +227,11 @@ def test_a_renewed_lease_keeps_the_item_while_it_is_on_screen(tmp_path):
     time.sleep(0.4)  # past the first lease, inside the renewed one
     assert store.next_item("bob") is None
     time.sleep(0.7)  # ada walked away and nothing renewed it
-    assert not store.renew_lease(held.item_id, "ada")  # an expired lease is not brought back
     assert store.next_item("bob").item_id == held.item_id
+    assert not store.renew_lease(held.item_id, "ada")  # bob holds it now: no room for ada (overlap 1)
+    time.sleep(0.7)  # bob walked away too
+    assert store.renew_lease(held.item_id, "ada")  # an expired lease is taken again while the item has room
+    assert store.next_item("bob") is None
 
 
 # -- durability ----------------------------------------------------------------------------------
@@ -424,6 +427,8 @@ def test_postgres_store_derives_the_same_view(postgres_url):
     store.undo("ada")
     store.record(Item("rank?", ("x", "y", "z")).item_id, "ada", ranking=[1, 2, 2])
     assert [l["flags"] for l in store.labels()] == [{"b": ["harmful"]}, None]
+    snapshot = store.snapshot()  # what exports read: one repeatable-read transaction on Postgres
+    assert snapshot.labels() == store.labels() and snapshot.items() == store.items()
     assert store.gold_accuracy() == {"ada": {"gold_items": 1, "accuracy": 1.0}}
     with store.engine.connect() as conn:  # a stuck statement fails (and is retried once) instead of hanging
         assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "30s"
@@ -843,3 +848,31 @@ def test_a_store_in_a_synced_folder_keeps_no_label_in_a_wal_file(tmp_path, monke
     assert not (tmp_path / "local.db-wal").exists() or (tmp_path / "local.db-wal").stat().st_size == 0
     with sqlite3.connect(f"{(tmp_path / 'local.db').as_uri()}?immutable=1", uri=True) as conn:  # the file alone
         assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+
+
+def test_on_postgres_the_answer_in_force_follows_the_log_when_commits_overtake_ids(postgres_url, monkeypatch):
+    """Issue 30, defect 9: Postgres hands event ids out at insert, not at commit. One tab's answer got id n and
+    then waited; the other tab's answer to the same item got n + 1 and committed first; the waiting one then
+    overwrote `in_force` with the older event, so the derived state disagreed with the log."""
+    import threading
+
+    first, second = (LabelStore(postgres_url, project="race") for _ in range(2))
+    first.add_items([pair(0)])
+    item_id, inserted, overtaken = pair(0).item_id, threading.Event(), threading.Event()
+    lock_items = first._lock_items
+
+    def wait_then_lock(conn, item_ids):  # the first writer's event has its id; it pauses before the item lock
+        inserted.set()
+        assert overtaken.wait(30)
+        lock_items(conn, item_ids)
+
+    monkeypatch.setattr(first, "_lock_items", wait_then_lock)
+    writer = threading.Thread(target=first.record, args=(item_id, "ada"), kwargs={"choice": "a"})
+    writer.start()
+    assert inserted.wait(30)
+    second.record(item_id, "ada", choice="b")  # a higher id, committed first
+    overtaken.set()
+    writer.join(30)
+    assert [e["choice"] for e in second.events()] == ["a", "b"]  # the log, in id order
+    log = second.current()[(item_id, "ada")]
+    assert log["choice"] == "b" and second.in_force(item_id, "ada")["event_id"] == log["event_id"]

@@ -456,10 +456,14 @@ function render({ model, el }) {
   // While an item is on screen in a visible tab, ask Python now and then to keep its lease, so that the
   // queue does not hand it to someone else while this person is still reading. Outside `send`: it needs
   // no reply and must never lock the buttons.
-  const leaseTimer = model.get("lease_renew_ms") > 0 ? setInterval(() => {
+  // A tab hidden for longer than the lease (or a laptop asleep) comes back to an item that may have gone to
+  // someone else: ask at once, so Python can move on before the person answers it.
+  const stillHere = () => {
     const item = model.get("item");
     if (item.item_id && document.visibilityState === "visible") model.send({ action: "still_here", item_id: item.item_id });
-  }, model.get("lease_renew_ms")) : null;
+  };
+  const leaseTimer = model.get("lease_renew_ms") > 0 ? setInterval(stillHere, model.get("lease_renew_ms")) : null;
+  if (leaseTimer !== null) document.addEventListener("visibilitychange", stillHere);
   drawFrame();
   setPlayMode(playMode);
   drawProgress();
@@ -474,6 +478,7 @@ function render({ model, el }) {
     clearTimeout(slowTimer);
     clearTimeout(readyTimer);
     clearInterval(leaseTimer);
+    document.removeEventListener("visibilitychange", stillHere);
   };
 }
 

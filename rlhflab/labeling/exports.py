@@ -13,8 +13,9 @@ assistant message) for TRL, so that its trainers apply the model's chat template
 OpenRLHF with `--apply_chat_template` (or plain text, `chat=False`); chat messages for verl; and in the
 generic JSONL / DataFrame, text or the messages of a conversation (`json_prompt`).
 
-Every function reads a `LabelStore` (or anything with its `items()`, `labels()` and `decisions()`),
-never writes it, and takes an aggregation policy for items that several annotators labelled:
+Every function reads a `LabelStore` at one moment (`LabelStore.snapshot`), or anything with its `items()`,
+`labels()` and `decisions()`, never writes it, and takes an aggregation policy for items that several
+annotators labelled:
 
     "all"          every label in force is a row of its own (the default; with one annotator per
                    item it is the only policy there is)
@@ -124,6 +125,7 @@ def _labels(store, policy: str, include_gold: bool, dropped: Counter,
     rows; `evaluation=True` reads only them, for a win-rate or a leaderboard."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
+    store = at_one_moment(store)
     items = store.items()
     unreadable = []
 
@@ -169,6 +171,12 @@ def _labels(store, policy: str, include_gold: bool, dropped: Counter,
         else:
             dropped["no majority" if policy == "majority" else "disagreement without a decision"] += len(labels)
     return [(label, items[label["item_id"]]) for label in sorted(chosen, key=lambda label: label["id"])]
+
+
+def at_one_moment(store):
+    """A LabelStore's `snapshot` (its items and log read in one transaction), or anything else with `items()`,
+    `current()` and `decisions()` as it is."""
+    return store.snapshot() if hasattr(store, "snapshot") else store
 
 
 def _warn(unreadable: list[tuple[str, str]]):
@@ -371,7 +379,7 @@ def adjudication_queue(store, *, include_gold: bool = False) -> list[dict]:
     under policy="adjudicated" then use it. Gold items are left out unless include_gold=True: their
     answer is known.
     """
-    dropped = Counter()
+    dropped, store = Counter(), at_one_moment(store)
     labels = defaultdict(list)
     for label, item in _labels(store, "all", include_gold, dropped):
         labels[item.item_id].append((label, item))

@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import secrets
 import sqlite3
 import time
 import unicodedata
@@ -69,6 +70,7 @@ from sqlalchemy.schema import CreateColumn
 
 from .records import Conversation, Item, prompt_text
 
+UNPREDICTABLE = secrets.SystemRandom()  # the gold schedule's draws
 ACTIONS = ("label", "skip", "flag_prompt", "undo", "decide")
 # A decision is not an annotator's answer: it never takes the place of the reviewer's own label on the item
 # and never moves anyone's queue; exports read it under the "adjudicated" policy.
@@ -611,31 +613,38 @@ class LabelStore:
         for e in new:
             if e["action"] in ANSWERS:
                 state[(e["item_id"], e["annotator"])] = e
-        targets = [e["target"] for e in new if e["action"] == "undo"]
+        undone_events = list(self._stored_events(conn, [e["target"] for e in new if e["action"] == "undo"]).values())
+        refolded = {(target["item_id"], target["annotator"]) for target in undone_events}
+        if not state and not refolded:
+            return
+        # On Postgres two answers to one item, committed at once, would each count the item's answers and labels
+        # without the other's, and an undo could refold its pair without an answer committed meanwhile: the
+        # item's lock, taken before anything is read, makes the second writer wait for the first commit. Items
+        # stored in this transaction are seen by no other until it commits, and Postgres' lock table holds
+        # about 6,400 locks a transaction: an import of tens of thousands of pairs takes none.
+        if not items_are_new:
+            self._lock_items(conn, {item_id for item_id, _ in state.keys() | refolded})
         c = events_table.c
-        for target in self._stored_events(conn, targets).values():
-            key = (target["item_id"], target["annotator"])
+        for key in refolded:  # the answer before comes back: refold the pair from its own events (a few rows)
             pair = self._events(conn, annotator=key[1], item_id=key[0])
             undone = set(conn.scalars(select(c.target).where(c.project == self.project, c.action == "undo",
                                                              c.target.in_([e["event_id"] for e in pair]))))
             answers = [e for e in pair if e["action"] in ANSWERS and e["event_id"] not in undone]
             state[key] = answers[-1] if answers else None
-        if not state:
-            return
-        # On Postgres two answers to one item, committed at once, would each count the item's answers and labels
-        # without the other's: the item's lock makes the second count wait for the first commit. Items stored in
-        # this transaction are seen by no other until it commits, and Postgres' lock table holds about 6,400
-        # locks a transaction: an import of tens of thousands of pairs takes none.
-        if not items_are_new:
-            self._lock_items(conn, {item_id for item_id, _ in state})
         gone = [{"i": item_id, "a": who} for (item_id, who), e in state.items() if e is None]
         if gone:
             self._delete_pairs(conn, in_force_table, gone)
-        now = [{"project": self.project, "item_id": e["item_id"], "annotator": e["annotator"],
-                "event_id": e["event_id"], "action": e["action"], "event_row": e["id"]} for e in state.values() if e]
+        now = {key: {"project": self.project, "item_id": e["item_id"], "annotator": e["annotator"],
+                     "event_id": e["event_id"], "action": e["action"], "event_row": e["id"]}
+               for key, e in state.items() if e}
+        # The log's order is its ids, and Postgres hands ids out at insert, not at commit: an answer that commits
+        # after a newer-id one of the same pair must not replace it (a refolded pair was read whole: it must).
+        for newer_only in (True, False):
+            rows = [row for key, row in now.items() if (key not in refolded) == newer_only]
+            if rows:
+                self._upsert(conn, in_force_table, rows, ("event_id", "action", "event_row"), newer_only)
         if now:
-            self._upsert(conn, in_force_table, now, ("event_id", "action", "event_row"))
-            self._delete_pairs(conn, leases_table, [{"i": e["item_id"], "a": e["annotator"]} for e in now])  # done
+            self._delete_pairs(conn, leases_table, [{"i": e["item_id"], "a": e["annotator"]} for e in now.values()])
 
         def count_answers():
             cov = coverage_table.c
@@ -655,14 +664,16 @@ class LabelStore:
             return delete(table).where(c.project == self.project, c.item_id == bindparam("i"), c.annotator == bindparam("a"))
         conn.execute(self._built(("delete", table.name), build), pairs)
 
-    def _upsert(self, conn: Connection, table: Table, rows: list[dict], changing: tuple[str, ...]):
+    def _upsert(self, conn: Connection, table: Table, rows: list[dict], changing: tuple[str, ...],
+                newer_only: bool = False):
         """Insert `rows` into `table`; a row whose (project, item_id, annotator) is there already has its
-        `changing` columns set instead."""
+        `changing` columns set instead (with `newer_only`, only by a row of a higher `event_row`)."""
         def build():
             upsert = self._insert(table)
-            return upsert.on_conflict_do_update(index_elements=["project", "item_id", "annotator"],
-                                                set_={k: upsert.excluded[k] for k in changing})
-        conn.execute(self._built(("upsert", table.name, changing), build), rows)
+            return upsert.on_conflict_do_update(
+                index_elements=["project", "item_id", "annotator"], set_={k: upsert.excluded[k] for k in changing},
+                where=table.c.event_row < upsert.excluded.event_row if newer_only else None)
+        conn.execute(self._built(("upsert", table.name, changing, newer_only), build), rows)
 
     def _insert(self, table: Table):
         """An INSERT with the database's ON CONFLICT clauses."""
@@ -676,19 +687,27 @@ class LabelStore:
         return self.record(item_id, annotator, action="flag_prompt", rationale=rationale, **kwargs)
 
     def undo(self, annotator: str, event_id: str | None = None, session: str | None = None) -> dict | None:
-        """Cancel `event_id`, or the annotator's latest event still in force; returns the cancelled event."""
-        annotator = annotator_name(annotator)
-        with self._read() as conn:
-            events = self._events(conn, annotator=annotator)
-        undone = {e["target"] for e in events if e["action"] == "undo"}
-        live = [e for e in events if e["action"] != "undo" and e["event_id"] not in undone]
+        """Cancel `event_id`, or the annotator's latest event still in force; returns the cancelled event. One
+        indexed lookup, however long the annotator's log."""
+        annotator, e = annotator_name(annotator), events_table.c
+        query = select(events_table).where(e.project == self.project, e.annotator == annotator, e.action != "undo",
+                                           ~select(literal(1)).where(UNDO.c.target == e.event_id).exists())
         if event_id is not None:
-            live = [e for e in live if e["event_id"] == event_id]
-        if not live:
+            query = query.where(e.event_id == event_id)
+        with self._read() as conn:
+            target = conn.execute(query.order_by(e.id.desc()).limit(1)).mappings().first()
+        if target is None:
             return None
-        target = live[-1]
         self.record(target["item_id"], annotator, action="undo", target=target["event_id"], session=session)
-        return target
+        return dict(target)
+
+    def event(self, event_id: str) -> dict | None:
+        """One event of this project by its event_id (an indexed lookup), or None."""
+        e = events_table.c
+        with self._read() as conn:
+            row = conn.execute(select(events_table).where(e.event_id == event_id, e.project == self.project)
+                               ).mappings().first()
+        return dict(row) if row is not None else None
 
     def events(self, annotator: str | None = None) -> list[dict]:
         """The raw log, oldest first."""
@@ -711,7 +730,19 @@ class LabelStore:
 
     def labels(self) -> list[dict]:
         """The labels in force, one per (item, annotator), oldest first; skips and undone labels left out."""
-        return sorted((e for e in self.current().values() if e["action"] == "label"), key=lambda e: e["id"])
+        return _labels_in_force(self.current())
+
+    def snapshot(self) -> StoreSnapshot:
+        """The items and the whole log as one transaction saw them (a repeatable read on Postgres), with the
+        read methods of the store. Exports read this, so a label written meanwhile never meets an item list
+        that lacks its item, and labels and decisions come from one moment."""
+        with self._read() as conn:
+            if not self.is_sqlite:  # Postgres' default isolation gives each statement its own snapshot
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            items = conn.execute(select(items_table).where(items_table.c.project == self.project)
+                                 .order_by(items_table.c.id)).mappings()
+            items = {r["item_id"]: _item_of(r) for r in items}
+            return StoreSnapshot(items, self._events(conn))
 
     def decide(self, item_id: str, reviewer: str, *, choice: str | None = None, strength: str | None = None,
                ranking: list[int] | None = None, rationale: str | None = None, **kwargs) -> str:
@@ -723,9 +754,7 @@ class LabelStore:
 
     def decisions(self) -> dict[str, dict]:
         """item_id -> the decision in force on it (the newest 'decide' event not undone)."""
-        events = self.events()
-        undone = {e["target"] for e in events if e["action"] == "undo"}
-        return {e["item_id"]: e for e in events if e["action"] == "decide" and e["event_id"] not in undone}
+        return _decisions(self.events())
 
     # -- assignment ---------------------------------------------------------------------------------
 
@@ -760,18 +789,32 @@ class LabelStore:
         return None if row is None else _item_of(row)
 
     def renew_lease(self, item_id: str, annotator: str) -> bool:
-        """Keep `annotator`'s item: a live lease on `item_id` gets `config.lease_seconds` more from now, as the
+        """Keep `annotator`'s item: their lease on `item_id` gets `config.lease_seconds` more from now, as the
         widget asks while the item stays on screen, so a slow reader is not handed a duplicate by the queue.
-        Returns False when no lease is live (it expired, and the item may be someone else's now).
+
+        A lease that ran out (a hidden tab, a sleeping laptop) is taken again while the item still has room for
+        them: a gold item always, another while its labels and others' live leases are fewer than `overlap`.
+        Returns False when it has none: it went to someone else, and an answer now would exceed the overlap.
         """
         annotator, now = annotator_name(annotator), time.time()
-        lease = leases_table.c
+        lease, c = leases_table.c, coverage_table.c
 
         def renew():
             with self._write(durable=False) as conn:
-                return conn.execute(update(leases_table).where(
-                    lease.project == self.project, lease.item_id == item_id, lease.annotator == annotator,
-                    lease.expires_at > now).values(expires_at=now + self.config.lease_seconds)).rowcount > 0
+                if conn.execute(update(leases_table).where(
+                        lease.project == self.project, lease.item_id == item_id, lease.annotator == annotator,
+                        lease.expires_at > now).values(expires_at=now + self.config.lease_seconds)).rowcount:
+                    return True
+                others = select(func.count()).where(
+                    lease.project == self.project, lease.item_id == item_id, lease.expires_at > now,
+                    lease.annotator != annotator, ~self._answered(lease.annotator, lease.item_id)).scalar_subquery()
+                room = conn.execute(select(c.gold | (c.labels + others < self.config.overlap)).where(
+                    c.project == self.project, c.item_id == item_id)).scalar()
+                if room:
+                    self._upsert(conn, leases_table, [{"project": self.project, "item_id": item_id, "annotator":
+                                                       annotator, "expires_at": now + self.config.lease_seconds}],
+                                 ("expires_at",))
+                return bool(room)
 
         return self._retrying(renew)
 
@@ -804,8 +847,9 @@ class LabelStore:
             .join(coverage_table, (c.project == f.project) & (c.item_id == f.item_id))
             .where(f.project == self.project, f.annotator == annotator)).one()
         due = self.config.gold_rate * (answered + 1) - gold  # gold items owed once this one is answered
-        draw = zlib.crc32(f"{self.project}/{annotator}/{answered}".encode()) / 2**32  # stable across a reload
-        return due > draw
+        # A draw from the system's randomness, which no annotator can compute from what they see (a hash of
+        # project, name and count could be). A reload needs no stable draw: the item leased is served again.
+        return due > UNPREDICTABLE.random()
 
     def qualification(self, annotator: str) -> dict:
         """The annotator's qualification round: gold items `required`, how many they `answered` (their
@@ -991,8 +1035,41 @@ class LabelStore:
 
 
 # The values the assignment query binds when it runs (see `LabelStore._assignment`)
+UNDO = events_table.alias("undo")  # an event that cancels the one it targets
 ANNOTATOR, NOW, EXCLUDE = bindparam("annotator", type_=String), bindparam("now", type_=Float), bindparam("exclude", expanding=True)
 IN_QUEUE_ORDER, QUALIFYING = (None,), (True,)  # plans (see `LabelStore._plan`): any open item; gold items only
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """A store's items and log read at one moment (`LabelStore.snapshot`), with its read methods."""
+
+    _items: dict[str, Item]
+    _events: list[dict]
+
+    def items(self) -> dict[str, Item]:
+        return self._items
+
+    def events(self) -> list[dict]:
+        return self._events
+
+    def current(self) -> dict[tuple[str, str], dict]:
+        return _fold(self._events)
+
+    def labels(self) -> list[dict]:
+        return _labels_in_force(self.current())
+
+    def decisions(self) -> dict[str, dict]:
+        return _decisions(self._events)
+
+
+def _labels_in_force(current: dict[tuple[str, str], dict]) -> list[dict]:
+    return sorted((e for e in current.values() if e["action"] == "label"), key=lambda e: e["id"])
+
+
+def _decisions(events: list[dict]) -> dict[str, dict]:
+    undone = {e["target"] for e in events if e["action"] == "undo"}
+    return {e["item_id"]: e for e in events if e["action"] == "decide" and e["event_id"] not in undone}
 
 
 def matches_gold(label, gold) -> bool:

@@ -165,7 +165,6 @@ class _Labeler(anywidget.AnyWidget):
         self.store, self.queue = store, queue
         self.session = uuid.uuid4().hex  # recorded with every event from this widget
         self._rng = random.Random(self.config.seed)
-        self._skipped: set[str] = set()  # skipped items are not offered again in this session
         self._committed: set[str] = set()  # event_ids of the shown items answered so far: a resent answer is a no-op
         self._commits = 0  # events this widget stored: tells "not saved" from "saved, then failed"
         self.on_msg(self._on_message)
@@ -202,7 +201,7 @@ class _Labeler(anywidget.AnyWidget):
 
     def show_next(self):
         try:
-            item = self.store.next_item(self.annotator, exclude=self._skipped)
+            item = self.store.next_item(self.annotator)  # a skip is an answer in force: never served again
         except QualificationFailed as failed:  # no real item for this annotator, and the widget says why
             self._draw({})
             self.say(str(failed))
@@ -244,6 +243,11 @@ class _Labeler(anywidget.AnyWidget):
                 progress["qualifying"] = f"{round_['answered']} of {round_['required']}"
         self.progress = progress
 
+    def _lease_kept(self) -> bool:
+        """Whether the item on screen is still this annotator's: its lease is renewed, or taken again while the
+        item has room for them (`LabelStore.renew_lease`)."""
+        return self.store.renew_lease(self.item["item_id"], self.annotator)
+
     def _history(self) -> list[dict]:
         return [{"event_id": e["event_id"], "action": e["action"], "prompt": e["prompt"][:120],
                  "summary": _summary(e)} for e in self.store.recent(self.annotator, self.config.history)]
@@ -271,8 +275,10 @@ class _Labeler(anywidget.AnyWidget):
         """Apply one browser message; also how tests and scripts drive the widget without a browser."""
         action = message.get("action")
         if action == "still_here":  # the item is still on screen: keep its lease, quietly
-            if self.item and message.get("item_id") == self.item["item_id"]:
-                self.store.renew_lease(self.item["item_id"], self.annotator)
+            if self.item and message.get("item_id") == self.item["item_id"] and not self._lease_kept():
+                self.say("this item went to someone else while it was off screen (its lease ran out); here is "
+                         "the next one")
+                self.show_next()
             return
         if action == "undo":
             # `target`, the newest event the browser listed, makes a resent undo cancel nothing more
@@ -281,15 +287,13 @@ class _Labeler(anywidget.AnyWidget):
                 self.say("nothing to undo" if message.get("target") is None else "already undone")
                 return
             self._commits += 1
-            self._skipped.discard(undone["item_id"])
             stored = self.store.in_force(undone["item_id"], self.annotator)  # an earlier label the undo brought back, if any
             self.say(f"undid your {undone['action'].replace('_', ' ')}")
             self.show(self.store.item(undone["item_id"]), previous=stored or undone, editing=stored is not None)
             return
         if action == "edit":
-            clicked = next((e for e in self.store.events(self.annotator) if e["event_id"] == message.get("event_id")),
-                           None)
-            if clicked is None:
+            clicked = self.store.event(message.get("event_id"))
+            if clicked is None or clicked["annotator"] != self.annotator:
                 raise ValueError("that entry is not one of your events; pick one from 'Your recent labels'")
             stored = self.store.in_force(clicked["item_id"], self.annotator)  # the answer in force, even if the entry is an older one
             if stored is None:
@@ -331,10 +335,13 @@ class _Labeler(anywidget.AnyWidget):
         problem = broken_rule(self.config, answer, time.time() - self._shown_at)
         if problem:
             raise ValueError(problem)
+        if not self.item["editing"] and not self._lease_kept():  # an answer now would exceed the overlap
+            self.say("not saved: this item went to someone else while it was off screen (its lease ran out); "
+                     "here is the next one")
+            self.show_next()
+            return
         self.store.record(item_id, self.annotator, session=self.session, shown_order=order, event_id=event_id,
                           shown_at=self._shown_at, guidelines=self.config.guidelines_version, **answer)
-        if action == "skip":
-            self._skipped.add(item_id)
         self._committed.add(event_id)
         self._commits += 1
         # One message to the browser: every message is one more for the Jupyter server to pass on before the next item

@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
 from .live import LivePlot
-from .models import (Policy, cache_keyword, disable_dropout, left_padded_positions, precision_for, sample_tokens,
-                     token_logprobs)
+from .models import (Policy, cache_keyword, disable_dropout, left_padded_positions, load_policy, precision_for,
+                     sample_tokens, token_logprobs)
 from .reward import ADAPTER_WEIGHTS, checked_scores, score_weight
 from .reward_functions import as_reward
 from .training import refuse_to_train_quantized
@@ -204,14 +204,18 @@ def entropy_of(logits: torch.Tensor, temperature: float, chunk: int = 4) -> torc
     return torch.cat(rows)
 
 
-def nucleus_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+def nucleus_mask(logits: torch.Tensor, top_p: float, eos_token_id: int | None = None) -> torch.Tensor:
     """The top-p nucleus of softmax(logits) as a bool mask of the same shape (..., V): the most likely
-    tokens, in order, while the probability before them is below top_p. The top token always stays."""
+    tokens, in order, while the probability before them is below top_p. The top token always stays, and so
+    does `eos_token_id`, as in RL4LMs: a reply may always end."""
     probs = F.softmax(logits.float(), dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
     keep[..., 0] = True
-    return torch.zeros_like(keep).scatter(-1, order, keep)
+    nucleus = torch.zeros_like(keep).scatter(-1, order, keep)
+    if eos_token_id is not None:
+        nucleus[..., eos_token_id] = True
+    return nucleus
 
 
 def masked_logits(logits: torch.Tensor, nucleus: torch.Tensor | None) -> torch.Tensor:
@@ -280,8 +284,8 @@ class MaskedPolicy:
 
     ADAPTER = "nlpo_mask"
 
-    def __init__(self, model, top_p: float, is_lora: bool):
-        self.model, self.top_p, self.is_lora = model, top_p, is_lora
+    def __init__(self, model, top_p: float, is_lora: bool, eos_token_id: int | None):
+        self.model, self.top_p, self.is_lora, self.eos_token_id = model, top_p, is_lora, eos_token_id
         self.cache_name = cache_keyword(model)  # read once: nucleus() runs at every sampled token
         if is_lora:
             model.add_adapter(self.ADAPTER, model.peft_config["default"])
@@ -335,14 +339,22 @@ class MaskedPolicy:
         has not seen yet are run, so a whole rollout costs one pass instead of one pass per token.
         """
         seen = cache.get_seq_length() if cache is not None else 0
-        kwargs = dict(input_ids=input_ids[:, seen:], attention_mask=attention_mask, logits_to_keep=1,
-                      position_ids=left_padded_positions(attention_mask)[:, seen:],
-                      use_cache=cache is not None, **{self.cache_name: cache})
+        logits = self.logits(input_ids=input_ids[:, seen:], attention_mask=attention_mask, logits_to_keep=1,
+                             position_ids=left_padded_positions(attention_mask)[:, seen:],
+                             use_cache=cache is not None, **{self.cache_name: cache})
+        return nucleus_mask(logits[:, -1], self.top_p, self.eos_token_id)
+
+    @torch.no_grad()
+    def nuclei(self, batch: dict, keep: int) -> torch.Tensor:
+        """The nuclei at the `keep` positions that predict a left-padded batch's last `keep` tokens: (B, keep, V)."""
+        logits = self.logits(**batch, position_ids=left_padded_positions(batch["attention_mask"]),
+                             logits_to_keep=keep + 1)
+        return nucleus_mask(logits[:, :-1], self.top_p, self.eos_token_id)
+
+    def logits(self, **inputs) -> torch.Tensor:
         if self.is_lora:
-            logits = self.model(**kwargs, adapter_names=[self.ADAPTER] * len(input_ids)).logits
-        else:
-            logits = self.copy(**kwargs).logits
-        return nucleus_mask(logits[:, -1], self.top_p)
+            return self.model(**inputs, adapter_names=[self.ADAPTER] * len(inputs["input_ids"])).logits
+        return self.copy(**inputs).logits
 
 
 class NucleusSampling(LogitsProcessor):
@@ -366,6 +378,39 @@ class NucleusSampling(LogitsProcessor):
         stacked = torch.stack(self.applied, dim=1)
         stacked = F.pad(stacked, (0, 0, 0, length - stacked.shape[1]), value=True)
         return stacked | ~response_mask.bool()[..., None]
+
+
+@dataclass
+class NucleusPolicy(Policy):
+    """A policy as NLPO trained it: it samples, and is scored, only within its masked policy's top-p nucleus
+    at every token, as RL4LMs decodes at evaluation too. `load_nlpo` builds one from an NLPO checkpoint."""
+
+    masked: MaskedPolicy | None = None
+
+    def sample_tokens(self, inputs: dict, max_new_tokens: int, temperature: float, do_sample: bool) -> torch.Tensor:
+        sampling = NucleusSampling(self.masked, inputs["attention_mask"])
+        return sample_tokens(self.model, self.tokenizer, inputs, max_new_tokens, temperature, do_sample,
+                             LogitsProcessorList([sampling]))
+
+    def response_logits(self, batch: dict, keep: int) -> torch.Tensor:
+        return masked_logits(super().response_logits(batch, keep), self.masked.nuclei(batch, keep))
+
+
+def is_nlpo_checkpoint(directory: str | Path) -> bool:
+    """Whether `directory` is a checkpoint of an NLPO run (it holds the masked policy beside the policy)."""
+    directory = Path(directory)
+    return (directory / f"{MaskedPolicy.ADAPTER}.safetensors").exists() or (directory / MaskedPolicy.ADAPTER).is_dir()
+
+
+def load_nlpo(base: str, checkpoint: str | Path, quantization: str | None = None) -> NucleusPolicy:
+    """The policy of an NLPO checkpoint on `base`, with its masked policy and top_p, sampling as it trained."""
+    checkpoint = Path(checkpoint)
+    top_p = json.loads((checkpoint / "ppo_state.json").read_text())["config"]["nlpo_top_p"]
+    policy = load_policy(base, adapter=str(checkpoint), quantization=quantization)
+    masked = MaskedPolicy(policy.model, top_p, policy.is_lora, policy.tokenizer.eos_token_id)
+    masked.load(checkpoint)
+    policy.model.eval()
+    return NucleusPolicy(policy.model, policy.tokenizer, f"NLPO({policy.name})", masked=masked)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,7 +482,7 @@ class PPOTrainer:
             # is deprecated in transformers 5 but is the one every 5.x release has)
             backbone = policy.model.get_base_model() if policy.is_lora else policy.model
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.masked_policy = (MaskedPolicy(policy.model, config.nlpo_top_p, policy.is_lora)
+        self.masked_policy = (MaskedPolicy(policy.model, config.nlpo_top_p, policy.is_lora, policy.tokenizer.eos_token_id)
                               if config.nlpo_top_p is not None else None)
         module = self.value_module(policy, value_from)
         disable_dropout(policy.model)  # after every adapter is on (reference, NLPO's mask, value): each has its own
