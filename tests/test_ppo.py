@@ -326,7 +326,7 @@ def test_nlpo_samples_and_scores_within_the_nucleus_and_the_first_ratio_is_one(w
         policy.model.eval()
         full = policy.model(input_ids=ids, attention_mask=attention, position_ids=left_padded_positions(attention),
                             adapter_names=[MaskedPolicy.ADAPTER] * len(ids)).logits
-    uncached = nucleus_mask(full[:, batch["query_len"] - 1: -1], 0.5)
+    uncached = nucleus_mask(full[:, batch["query_len"] - 1: -1], 0.5, policy.tokenizer.eos_token_id)
     assert torch.equal(uncached[mask], nucleus[mask])
     with torch.no_grad():
         logits, _ = trainer.unwrapped(batch["input_ids"], batch["attention_mask"], batch["query_len"])
