@@ -6,7 +6,8 @@ Each seed shuffles the 2,312 comparisons of HH-RLHF harmless-base's test split d
 are held out, and `--train` others, whose dialogues the held-out ones never share, train a LoRA reward model
 (one epoch, the model's chat template on every turn, at most `--max-length` tokens, keeping the end). The
 held-out accuracy is the share of unseen human pairs the model orders as people did, with its Wilson 95%
-interval. Prints one JSON line per seed, then the median and range; writes benchmarks/results/hh_reward.json,
+interval. Prints one JSON line per seed, then the median and range over every seed measured so far (seeds
+may run in separate calls); writes benchmarks/results/hh_reward_seed<n>.json and the summary hh_reward.json,
 and each seed's reward model to benchmarks/results/hh_reward_seed<n>/ (`hh_loop.py` takes seed 0's as its gold).
 HH-RLHF is read from ../shared (never copied into the repo) or `--hh`.
 """
@@ -52,26 +53,26 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     rows = read_hh_rlhf(args.hh)
-    results = []
+    RESULTS.mkdir(exist_ok=True)
     for seed in args.seeds:
         train, heldout = split(rows, args.train, args.test, seed)
         started = time.time()
         reward_model = load_reward_model(SMOLLM2, lora=True)
-        train_reward_model(reward_model, train, RewardConfig(output_dir=str(RESULTS / f"hh_reward_seed{seed}"), batch_size=8,
-                                                             max_length=args.max_length, seed=seed))
+        train_reward_model(reward_model, train, RewardConfig(output_dir=str(RESULTS / f"hh_reward_seed{seed}"),
+                                                             batch_size=8, max_length=args.max_length, seed=seed))
         trained_s = time.time() - started
         accuracy = evaluate_reward_model(reward_model, heldout)["metrics"]["eval/accuracy"]
         low, high = wilson_interval(round(accuracy * len(heldout)), len(heldout))
-        results.append({"seed": seed, "train_pairs": len(train), "test_pairs": len(heldout),
-                        "accuracy": accuracy, "low": low, "high": high, "train_s": trained_s,
-                        "wall_s": time.time() - started})
-        print(json.dumps(results[-1]), flush=True)
+        result = {"seed": seed, "train_pairs": len(train), "test_pairs": len(heldout), "max_length": args.max_length,
+                  "accuracy": accuracy, "low": low, "high": high, "train_s": trained_s, "wall_s": time.time() - started}
+        (RESULTS / f"hh_reward_seed{seed}.json").write_text(json.dumps(result) + "\n")  # seeds may run apart
+        print(json.dumps(result), flush=True)
+    results = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("hh_reward_seed*.json"))]
     accuracies = [r["accuracy"] for r in results]
-    summary = {"median": statistics.median(accuracies), "min": min(accuracies), "max": max(accuracies),
-               "max_length": args.max_length, "seeds": results}
-    print(json.dumps({k: v for k, v in summary.items() if k != "seeds"}))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "hh_reward.json").write_text(json.dumps(summary, indent=1))
+    summary = {"seeds": [r["seed"] for r in results], "median": statistics.median(accuracies),
+               "min": min(accuracies), "max": max(accuracies)}
+    print(json.dumps(summary))
+    (RESULTS / "hh_reward.json").write_text(json.dumps({**summary, "runs": results}, indent=1))
 
 
 if __name__ == "__main__":
