@@ -6,14 +6,14 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
 
+import rlhflab
 from rlhflab.lab.demo import CHROMIUM
-from rlhflab.lab.notebook import INSTALL, run_notebook
+from rlhflab.lab.notebook import INSTALL, colab_url, run_notebook
 from rlhflab.labeling.store import LabelStore
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
@@ -91,14 +91,25 @@ def test_every_notebook_installs_the_pinned_release_before_it_imports_anything()
     """On Colab the first code cell runs `%pip` before torch, the widgets or rlhflab are imported (pip cannot
     replace a module a kernel has loaded), and it installs `rlhflab.lab.notebook.INSTALL`, the release tag of the
     version in pyproject.toml."""
-    version = tomllib.loads((NOTEBOOKS.parent / "pyproject.toml").read_text())["project"]["version"]
-    assert INSTALL == f"rlhflab @ git+https://github.com/rlhflab/rlhflab@v{version}"
+    assert INSTALL == f"rlhflab @ git+https://github.com/rlhflab/rlhflab@v{rlhflab.__version__}"
     for name in QUICK:
         first = next(c for c in notebook_cells(name) if c.cell_type == "code")
         before_install = first.source.split("%pip", 1)[0]
         assert f'    %pip install --quiet "{INSTALL}"\n' in first.source, name
         assert re.findall(r"^\s*(?:import|from) \S+", before_install, flags=re.MULTILINE) == ["import sys"], name
         assert first.source.count("%pip") == 1 and all("%pip" not in c.source for c in notebook_cells(name)[2:])
+
+
+def test_the_colab_links_open_the_release_that_the_install_line_installs():
+    """Issue 31: the README's links opened main while every install cell installed the tag, so a notebook
+    edited after a release imported names its package lacked. Both now come from one constant."""
+    readme = (NOTEBOOKS.parent / "README.md").read_text()
+    links = dict(re.findall(r"^\| `(\d\d_\w+\.ipynb)` \| \[Colab\]\(([^)]+)\)", readme, flags=re.MULTILINE))
+    assert set(links) == set(QUICK)
+    assert all(link == colab_url(name) for name, link in links.items()), links
+    assert colab_url("x.ipynb").split("/blob/")[1].split("/")[0] == INSTALL.rsplit("@", 1)[1]
+    metadata = importlib.metadata.version("rlhflab")  # pyproject reads the version from rlhflab.__version__
+    assert metadata == rlhflab.__version__
 
 
 def test_no_tiny_world_notebook_asks_colab_for_a_gpu():

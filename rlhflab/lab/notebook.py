@@ -23,8 +23,9 @@ saved state, and `write_pages` (`make pages`, `python -m rlhflab.lab.notebook [-
 each notebook, so a participant can read the results before running anything.
 
 `INSTALL` is the one requirement every notebook's install cell installs on Colab, pinned to the
-release tag of this version, so a notebook always gets the package it was written for
-(tests/test_notebooks.py checks that each notebook's cell says exactly this).
+release tag of this version, and `colab_url` the link that opens a notebook at that same tag, so a
+notebook always runs with the package it was written for (tests/test_notebooks.py checks that each
+notebook's cell says exactly `INSTALL`, and that the README's links are `colab_url`'s).
 """
 
 from __future__ import annotations
@@ -46,7 +47,16 @@ from ..trainers.embedded import NAMES as EMBEDDED_NAMES
 from ..trainers.embedded import SMOLLM2
 from ..trainers.models import default_device, precision_for
 
-INSTALL = f"rlhflab @ git+https://github.com/rlhflab/rlhflab@v{__version__}"  # the tag must exist on release
+REPOSITORY = "rlhflab/rlhflab"  # on GitHub: the code, and a tag for every release
+RELEASE = f"v{__version__}"  # the tag of this version: what every notebook installs and every Colab link opens
+INSTALL = f"rlhflab @ git+https://github.com/{REPOSITORY}@{RELEASE}"
+
+
+def colab_url(notebook: str) -> str:
+    """The Colab link that opens `notebook` (e.g. '00_quickstart.ipynb') at this version's release tag."""
+    return f"https://colab.research.google.com/github/{REPOSITORY}/blob/{RELEASE}/notebooks/{notebook}"
+
+
 RESTART_AFTER_UPGRADE = ("torch", "ipywidgets")  # what a kernel keeps using once imported, whatever pip does
 DRIVE = "/content/drive"  # where Colab mounts Google Drive
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"  # nbclient's key in the notebook metadata
