@@ -148,3 +148,20 @@ def test_readme_metric_table_is_the_vocabulary():
     section = (ROOT / "README.md").read_text().split("## Metrics\n", 1)[1].split("\n## ", 1)[0]
     rows = dict(re.findall(r"^\| `([\w/]+)` \| (.+) \|$", section, flags=re.M))
     assert rows == METRICS
+
+
+def test_every_module_says_what_a_user_may_touch():
+    """Issue 28: only the root had `__all__`, and more than 200 names looked public. Each module now lists its
+    API in `__all__`: names it defines, none private; the rest is the module's own business."""
+    for name, path in modules().items():
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        listed = [node for node in tree.body if isinstance(node, ast.Assign)
+                  and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)]
+        assert len(listed) == 1, f"{name} has no __all__"
+        exported = ast.literal_eval(listed[0].value)
+        defined = {n.id for node in tree.body for target in getattr(node, "targets", [getattr(node, "target", None)])
+                   if target is not None for n in ast.walk(target) if isinstance(n, ast.Name)}
+        defined |= {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+        assert exported and not [n for n in exported if n.startswith("_") or n not in defined], name

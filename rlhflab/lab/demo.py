@@ -22,6 +22,8 @@ from pathlib import Path
 
 from .notebook import run_notebook, shipped_notebook
 
+__all__ = ["CHROMIUM", "run_quickstart", "screenshots", "main"]
+
 QUICKSTART = "00_quickstart.ipynb"
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own browser download is the fallback
 

@@ -46,6 +46,8 @@ from ..trainers.reward import evaluate_reward_model, load_reward_model
 from .stages import (FROM_A_REWARD_MODEL, LAYOUT_OF, METHODS, Baseline, RLHFConfig, evaluate, heldout_prompts, load,
                      policy_stage, reward_stage, sample, sft_baseline, sft_stage)
 
+__all__ = ["RoundResult", "RLHFLoop", "compare_methods", "active_vs_random"]
+
 SFT_SOURCE = "sft"
 
 

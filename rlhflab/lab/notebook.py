@@ -47,6 +47,10 @@ from ..trainers.embedded import NAMES as EMBEDDED_NAMES
 from ..trainers.embedded import SMOLLM2
 from ..trainers.models import default_device, precision_for
 
+__all__ = ["INSTALL", "colab_url", "DRIVE", "WIDGET_STATE", "WIDGET_VIEW", "PLOTLY_JS", "LAST_PICTURES",
+           "setup", "replaced_under_the_kernel", "label_store", "earlier_output", "shipped_notebook",
+           "run_notebook", "static_page", "write_pages", "main"]
+
 REPOSITORY = "rlhflab/rlhflab"  # on GitHub: the code, and a tag for every release
 RELEASE = f"v{__version__}"  # the tag of this version: what every notebook installs and every Colab link opens
 INSTALL = f"rlhflab @ git+https://github.com/{REPOSITORY}@{RELEASE}"

@@ -36,6 +36,9 @@ import pandas as pd
 from ..trainers.live import COLORS
 from .stages import RLHFConfig
 
+__all__ = ["GaoFit", "fit_gao", "best_of_n_points", "rl_points", "gold_peak", "Overoptimization",
+           "overoptimization", "chasing_config"]
+
 FORMS = {"best-of-n": "d (alpha - beta d)", "rl": "d (alpha - beta log d)"}  # Gao et al. 2022
 REWARDS = {"gold": ("gold/mean", "gold/gain"), "proxy": ("reward/mean", "reward/gain")}  # score, its gain over SFT
 COLOR = {"proxy": COLORS[0], "gold": COLORS[1]}  # as on the PPO dashboard

@@ -21,6 +21,8 @@ import pandas as pd
 from ..labeling.metrics import leaderboard_plot
 from ..trainers.live import page
 
+__all__ = ["summary", "readable", "write_report"]
+
 # stages.METRICS' names as table headers, with how to print them
 COLUMNS = {
     "round": ("round", "{:.0f}"),

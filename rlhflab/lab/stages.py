@@ -42,6 +42,10 @@ from ..trainers.reward import (ADAPTER_WEIGHTS, RewardConfig, RewardModel, Share
                                load_reward_model, train_reward_model)
 from ..trainers.sft import SFTConfig, train_sft
 
+__all__ = ["METHODS", "FROM_A_REWARD_MODEL", "LAYOUT_OF", "METRICS", "RLHFConfig", "heldout_prompts",
+           "ppo_prompts", "load", "sample", "sft_stage", "Baseline", "sft_baseline", "gold_scores",
+           "reward_stage", "reward_agreement", "ppo_trainer", "policy_stage", "evaluate"]
+
 METHODS = ("ppo", "dpo", "kto", "ilql", "nlpo", "rloo", "grpo")  # the policy updates `policy_stage` runs
 FROM_A_REWARD_MODEL = ("ppo", "nlpo", "rloo", "grpo")  # the rest learn from the labels directly
 LAYOUT_OF = {"nlpo": "ppo", "rloo": "critic_free", "grpo": "critic_free"}  # each other method has its own layout

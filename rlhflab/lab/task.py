@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 from ..labeling.records import DEMONSTRATION_COLUMNS, Prompt, as_prompt, as_rows, read_comparisons, read_records
 
+__all__ = ["Task"]
+
 Judge = Callable[[list[Prompt], list[str], list[str]], Sequence[float]]
 SPLITS = ("train", "heldout")
 

@@ -25,6 +25,9 @@ import torch
 
 from .records import Item
 
+__all__ = ["ActiveConfig", "preference_probability", "preference_uncertainty", "review_items",
+           "choose_items", "queue_next"]
+
 
 @dataclass
 class ActiveConfig:

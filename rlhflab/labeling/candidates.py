@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from .records import Item, as_rows, dedup, read_records
 from .store import LabelStore
 
+__all__ = ["items_from", "sample_pairs", "GenerationConfig", "GenerationQueue"]
+
 
 def items_from(data, responses: tuple[str, ...] = ("response_a", "response_b"), prompt: str = "prompt",
                sources: tuple[str, ...] | None = None, gold: str | None = None) -> list[Item]:

@@ -48,6 +48,11 @@ from pathlib import Path
 from .records import MARGINS, Conversation, as_messages, letter, prompt_text
 from .store import CHOICES, RATINGS, STRENGTHS
 
+__all__ = ["POLICIES", "UnreadableEventWarning", "ExportRows", "comparisons", "ratings", "kto_rows",
+           "to_dataframe", "trl_rows", "to_trl_dataset", "conversational", "adjudication_queue",
+           "write_jsonl", "to_jsonl", "to_kto_jsonl", "to_openrlhf", "to_openrlhf_prompts",
+           "to_verl_prompts"]
+
 POLICIES = ("all", "majority", "adjudicated")
 
 

@@ -31,6 +31,11 @@ from statistics import NormalDist
 from .exports import comparisons
 from .store import CHOICES
 
+__all__ = ["ELO_SHUFFLES", "cohen_kappa", "fleiss_kappa", "agreement", "majority_agreement",
+           "binomial_two_sided", "wilson_interval", "win_rate_interval", "people_win_rates",
+           "position_bias", "source_games", "elo", "elo_mean", "bradley_terry", "leaderboard",
+           "leaderboard_plot", "disagreements"]
+
 ELO_K = 32.0  # Elo update step: rating points moved by one fully unexpected result
 ELO_BASE = 1000.0  # rating of a source before its first game
 ELO_SHUFFLES = 100  # orders of the games that the reported Elo rating is the mean over

@@ -24,6 +24,8 @@ import pandas as pd
 from .metrics import binomial_two_sided, majority_agreement, position_bias, wilson_interval
 from .store import CHOICES
 
+__all__ = ["annotator_quality", "quality_dashboard"]
+
 # The rates tested against the team's pooled rate: what is counted -> (the field that says it, among which answers)
 RATES = {"tie": ("choice", "pair labels"), "both_bad": ("choice", "pair labels"), "skip": ("action", "answers")}
 TESTS = {"left_p": "left share", "tie_p": "tie rate", "both_bad_p": "both-bad rate", "skip_p": "skip rate"}

@@ -29,6 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Union
 
+__all__ = ["DEMONSTRATION_COLUMNS", "COMPARISON_COLUMNS", "REPLIES", "MARGINS", "Message", "Conversation",
+           "Prompt", "as_prompt", "as_messages", "prompt_text", "as_rows", "letter", "Item", "read_records",
+           "read_comparisons", "read_hh_rlhf", "normalized", "DedupReport", "dedup", "ImportReport",
+           "import_comparisons", "import_hh_rlhf"]
+
 DEMONSTRATION_COLUMNS = ("prompt", "response")
 COMPARISON_COLUMNS = ("prompt", "chosen", "rejected")
 # One rule for empty judged replies, at import and in every trainer that learns from judgements (reward,

@@ -70,6 +70,11 @@ from sqlalchemy.schema import CreateColumn
 
 from .records import Conversation, Item, prompt_text
 
+__all__ = ["CHOICES", "RATINGS", "STRENGTHS", "BULK_ROWS", "SCHEMA_LOCK", "StoreConfig", "metadata",
+           "events_table", "leases_table", "in_force_table", "coverage_table", "engine_for", "MOUNTS",
+           "NetworkFilesystemWarning", "filesystem_of", "LabelStore", "ANNOTATOR", "StoreSnapshot",
+           "matches_gold", "QualificationFailed", "annotator_name", "annotator_role_sql", "main"]
+
 UNPREDICTABLE = secrets.SystemRandom()  # the gold schedule's draws
 ACTIONS = ("label", "skip", "flag_prompt", "undo", "decide")
 # A decision is not an annotator's answer: it never takes the place of the reviewer's own label on the item

@@ -39,6 +39,8 @@ from .candidates import GenerationQueue
 from .records import Item, as_messages, letter, prompt_text
 from .store import RATINGS, STRENGTHS, LabelStore, QualificationFailed, annotator_name, matches_gold
 
+__all__ = ["render_guidelines", "GuidelineExample", "LabelerConfig", "PairwiseLabeler", "RankingLabeler"]
+
 # InstructGPT's labelers flagged each response for, among others, harm and made-up facts (Ouyang et al.
 # 2022, appendix B.2); these four are the ones every project needs.
 DEFAULT_FLAGS = ("harmful", "false fact", "unhelpful", "off-topic")

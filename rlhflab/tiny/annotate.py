@@ -20,6 +20,8 @@ from ..labeling.store import LabelStore
 from .gold import GoldAnnotator
 from .world import TinyWorld
 
+__all__ = ["world_items", "label_with_gold", "gold_comparisons", "gold_ratings", "calibration_items"]
+
 
 def world_items(world, n: int, k: int = 2, seed: int = 0, p_better: tuple[float, ...] = (0.7, 0.3)) -> list[Item]:
     """`n` items of the tiny world, each with `k` candidates; response i comes from a 'policy' whose

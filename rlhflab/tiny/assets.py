@@ -6,6 +6,8 @@ from pathlib import Path
 
 from .world import ASSISTANT_TAG, END_TAG, USER_TAG
 
+__all__ = ["MODEL_DIR", "PAD_TAG", "CHAT_TEMPLATE"]
+
 MODEL_DIR = Path(__file__).parent / "model"  # shipped safetensors, tokenizer and chat template
 PAD_TAG = "<|pad|>"
 

@@ -23,6 +23,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from .assets import CHAT_TEMPLATE, MODEL_DIR, PAD_TAG
 from .world import ASSISTANT_TAG, END_TAG, USER_TAG, TinyWorld
 
+__all__ = ["PretrainConfig", "main"]
+
 
 @dataclass
 class PretrainConfig:

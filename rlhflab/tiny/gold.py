@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from .world import (ATTRIBUTES, POLITE_CLOSERS, POLITE_OPENERS, QUESTIONS, RUDE_CLOSERS,
                     RUDE_OPENERS, TinyWorld, words)
 
+__all__ = ["EMPTY_SCORE", "STRENGTHS", "Verdict", "GoldAnnotator"]
+
 EMPTY_SCORE = -4.0  # an empty response is worse than any rude, wrong one
 TIE_WIDTH = 0.25  # |score difference| below this is a tie
 BOTH_BAD_BELOW = -1.0  # both scores below this: "both_bad"

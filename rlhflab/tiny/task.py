@@ -12,6 +12,8 @@ from .annotate import gold_ratings, label_with_gold
 from .gold import GoldAnnotator
 from .world import TinyWorld
 
+__all__ = ["WorldTask"]
+
 
 class WorldTask:
     """The tiny world and its gold annotator, as the stages and the loop take a task.

@@ -20,6 +20,10 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
+__all__ = ["COLORS", "ATTRIBUTES", "QUESTIONS", "POLITE_OPENERS", "POLITE_CLOSERS", "RUDE_OPENERS",
+           "RUDE_CLOSERS", "AXES", "USER_TAG", "ASSISTANT_TAG", "END_TAG", "Question", "Candidate",
+           "TinyWorld", "words"]
+
 # ---------------------------------------------------------------------------------------------
 # Vocabulary of the world
 # ---------------------------------------------------------------------------------------------

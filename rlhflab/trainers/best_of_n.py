@@ -21,6 +21,8 @@ from .models import Policy
 from .reward import checked_scores
 from .reward_functions import as_reward
 
+__all__ = ["BestOfN", "kl_of_best_of_n", "sample_best_of_n", "best_of_n_curve"]
+
 
 @dataclass
 class BestOfN:

@@ -39,6 +39,9 @@ from .reward import checked_scores
 from .reward_functions import as_reward
 from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
 
+__all__ = ["METHODS", "LOGGED", "CriticFreeConfig", "CriticFreeResult", "trl_reward", "critic_free_args",
+           "train_critic_free"]
+
 METHODS = {"rloo": (trl.RLOOConfig, trl.RLOOTrainer), "grpo": (trl.GRPOConfig, trl.GRPOTrainer)}
 LOGGED = ("reward", "reward_std", "kl", "entropy", "completions/mean_length")
 

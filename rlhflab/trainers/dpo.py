@@ -30,6 +30,8 @@ from .live import LivePlot
 from .models import Policy
 from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
 
+__all__ = ["DPOConfig", "DPOResult", "dpo_rows", "train_dpo"]
+
 
 @dataclass
 class DPOConfig:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from ..tiny.assets import MODEL_DIR
 
+__all__ = ["TINY", "SMOLLM2", "NAMES", "cache_dir", "model_dir"]
+
 TINY = "tiny"
 SMOLLM2 = "smollm2-135m"
 NAMES = (TINY, SMOLLM2)

@@ -65,6 +65,10 @@ from .models import (
 from .reward import checked_scores
 from .reward_functions import as_reward
 
+__all__ = ["HEADS_WEIGHTS", "ILQLConfig", "ILQLResult", "q_loss", "expectile_loss", "cql_loss", "awac_loss",
+           "decoding_logits", "polyak_update", "ILQLHeads", "ILQLPolicy", "value_accuracy", "ilql_rows",
+           "standardised", "tokenized", "collate", "ILQLModule", "train_ilql", "load_ilql"]
+
 HEADS_WEIGHTS = "ilql_heads.safetensors"  # next to the adapter: a directory holding it is an ILQL policy
 SETTINGS = "ilql.json"
 

@@ -35,6 +35,8 @@ from .live import LivePlot
 from .models import Policy
 from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
 
+__all__ = ["LOGGED", "KTOConfig", "KTOResult", "kto_data", "train_kto"]
+
 LOGGED = ("rewards/chosen", "rewards/rejected", "rewards/margins", "kl")
 
 

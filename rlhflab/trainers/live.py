@@ -31,6 +31,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+__all__ = ["MAX_CURVES", "WARNING", "COLORS", "CSS", "Curve", "Chart", "HEALTH", "ROUNDS", "LAYOUTS",
+           "layout_for", "LivePlot", "page"]
+
 IGNORED = {"epoch", "total_flos", "step"}  # bookkeeping the Trainer logs, not worth a curve
 HEADLESS_ENV = "RLHFLAB_HEADLESS"  # set to 1 to skip widgets even inside a kernel
 MAX_CURVES = 4  # per axis: more cannot be told apart

@@ -26,6 +26,12 @@ from ..labeling.records import Conversation, Prompt, as_messages
 from ..tiny.assets import CHAT_TEMPLATE
 from .embedded import NAMES as EMBEDDED_NAMES, TINY, model_dir
 
+__all__ = ["FALLBACK_CHAT_TEMPLATE", "DEFAULT_LORA", "Policy", "chat_prompt", "transcript_ids",
+           "token_logprobs", "left_padded_positions", "cache_keyword", "Precision", "precision_for",
+           "default_device", "sample_tokens", "disable_dropout", "resolve", "quantization_config",
+           "load_tokenizer", "load_policy", "load_pretrained", "LoadReport", "release_checkpoint_file",
+           "attach_adapter", "keep_trainable_weights_in_adapter_dtype"]
+
 # For models with no chat template: the tiny world's role tags, ended by the model's own EOS token.
 FALLBACK_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<|end|>", "{{ eos_token }}")
 

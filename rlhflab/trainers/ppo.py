@@ -48,6 +48,11 @@ from .reward import ADAPTER_WEIGHTS, checked_scores, score_weight
 from .reward_functions import as_reward
 from .training import refuse_to_train_quantized
 
+__all__ = ["PPOConfig", "masked_mean", "masked_whiten", "compute_gae", "kl_per_token",
+           "AdaptiveKLController", "truncate_after_eos", "nucleus_mask", "masked_logits", "PolicyWithValue",
+           "MaskedPolicy", "NucleusSampling", "NucleusPolicy", "is_nlpo_checkpoint", "load_nlpo",
+           "PPOResult", "PPOTrainer", "train_ppo"]
+
 VALUE_ADAPTER = "value"  # the adapter name of PPOConfig(value_model='adapter')
 
 

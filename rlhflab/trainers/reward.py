@@ -33,6 +33,11 @@ from .live import LivePlot
 from .models import attach_adapter, default_device, left_padded_positions, load_pretrained, transcript_ids
 from .training import refuse_to_train_quantized, restore_adapter_dtype, trl_args
 
+__all__ = ["NORMALIZATION_FILE", "ADAPTER_WEIGHTS", "RewardConfig", "preference_rows", "reward_ids",
+           "tokenized", "score_positions", "RewardModel", "load_reward_model", "score_weight",
+           "SharedReward", "checked_scores", "GoldReward", "train_reward_model", "evaluate_reward_model",
+           "reward_plot"]
+
 NORMALIZATION_FILE = "reward_normalization.json"  # mean, std and max_length, saved with the adapter
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's file of LoRA weights (and the score head)
 DEFAULT_MAX_LENGTH = 256  # tokens per prompt + response, in training and in scoring

@@ -23,6 +23,8 @@ import torch
 
 from .reward import GoldReward, checked_scores
 
+__all__ = ["FunctionReward", "as_reward", "WeightedReward", "length_reward", "regex_reward", "chrf_reward"]
+
 
 class FunctionReward:
     """A function f(prompts, responses) -> one number per response, as a reward named after it."""

@@ -18,6 +18,8 @@ from .live import LivePlot
 from .models import Policy
 from .training import chat_dataset, refuse_to_train_quantized, restore_adapter_dtype, save_trained, trl_args
 
+__all__ = ["SFTConfig", "SFTResult", "conversations", "train_sft"]
+
 
 @dataclass
 class SFTConfig:

@@ -19,6 +19,9 @@ from datasets import Dataset
 from ..labeling.records import as_messages
 from .models import keep_trainable_weights_in_adapter_dtype, precision_for
 
+__all__ = ["chat_dataset", "refuse_to_train_quantized", "trl_args", "restore_adapter_dtype", "save_trained",
+           "train_against_reference", "last_logged"]
+
 
 def chat_dataset(rows: list[dict], replies: tuple[str, ...], keep: tuple[str, ...] = ()) -> Dataset:
     """Chat-form rows, so TRL applies the policy's chat template: the prompt as its turns (`as_messages`), each
