@@ -579,6 +579,19 @@ def test_a_decision_never_takes_the_place_of_the_reviewers_own_label(store):
         store.decide(first, "rev")
 
 
+def test_only_a_named_reviewer_decides(tmp_path):
+    """Issue 30: anyone could `decide`, overruling every annotator under policy='adjudicated'. A store that names
+    its reviewers refuses anyone else's decision, and writes nothing."""
+    store = LabelStore(tmp_path / "l.db", config=StoreConfig(reviewers=("Lead",)))
+    store.add_items([pair(0)])
+    store.record(pair(0).item_id, "ada", choice="a")
+    with pytest.raises(PermissionError, match=r"\['ada'\] may not decide: this store's reviewers are \['Lead'\]"):
+        store.decide(pair(0).item_id, "ada", choice="b")
+    assert store.decisions() == {}
+    store.decide(pair(0).item_id, "lead ", choice="b")  # the name as typed, normalised
+    assert store.decisions()[pair(0).item_id]["annotator"] == "lead"
+
+
 def test_shown_at_is_stored_and_a_store_written_before_it_gains_the_column(tmp_path):
     path = tmp_path / "old.db"
     old = LabelStore(path)

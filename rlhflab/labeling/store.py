@@ -107,6 +107,7 @@ class StoreConfig:
     gold_rate: float | None = None  # share of each annotator's items that are gold; None: in queue order, as added
     qualification: int = 0  # gold items an annotator labels before any real item; 0: no qualification round
     qualification_accuracy: float = 0.8  # share of those they must get right to be served real items
+    reviewers: tuple[str, ...] | None = None  # who may `decide`; None: anyone (a store of one person's labels)
 
     def __post_init__(self):
         if self.overlap < 1:
@@ -545,6 +546,7 @@ class LabelStore:
         `items_are_new`: the events' items were stored in this same transaction (see `_keep_in_force`)."""
         self._check_items(conn, rows)
         self._check_undo_targets(conn, rows)
+        self._check_reviewers(rows)
         new = _new_events(rows, {})  # the batch's own repeats
         # An event_id stored before (by this writer or another, committed first) is left out here and
         # compared below: a retry is stored once, the same id with other content is refused.
@@ -563,6 +565,16 @@ class LabelStore:
         A login that does not own the tables (the annotator role) gets a warning from Postgres and nothing else."""
         if rows >= BULK_ROWS and not self.is_sqlite:
             conn.exec_driver_sql(f"ANALYZE {', '.join(table.name for table in tables)}")
+
+    def _check_reviewers(self, rows: list[dict]):
+        """Refuse a `decide` from anyone but the project's reviewers, where it names them. On SQLite this is the
+        API's promise only: anyone who can write the file can write anything."""
+        reviewers = self.config.reviewers
+        deciding = {r["annotator"] for r in rows if r["action"] == "decide"}
+        if reviewers is not None and deciding - {annotator_name(name) for name in reviewers}:
+            raise PermissionError(f"{sorted(deciding)} may not decide: this store's reviewers are {list(reviewers)} "
+                                  "(StoreConfig(reviewers=...)); a reviewer's decision overrules annotators. Label "
+                                  "the item instead, or open the store as a reviewer. Nothing was written")
 
     def _check_undo_targets(self, conn: Connection, rows: list[dict]):
         """Refuse an undo of an event that is not the same annotator's, on the same item: a login that can label
