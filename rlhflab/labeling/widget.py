@@ -274,42 +274,53 @@ class _Labeler(anywidget.AnyWidget):
         self.status = text
 
     def handle(self, message: dict):
-        """Apply one browser message; also how tests and scripts drive the widget without a browser."""
+        """Apply one browser message; also how tests and scripts drive the widget without a browser. Each action
+        has its handler; a skip, a prompt flag and a label are answers to the item on screen (`_answer`)."""
+        handlers = {"still_here": self._still_here, "undo": self._undo, "edit": self._edit, "cancel": self._cancel,
+                    "prompt": self._prompt, "skip": self._answer, "flag_prompt": self._answer, "label": self._answer}
         action = message.get("action")
-        if action == "still_here":  # the item is still on screen: keep its lease, quietly
-            if self.item and message.get("item_id") == self.item["item_id"] and not self._lease_kept():
-                self.say("this item went to someone else while it was off screen (its lease ran out); here is "
-                         "the next one")
-                self.show_next()
-            return
-        if action == "undo":
-            # `target`, the newest event the browser listed, makes a resent undo cancel nothing more
-            undone = self.store.undo(self.annotator, event_id=message.get("target"), session=self.session)
-            if undone is None:
-                self.say("nothing to undo" if message.get("target") is None else "already undone")
-                return
-            self._commits += 1
-            stored = self.store.in_force(undone["item_id"], self.annotator)  # an earlier label the undo brought back, if any
-            self.say(f"undid your {undone['action'].replace('_', ' ')}")
-            self.show(self.store.item(undone["item_id"]), previous=stored or undone, editing=stored is not None)
-            return
-        if action == "edit":
-            clicked = self.store.event(message.get("event_id"))
-            if clicked is None or clicked["annotator"] != self.annotator:
-                raise ValueError("that entry is not one of your events; pick one from 'Your recent labels'")
-            stored = self.store.in_force(clicked["item_id"], self.annotator)  # the answer in force, even if the entry is an older one
-            if stored is None:
-                raise ValueError("that answer was undone, so there is nothing to edit; the item is back in your queue")
-            self.say("editing an earlier answer: a new one replaces it, Cancel keeps it")
-            self.show(self.store.item(stored["item_id"]), previous=stored, editing=True)
-            return
-        if action == "cancel":
-            self.say("edit cancelled: your earlier answer stays")
+        if action not in handlers:
+            raise ValueError(f"unknown action {action!r}")
+        handlers[action](message)
+
+    def _still_here(self, message: dict):
+        """The item is still on screen: keep its lease, quietly; move on if it went to someone else meanwhile."""
+        if self.item and message.get("item_id") == self.item["item_id"] and not self._lease_kept():
+            self.say("this item went to someone else while it was off screen (its lease ran out); here is "
+                     "the next one")
             self.show_next()
+
+    def _undo(self, message: dict):
+        # `target`, the newest event the browser listed, makes a resent undo cancel nothing more
+        undone = self.store.undo(self.annotator, event_id=message.get("target"), session=self.session)
+        if undone is None:
+            self.say("nothing to undo" if message.get("target") is None else "already undone")
             return
-        if action == "prompt":
-            self.play(message.get("text", ""), message.get("mode", "compare"))
-            return
+        self._commits += 1
+        stored = self.store.in_force(undone["item_id"], self.annotator)  # an earlier label the undo brought back, if any
+        self.say(f"undid your {undone['action'].replace('_', ' ')}")
+        self.show(self.store.item(undone["item_id"]), previous=stored or undone, editing=stored is not None)
+
+    def _edit(self, message: dict):
+        clicked = self.store.event(message.get("event_id"))
+        if clicked is None or clicked["annotator"] != self.annotator:
+            raise ValueError("that entry is not one of your events; pick one from 'Your recent labels'")
+        stored = self.store.in_force(clicked["item_id"], self.annotator)  # the answer in force, even if the entry is an older one
+        if stored is None:
+            raise ValueError("that answer was undone, so there is nothing to edit; the item is back in your queue")
+        self.say("editing an earlier answer: a new one replaces it, Cancel keeps it")
+        self.show(self.store.item(stored["item_id"]), previous=stored, editing=True)
+
+    def _cancel(self, _message: dict):
+        self.say("edit cancelled: your earlier answer stays")
+        self.show_next()
+
+    def _prompt(self, message: dict):
+        self.play(message.get("text", ""), message.get("mode", "compare"))
+
+    def _answer(self, message: dict):
+        """A skip, a prompt flag or a label of the item on screen: checked, stored once, then the next item."""
+        action = message["action"]
         event_id = message.get("event_id") or (self.item or {}).get("event_id")
         if event_id in self._committed:
             if self.item and self.item["event_id"] == event_id:  # stored, but fetching the next item failed then
@@ -329,11 +340,9 @@ class _Labeler(anywidget.AnyWidget):
             answer = {"action": "skip"}
         elif action == "flag_prompt":
             answer = {"action": "flag_prompt", "rationale": message.get("rationale")}
-        elif action == "label":
+        else:
             answer = {"action": "label", "rationale": message.get("rationale"),
                       "flags": _stored_flags(message.get("flags") or {}, order), **self.labeled(message, order)}
-        else:
-            raise ValueError(f"unknown action {action!r}")
         problem = broken_rule(self.config, answer, time.time() - self._shown_at)
         if problem:
             raise ValueError(problem)
