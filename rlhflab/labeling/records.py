@@ -252,19 +252,24 @@ def read_csv(path: str | Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+def source_name(source) -> str:
+    """What error messages call a source: a file's name, or 'data' for rows in memory."""
+    return Path(source).name if isinstance(source, (str, Path)) else "data"
+
+
 def read_records(source) -> tuple[object, str]:
     """A file's records by its extension (.csv as CSV; .jsonl and .jsonl.gz as JSON lines), or in-memory data
-    as it is; and what error messages call it (the file's name, or 'data')."""
+    as it is; and what error messages call it (`source_name`)."""
     if not isinstance(source, (str, Path)):
-        return source, "data"
+        return source, source_name(source)
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"no file {str(path)!r}; check the path (relative paths start at {os.getcwd()})")
     suffixes = "".join(path.suffixes[-2:]).lower()
     if path.suffix.lower() == ".csv":
-        return read_csv(path), path.name
+        return read_csv(path), source_name(path)
     if path.suffix.lower() == ".jsonl" or suffixes == ".jsonl.gz":
-        return read_jsonl(path), path.name
+        return read_jsonl(path), source_name(path)
     raise ValueError(f"{path.name}: rlhflab reads .csv, .jsonl and .jsonl.gz files; convert it, or pass a pandas "
                      "DataFrame (pd.read_parquet, pd.read_excel, ...)")
 
@@ -303,7 +308,7 @@ def read_hh_rlhf(source) -> list[dict]:
     `source` is a file (.jsonl or .jsonl.gz, as HH ships) or HH's rows in memory, e.g. the hub's
     `datasets.load_dataset("Anthropic/hh-rlhf", data_dir="harmless-base", split="test")`.
     """
-    rows, what = [], read_records(source)[1]
+    rows, what = [], source_name(source)  # read_comparisons reads the file, once
     # HH has no prompt column: read the chosen transcript as the prompt too, then cut it below.
     for index, record in enumerate(read_comparisons(source, columns={"prompt": "chosen"}, max_chars=None)):
         chosen, rejected = record["chosen"], record["rejected"]

@@ -822,9 +822,7 @@ class LabelStore:
                         lease.project == self.project, lease.item_id == item_id, lease.annotator == annotator,
                         lease.expires_at > now).values(expires_at=now + self.config.lease_seconds)).rowcount:
                     return True
-                others = select(func.count()).where(
-                    lease.project == self.project, lease.item_id == item_id, lease.expires_at > now,
-                    lease.annotator != annotator, ~self._answered(lease.annotator, lease.item_id)).scalar_subquery()
+                others = self._leased_by_others(c.item_id, annotator, now)
                 room = conn.execute(select(c.gold | (c.labels + others < self.config.overlap)).where(
                     c.project == self.project, c.item_id == item_id)).scalar()
                 if room:
@@ -922,7 +920,7 @@ class LabelStore:
     def _oldest_open(self, gold: bool | None, excluding: bool) -> list:
         """Candidates (see `_assignment`) whose oldest is the oldest gold item, or item with v < overlap labels
         for some v, that the annotator may take (`gold`: only gold items, or only real ones)."""
-        c, lease = coverage_table.c, leases_table.c
+        c = coverage_table.c
         base = select(c.item_id, c.position).where(c.project == self.project, ~self._answered(ANNOTATOR, c.item_id))
         if excluding:
             base = base.where(c.item_id.not_in(EXCLUDE))
@@ -931,13 +929,19 @@ class LabelStore:
             return found
         # Others holding a live lease and no answer yet count toward the overlap, so that two annotators
         # are not handed the last open slot of one item at once.
-        leased_by_others = (select(func.count()).where(
-            lease.project == self.project, lease.item_id == c.item_id, lease.expires_at > NOW,
-            lease.annotator != ANNOTATOR, ~self._answered(lease.annotator, lease.item_id)).scalar_subquery())
+        leased_by_others = self._leased_by_others(c.item_id, ANNOTATOR, NOW)
         for labels in range(self.config.overlap):  # one index range per count: each walks in queue order
             found.append(base.where(~c.gold, c.labels == labels, leased_by_others < self.config.overlap - labels)
                          .order_by(c.position).limit(1))
         return found
+
+    def _leased_by_others(self, item_id, annotator, now):
+        """SQL: how many others hold a live lease on `item_id` and have no answer on it yet (they count toward the
+        overlap). Each argument is a column, a bound parameter or a value."""
+        lease = leases_table.c
+        return select(func.count()).where(
+            lease.project == self.project, lease.item_id == item_id, lease.expires_at > now,
+            lease.annotator != annotator, ~self._answered(lease.annotator, lease.item_id)).scalar_subquery()
 
     def _built(self, key, build):
         """The statement `build()` makes, made once per store and kept under `key`: a click then spends its CPU
