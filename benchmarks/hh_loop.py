@@ -8,6 +8,7 @@ human comparisons of HH-RLHF harmless-base, is the gold. The policy's own reward
 from `--human` other human comparisons (a small share) and, each round, learns from `--labels` pairs of the
 policy's answers that the gold labels. Each round then runs PPO against the proxy, and the gold judges the
 policy's answers against SFT's on held-out dialogues (never trained on): its win-rate with a 95% interval.
+The proxy's accuracy on `--proxy-test` held-out human pairs is reported beside it.
 Prints one JSON line per round; writes benchmarks/results/hh_loop.json.
 """
 
@@ -29,7 +30,7 @@ from rlhflab.lab.loop import RLHFLoop  # noqa: E402
 from rlhflab.lab.stages import RLHFConfig  # noqa: E402
 from rlhflab.labeling.records import import_comparisons, read_hh_rlhf  # noqa: E402
 from rlhflab.trainers.embedded import SMOLLM2  # noqa: E402
-from rlhflab.trainers.reward import load_reward_model  # noqa: E402
+from rlhflab.trainers.reward import evaluate_reward_model, load_reward_model  # noqa: E402
 
 
 def gold_judge(gold):
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=32, help="pairs of policy answers the gold labels per round")
     parser.add_argument("--ppo-steps", type=int, default=6, help="PPO steps per round, of 8 responses")
     parser.add_argument("--heldout", type=int, default=32)
+    parser.add_argument("--proxy-test", type=int, default=64, help="held-out human pairs the proxy is tested on")
     args = parser.parse_args()
     rows = read_hh_rlhf(args.hh)
     gold_rows, heldout_rows = split(rows, 512, 256, seed=0)  # what hh_reward.py's seed 0 trained and tested on
@@ -69,11 +71,13 @@ def main() -> None:
     rows_out = []
     for _ in range(args.rounds):
         round_started = time.time()
-        metrics = loop.run_round().metrics
-        rows_out.append({name: metrics.get(name) for name in (
+        result = loop.run_round()
+        proxy = load_reward_model(str(result.reward_dir))
+        proxy_accuracy = evaluate_reward_model(proxy, heldout_rows[:args.proxy_test])["metrics"]["eval/accuracy"]
+        rows_out.append({name: result.metrics.get(name) for name in (
             "round", "labels", "gold_rm/win_rate_vs_sft", "gold_rm/win_rate_vs_sft_low",
-            "gold_rm/win_rate_vs_sft_high", "kl/to_sft", "reward/heldout_pairs_accuracy")}
-            | {"wall_s": time.time() - round_started})
+            "gold_rm/win_rate_vs_sft_high", "kl/to_sft")}
+            | {"proxy/heldout_human_accuracy": proxy_accuracy, "wall_s": time.time() - round_started})
         print(json.dumps(rows_out[-1]), flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "hh_loop.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},

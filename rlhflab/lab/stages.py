@@ -4,8 +4,10 @@
     sft_baseline    SFT's answers to the held-out prompts: what every evaluation compares against
     reward_stage    a fresh LoRA reward model on comparison rows, normalised on SFT's samples
     ppo_trainer     PPO from an adapter against a reward model, KL to SFT (for runs that want the trainer)
-    policy_stage    one policy update, by method: 'ppo' (against a reward model), or 'dpo', 'kto' or 'ilql'
-                    (on the labels themselves)
+    policy_stage    one policy update by a registered method (`METHODS`): PPO, NLPO, RLOO or GRPO against a
+                    reward model, or DPO, KTO or ILQL on the labels themselves
+    register_method add a method in one place (`Method`: its update, whether it needs a reward model,
+                    its dashboard); the loop, `compare_methods` and the live plots then run it
     evaluate        held-out win-rate against SFT by the task's judge (95% interval), KL to SFT, proxy means,
                     gold means where the task knows the truth, reward agreement with the judge
 
@@ -14,7 +16,7 @@ judged by its gold annotator (`rlhflab.tiny.task.WorldTask`); nothing here knows
 Data flows one way: records -> store -> comparison rows -> trainers -> evaluation. `RLHFLoop` and
 `compare_methods` (`rlhflab.lab.loop`), notebooks 03-05, the benchmarks and the tests' fixtures all run
 these functions, at the sizes of one `RLHFConfig`. Every number they report is named in `METRICS`,
-the lab's one vocabulary, which the README's metrics table documents.
+the lab's one vocabulary, which docs/metrics.md documents.
 
 SFT gets a deliberately small demonstration budget: with 2,000 demonstrations the tiny model
 already answers almost perfectly (gold 3.7 of 4), and RLHF would have nothing left to teach.
@@ -23,6 +25,7 @@ already answers almost perfectly (gold 3.7 of 4), and RLHF would have nothing le
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,20 +38,17 @@ from ..trainers.critic_free import CriticFreeConfig, train_critic_free
 from ..trainers.dpo import DPOConfig, train_dpo
 from ..trainers.ilql import HEADS_WEIGHTS, ILQLConfig, load_ilql, train_ilql
 from ..trainers.kto import KTOConfig, train_kto
-from ..trainers.live import LivePlot
+from ..trainers.live import LAYOUTS, Chart, LivePlot
 from ..trainers.models import Policy, load_policy
 from ..trainers.ppo import PPOConfig, PPOTrainer, is_nlpo_checkpoint, load_nlpo
 from ..trainers.reward import (ADAPTER_WEIGHTS, RewardConfig, RewardModel, SharedReward, evaluate_reward_model,
                                load_reward_model, train_reward_model)
 from ..trainers.sft import SFTConfig, train_sft
 
-__all__ = ["METHODS", "FROM_A_REWARD_MODEL", "LAYOUT_OF", "METRICS", "RLHFConfig", "heldout_prompts",
+__all__ = ["Method", "PolicyUpdate", "METHODS", "register_method", "METRICS", "RLHFConfig", "heldout_prompts",
            "ppo_prompts", "load", "sample", "sft_stage", "Baseline", "sft_baseline", "gold_scores",
            "reward_stage", "reward_agreement", "ppo_trainer", "policy_stage", "evaluate"]
 
-METHODS = ("ppo", "dpo", "kto", "ilql", "nlpo", "rloo", "grpo")  # the policy updates `policy_stage` runs
-FROM_A_REWARD_MODEL = ("ppo", "nlpo", "rloo", "grpo")  # the rest learn from the labels directly
-LAYOUT_OF = {"nlpo": "ppo", "rloo": "critic_free", "grpo": "critic_free"}  # each other method has its own layout
 METRICS = {  # name -> meaning; the loop, compare_methods, the benchmarks, the notebooks and the report use these.
     # 'gold/' is the judge's name on the tiny world; with a judge of your own it is `Task.judge_name` ('judge/').
     "gold/win_rate_vs_sft": "share of held-out prompts on which gold prefers the policy's answer to SFT's (ties: half)",
@@ -79,7 +79,7 @@ class RLHFConfig:
     n_demonstrations: int = 128  # SFT budget, small on purpose (see the module docstring)
     reward_epochs: float = 2.0  # passes over the comparisons
     # -- the policy update
-    method: str = "ppo"  # one of METHODS; DPO, KTO and ILQL learn from the labels without a reward model,
+    method: str = "ppo"  # a name in METHODS; DPO, KTO and ILQL learn from the labels without a reward model,
     # so active learning falls back to random picks
     ppo_steps: int = 16  # PPO steps of ppo_batch_size responses (per round in the loop)
     ppo_batch_size: int = 16  # responses per PPO step
@@ -106,7 +106,8 @@ class RLHFConfig:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r} "
+                             "(register_method adds one)")
         if self.rounds < 1 or self.labels_per_round < 1:
             raise ValueError("the loop needs at least 1 round and 1 label per round")
 
@@ -256,41 +257,134 @@ def ppo_trainer(task, config: RLHFConfig, sft_dir: Path, reward_dir: Path, *, st
     return trainer
 
 
+# ---------------------------------------------------------------------------------------------
+# The policy updates: each method registered once, with what the loop and the dashboards need to know
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PolicyUpdate:
+    """What a method's update is given. It trains from the `start` adapter into `out` and returns the new
+    policy's directory and the PPO step count reached (`first_step` for methods that count none)."""
+
+    task: object
+    config: RLHFConfig
+    sft_dir: Path  # the SFT adapter: PPO's and NLPO's KL reference
+    start: Path  # the adapter this update starts from (SFT, or the previous round's policy)
+    out: Path  # this method's own directory
+    reward_dir: Path | None  # the reward model, for a method with `reward_model=True`
+    comparisons: object  # the labels (a LabelStore, or rows), for the methods that learn from them directly
+    seed: int
+    first_step: int
+    live: LivePlot | None
+
+
+@dataclass(frozen=True)
+class Method:
+    """A policy update the lab can run: `policy_stage`, the loop, `compare_methods` and the dashboards read
+    everything they need to know of a method from here.
+
+    Args:
+        name: what `RLHFConfig(method=...)` and `policy_stage` take.
+        update: PolicyUpdate -> (policy directory, PPO step reached).
+        reward_model: it trains against a reward model, so the loop fits one each round first.
+        layout: the key of `rlhflab.trainers.live.LAYOUTS` its live dashboard draws (default: its name).
+        charts: a dashboard of its own, registered as `LAYOUTS[name]`.
+    """
+
+    name: str
+    update: Callable[[PolicyUpdate], tuple[Path, int]]
+    reward_model: bool = False
+    layout: str = ""
+    charts: tuple[Chart, ...] = ()
+
+    @property
+    def dashboard(self) -> str:
+        return self.layout or self.name
+
+
+METHODS: dict[str, Method] = {}  # name -> Method, in the order registered
+
+
+def register_method(method: Method) -> Method:
+    """Add a policy update to the lab, in one place: after this, `RLHFConfig(method=method.name)`, the loop
+    and `compare_methods` run it, and its live plot draws `method.charts` (or the layout it names)."""
+    if method.name in METHODS:
+        raise ValueError(f"a method named {method.name!r} is registered already")
+    if method.charts:
+        if method.name in LAYOUTS:
+            raise ValueError(f"a dashboard named {method.name!r} exists already: give layout= instead of charts=")
+        LAYOUTS[method.name] = method.charts
+    elif method.dashboard not in LAYOUTS:
+        raise ValueError(f"{method.name}: no dashboard {method.dashboard!r}; give charts= or one of "
+                         f"{', '.join(LAYOUTS)} as layout=")
+    METHODS[method.name] = method
+    return method
+
+
 def policy_stage(method: str, task, config: RLHFConfig, *, sft_dir: Path, start: Path, out: Path,
                  reward_dir: Path | None = None, comparisons=None, seed: int | None = None, first_step: int = 0,
                  live: LivePlot | None = None) -> tuple[Path, int]:
-    """One policy update from the `start` adapter: PPO, NLPO, RLOO or GRPO against the reward model at
-    `reward_dir`, or DPO, KTO or ILQL on `comparisons` (a store or rows). The KL reference is SFT for
-    PPO and NLPO, `start` for the others. Returns the new policy's directory and the PPO step reached."""
-    seed = config.seed if seed is None else seed
+    """One policy update by a registered method from the `start` adapter: against the reward model at
+    `reward_dir` (PPO, NLPO, RLOO, GRPO), or on `comparisons`, a store or rows (DPO, KTO, ILQL). The KL
+    reference is SFT for PPO and NLPO, `start` for the others. Returns the new policy's directory and the
+    PPO step reached."""
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    if method in FROM_A_REWARD_MODEL and reward_dir is None:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r} (register_method adds one)")
+    if METHODS[method].reward_model and reward_dir is None:
         raise ValueError(f"{method.upper()} needs a reward model: pass reward_dir (from reward_stage)")
-    if method in ("ppo", "nlpo"):
-        result = ppo_trainer(task, config, sft_dir, reward_dir, start=start, out=Path(out) / method,
-                             first_step=first_step, seed=seed, live=live,
-                             ppo_fields={"nlpo_top_p": config.nlpo_top_p} if method == "nlpo" else None).train()
-        return result.output_dir / "checkpoint", result.step
-    out = Path(out) / method
-    policy = load(config, start, trainable=True)
-    if method in ("rloo", "grpo"):
-        reward = load_reward_model(str(reward_dir), quantization=config.quantization)
-        train_critic_free(policy, ppo_prompts(task, config), reward, CriticFreeConfig(
-            method=method, output_dir=str(out), max_steps=config.ppo_steps, batch_size=config.ppo_batch_size,
-            mini_batch_size=config.ppo_mini_batch_size,
-            num_generations=config.group_size, learning_rate=config.ppo_learning_rate, beta=config.critic_free_beta,
-            max_completion_length=config.response_length, seed=seed), live=live)
-    elif method == "dpo":
-        train_dpo(policy, comparisons, DPOConfig(output_dir=str(out), epochs=config.dpo_epochs, beta=config.dpo_beta,
-                                                 seed=seed, logging_steps=2), live=live)
-    elif method == "kto":
-        train_kto(policy, comparisons, KTOConfig(output_dir=str(out), epochs=config.kto_epochs, beta=config.kto_beta,
-                                                 seed=seed, logging_steps=2), live=live)
-    else:
-        train_ilql(policy, comparisons, ILQLConfig(output_dir=str(out), steps=config.ilql_steps, beta=config.ilql_beta,
-                                                   seed=seed), live=live)
-    return out, first_step
+    return METHODS[method].update(PolicyUpdate(
+        task, config, Path(sft_dir), Path(start), Path(out) / method, None if reward_dir is None else Path(reward_dir),
+        comparisons, config.seed if seed is None else seed, first_step, live))
+
+
+def _ppo(update: PolicyUpdate, nlpo: bool = False) -> tuple[Path, int]:
+    c = update.config
+    result = ppo_trainer(update.task, c, update.sft_dir, update.reward_dir, start=update.start, out=update.out,
+                         first_step=update.first_step, seed=update.seed, live=update.live,
+                         ppo_fields={"nlpo_top_p": c.nlpo_top_p} if nlpo else None).train()
+    return result.output_dir / "checkpoint", result.step
+
+
+def _critic_free(update: PolicyUpdate, method: str) -> tuple[Path, int]:
+    c = update.config
+    reward = load_reward_model(str(update.reward_dir), quantization=c.quantization)
+    train_critic_free(load(c, update.start, trainable=True), ppo_prompts(update.task, c), reward, CriticFreeConfig(
+        method=method, output_dir=str(update.out), max_steps=c.ppo_steps, batch_size=c.ppo_batch_size,
+        mini_batch_size=c.ppo_mini_batch_size, num_generations=c.group_size, learning_rate=c.ppo_learning_rate,
+        beta=c.critic_free_beta, max_completion_length=c.response_length, seed=update.seed), live=update.live)
+    return update.out, update.first_step
+
+
+def _dpo(update: PolicyUpdate) -> tuple[Path, int]:
+    c = update.config
+    train_dpo(load(c, update.start, trainable=True), update.comparisons, DPOConfig(
+        output_dir=str(update.out), epochs=c.dpo_epochs, beta=c.dpo_beta, seed=update.seed, logging_steps=2),
+        live=update.live)
+    return update.out, update.first_step
+
+
+def _kto(update: PolicyUpdate) -> tuple[Path, int]:
+    c = update.config
+    train_kto(load(c, update.start, trainable=True), update.comparisons, KTOConfig(
+        output_dir=str(update.out), epochs=c.kto_epochs, beta=c.kto_beta, seed=update.seed, logging_steps=2),
+        live=update.live)
+    return update.out, update.first_step
+
+
+def _ilql(update: PolicyUpdate) -> tuple[Path, int]:
+    c = update.config
+    train_ilql(load(c, update.start, trainable=True), update.comparisons, ILQLConfig(
+        output_dir=str(update.out), steps=c.ilql_steps, beta=c.ilql_beta, seed=update.seed), live=update.live)
+    return update.out, update.first_step
+
+
+register_method(Method("ppo", _ppo, reward_model=True))
+register_method(Method("dpo", _dpo))
+register_method(Method("kto", _kto))
+register_method(Method("ilql", _ilql))
+register_method(Method("nlpo", lambda update: _ppo(update, nlpo=True), reward_model=True, layout="ppo"))
+register_method(Method("rloo", lambda update: _critic_free(update, "rloo"), reward_model=True, layout="critic_free"))
+register_method(Method("grpo", lambda update: _critic_free(update, "grpo"), reward_model=True, layout="critic_free"))
 
 
 # ---------------------------------------------------------------------------------------------
