@@ -628,7 +628,7 @@ def test_annotator_names_are_normalised_and_an_empty_one_is_refused(store):
 def test_a_sqlite_store_on_a_network_file_system_warns(tmp_path, monkeypatch):
     import warnings
 
-    from rlhflab.labeling import store as store_module
+    from rlhflab.labeling.store import engine as store_module  # where `engine_for` reads MOUNTS
     mounts = tmp_path / "mounts"
     mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/export {tmp_path}/shared nfs4 rw 0 0\n"
                       f"//nas/team {tmp_path}/my\\040drive cifs rw 0 0\n")
@@ -840,7 +840,7 @@ def test_a_store_in_a_synced_folder_keeps_no_label_in_a_wal_file(tmp_path, monke
     rollback journal, and closing any SQLite store checkpoints its WAL into the database file."""
     import sqlite3
 
-    from rlhflab.labeling import store as store_module
+    from rlhflab.labeling.store import engine as store_module  # where `engine_for` reads MOUNTS
 
     drive = tmp_path / "drive"
     drive.mkdir()
