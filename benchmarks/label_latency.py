@@ -5,7 +5,8 @@
 JupyterLab runs on localhost, headless Chromium opens a notebook with a PairwiseLabeler on a SQLite
 store, and a person's key presses ('a' / 'b', alternating) label items, each as soon as the item on screen takes
 one: the widget as shipped ignores keys for `min_view_ms` (300 ms) after an item appears, so no person labels
-faster, and work the kernel does after sending an item (the progress line) is done by then. Inside the page a capture-phase
+faster, and work the kernel does after sending an item (the progress line) is done by then.
+Inside the page a capture-phase
 keydown listener notes the time of each press, and a MutationObserver notes when the widget's root
 shows the next item id: the label has been committed to SQLite (fsync) and the next item drawn. The
 "painted" figure adds the wait for the next animation frame. The server is `make lab`'s: with
@@ -68,7 +69,8 @@ def main():
                   f"assert len(set(prompts)) > {args.labels}, 'too few distinct prompts for the labels asked'\n"
                   "policy = load_policy('tiny')",
                   f"store = LabelStore({str(store_path)!r})\n"
-                  "queue = GenerationQueue(store, prompts, [policy, policy], GenerationConfig(batch_size=4, ahead=16),\n"
+                  "queue = GenerationQueue(store, prompts, [policy, policy], "
+                  "GenerationConfig(batch_size=4, ahead=16),\n"
                   "                        temperatures=[0.7, 1.5]).start()\n"
                   "PairwiseLabeler(store, 'bench', queue=queue)"]
     else:

@@ -60,7 +60,8 @@ def main() -> None:
             seconds = time.perf_counter() - started
             outcome, _ = evaluate(load(run, result.output_dir / "checkpoint"), baseline, task, run, reward_model)
             rows.append({"variant": variant, "seed": seed, "ppo_seconds": seconds,
-                         **{k: outcome[k] for k in ("gold/win_rate_vs_sft", "gold/mean", "kl/to_sft", "gold/sft_mean")}})
+                         **{k: outcome[k]
+                            for k in ("gold/win_rate_vs_sft", "gold/mean", "kl/to_sft", "gold/sft_mean")}})
             print(json.dumps(rows[-1]), flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ppo_details.json").write_text(json.dumps(rows, indent=2) + "\n")

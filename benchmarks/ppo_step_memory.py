@@ -83,7 +83,8 @@ def main() -> None:
 
     model_path = str(model_dir(SMOLLM2))  # both revisions load the same converted checkpoint
     worktree = Path(tempfile.mkdtemp()) / "before"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(worktree), args.before], check=True)
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(worktree), args.before],
+                   check=True)
     try:
         results: dict[tuple[str, str], list[dict]] = {}
         for repeat in range(args.repeats):

@@ -260,7 +260,8 @@ def main() -> None:
         theirs = run_worker(trl_python, ["trl", str(speed_dir), "--steps", str(args.steps)])
         rows.append({"measure": "speed", "impl": "TRL 1.9.2", "mode": "full", **theirs})
         for mode in ("full", "lora", "4bit+lora"):
-            mine = run_worker(Path(sys.executable), ["ours", str(speed_dir), "--mode", mode, "--steps", str(args.steps)])
+            mine = run_worker(Path(sys.executable), ["ours", str(speed_dir), "--mode", mode, "--steps",
+                                                     str(args.steps)])
             rows.append({"measure": "speed", "impl": "rlhflab", "mode": mode, **mine,
                          "ratio_vs_trl": mine["samples_per_s"] / theirs["samples_per_s"]})
         memory_dir = build_models(Path(tmp) / "memory", **MEMORY)
@@ -268,7 +269,8 @@ def main() -> None:
         rows.append({"measure": "memory", "impl": "TRL 1.9.2", "mode": "full", **theirs})
         for mode, checkpointing in MEMORY_MODES:
             mine = run_worker(Path(sys.executable), ["ours", str(memory_dir), "--mode", mode, "--steps",
-                                                     str(args.memory_steps), *(["--checkpointing"] if checkpointing else [])])
+                                                     str(args.memory_steps),
+                                                     *(["--checkpointing"] if checkpointing else [])])
             rows.append({"measure": "memory", "impl": "rlhflab", "mode": mode + (" +ckpt" if checkpointing else ""),
                          **mine, "ratio_vs_trl": mine["peak_rss_mb"] / theirs["peak_rss_mb"]})
     report(rows, args.out)
@@ -305,7 +307,8 @@ def report(rows: list[dict], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2) + "\n")
     print("(smollm2 rows: medians; their 'peak RSS MB' is the steady-state RssAnon, ranges in the JSON)")
-    print(f"{'measure':22} {'impl':10} {'mode':16} {'samples/s':>10} {'peak RSS MB':>12} {'speed vs TRL':>13} {'memory vs TRL':>14}")
+    print(f"{'measure':22} {'impl':10} {'mode':16} {'samples/s':>10} {'peak RSS MB':>12} "
+          f"{'speed vs TRL':>13} {'memory vs TRL':>14}")
     for r in rows:
         if r["impl"].startswith("TRL"):
             speed = memory = "1.00"

@@ -62,13 +62,15 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "smollm2_loop.json").write_text(json.dumps({"config": vars(args), "rows": rows}, indent=2) + "\n")
-    print("\n| stage | labels so far | gold win-rate vs SFT | gold mean | KL to SFT (nats) | reward model's gold agreement | wall (s) |")
+    print("\n| stage | labels so far | gold win-rate vs SFT | gold mean | KL to SFT (nats) | "
+          "reward model's gold agreement | wall (s) |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         def cell(key, form):
             return form.format(row[key]) if row.get(key) is not None else ""
         print(f"| {row['stage']} | {cell('labels', '{}')} | {cell('gold/win_rate_vs_sft', '{:.1%}')} | "
-              f"{cell('gold/mean', '{:.2f}')} | {cell('kl/to_sft', '{:.2f}')} | {cell('reward/gold_agreement', '{:.1%}')} | "
+              f"{cell('gold/mean', '{:.2f}')} | {cell('kl/to_sft', '{:.2f}')} | "
+              f"{cell('reward/gold_agreement', '{:.1%}')} | "
               f"{cell('wall_s', '{:.0f}')} |")
     print(f"\ntotal wall time: {time.time() - started:.0f} s")
 

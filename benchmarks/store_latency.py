@@ -10,7 +10,8 @@ every click. Between round trips each annotator looks at the item for `--pace` s
 the widget's `min_view_ms`, the shortest time it lets an item be on screen before it takes a label,
 so this is 8 people labelling as fast as the widget allows. `--pace 0` is a stress test instead:
 every process asks again at once, so on a machine with fewer cores than annotators it measures how
-long a round trip waits for a core. Afterwards it checks that nothing was lost or duplicated: every event is stored once,
+long a round trip waits for a core.
+Afterwards it checks that nothing was lost or duplicated: every event is stored once,
 and no item was handed to two annotators (overlap 1). Postgres is a throwaway local cluster
 (tests/test_store.py's `throwaway_postgres`), or RLHFLAB_POSTGRES_URL when set.
 """
@@ -49,7 +50,8 @@ def fill(url: str, project: str, events: int, annotators: int, rounds: int):
     item_ids = list(store.items())
     for start in range(0, events, FILL_BATCH):
         store.record_many([{"item_id": item_ids[n], "annotator": f"w{n % annotators}", "choice": "ab"[n % 2],
-                            "strength": "clearly", "shown_order": [n % 2, 1 - n % 2], "event_id": f"{project}-fill-{n:07d}"}
+                            "strength": "clearly", "shown_order": [n % 2, 1 - n % 2],
+                            "event_id": f"{project}-fill-{n:07d}"}
                            for n in range(start, min(start + FILL_BATCH, events))])
     store.close()
 
@@ -76,7 +78,8 @@ def run(url: str, events: int, annotators: int, rounds: int, pace: float) -> dic
     fill(url, project, events, annotators, rounds)
     fork = multiprocessing.get_context("fork")
     start, results = fork.Event(), fork.Queue()
-    workers = [fork.Process(target=label, args=(url, project, f"w{k}", rounds, pace, start, results)) for k in range(annotators)]
+    workers = [fork.Process(target=label, args=(url, project, f"w{k}", rounds, pace, start, results))
+               for k in range(annotators)]
     for worker in workers:
         worker.start()
     time.sleep(1.0)  # every worker has opened the store
@@ -90,7 +93,8 @@ def run(url: str, events: int, annotators: int, rounds: int, pace: float) -> dic
 
     store = LabelStore(url, project)
     stored = [e["event_id"] for e in store.events()]
-    expected = {f"{project}-fill-{n:07d}" for n in range(events)} | {f"{project}-w{k}-{i:05d}" for k in range(annotators)
+    expected = {f"{project}-fill-{n:07d}" for n in range(events)} | {f"{project}-w{k}-{i:05d}"
+                                                            for k in range(annotators)
                                                             for i in range(rounds)}
     assert len(stored) == len(set(stored)) == len(expected) and set(stored) == expected, "events lost or duplicated"
     assert max(labelled.values()) == 1, "an item was handed to two annotators"
@@ -119,11 +123,13 @@ def main():
             url = str(Path(tempfile.mkdtemp(prefix="rlhflab-latency-")) / "labels.db")
             figures["sqlite"] = run(url, args.events, args.annotators, args.rounds, args.pace)
         elif os.environ.get("RLHFLAB_POSTGRES_URL"):
-            figures["postgres"] = run(os.environ["RLHFLAB_POSTGRES_URL"], args.events, args.annotators, args.rounds, args.pace)
+            figures["postgres"] = run(os.environ["RLHFLAB_POSTGRES_URL"], args.events, args.annotators, args.rounds,
+                                      args.pace)
         else:
             with throwaway_postgres() as url:
                 if url is None:
-                    sys.exit("no Postgres binaries here (apt-get install postgresql), and RLHFLAB_POSTGRES_URL is unset")
+                    sys.exit("no Postgres binaries here (apt-get install postgresql), "
+                             "and RLHFLAB_POSTGRES_URL is unset")
                 figures["postgres"] = run(url, args.events, args.annotators, args.rounds, args.pace)
         print(json.dumps({backend: figures[backend]}), flush=True)
     print(json.dumps(figures, indent=2))

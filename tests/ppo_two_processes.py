@@ -12,4 +12,5 @@ config = PPOConfig(output_dir=sys.argv[1], steps=2, batch_size=4, mini_batch_siz
                    response_length=12, save_every=100)
 trainer = PPOTrainer(load_policy("tiny", lora=True, device="cpu"), prompts, GoldReward(GoldAnnotator(world)), config)
 result = trainer.train()
-print(f"process {trainer.accelerator.process_index} of {trainer.accelerator.num_processes}: step {result.step}", flush=True)
+print(f"process {trainer.accelerator.process_index} of {trainer.accelerator.num_processes}: step {result.step}",
+      flush=True)

@@ -101,7 +101,8 @@ def test_disagreements_are_queued_again_and_gold_labels_the_whole_queue(world, g
     store.record(second.item_id, "bob", choice="a", strength="much")
     [review] = review_items(store)
     assert review.item_id == f"{first.item_id}:review2" and review.responses == first.responses
-    queued = queue_next(store, world_items(world, 10, seed=7), 4, reward=LengthReward(), config=ActiveConfig(review_share=0.25))
+    queued = queue_next(store, world_items(world, 10, seed=7), 4, reward=LengthReward(),
+                        config=ActiveConfig(review_share=0.25))
     assert [item.meta["reason"] for item in queued].count("disagreement") == 1
     assert len(queued) == 4 and len(store.items()) == 2 + 4
     assert queue_next(store, [], 4, reward=LengthReward()) == []  # the review is queued once only

@@ -62,7 +62,8 @@ def test_majority_gives_one_verdict_per_item_and_reports_the_rest(store):
                            (SPLIT.prompt, "In the forest.", 1 / 3, "ada+bob")]  # lower of the middle two
     assert rows.dropped == {"gold item": 3, "outvoted": 1 + 1, "no majority": 2}  # cy on SPLIT and on REPLY
     [agreed] = [r for r in comparisons(store, policy="majority") if r["item_id"] == AGREED.item_id]
-    assert agreed["votes"] == "3/3" and agreed["flags"] == ["rejected:rude-ada", "rejected:rude-bob", "rejected:rude-cy"]
+    assert agreed["votes"] == "3/3" and agreed["flags"] == ["rejected:rude-ada", "rejected:rude-bob",
+                                                            "rejected:rude-cy"]
     kto = kto_rows(store, policy="majority")
     assert [(r["completion"], r["label"]) for r in kto if r["source"] == "rating"] == [("Moo.", True)]
     assert to_dataframe(store, policy="majority").attrs["dropped"]["no majority"] == 2

@@ -159,11 +159,13 @@ def test_label_by_click_and_keyboard_undo_and_the_store_holds_exactly_those_even
     expected.append((item, "skip", None, None, None, None))
 
     events = LabelStore(store_path).events()
-    assert [(e["item_id"], e["action"], e["choice"], e["strength"], e["flags"], e["rationale"]) for e in events] == expected
+    assert [(e["item_id"], e["action"], e["choice"], e["strength"], e["flags"], e["rationale"])
+            for e in events] == expected
     assert all(e["annotator"] == "browser" and len(e["shown_order"] or [0, 1]) == 2 for e in events)
     assert events[5]["target"] == events[4]["event_id"]
     assert len({e["session"] for e in events}) == 1
-    assert root.locator(".rl-progress").inner_text().startswith("labelled 5 · skipped 1 · prompts flagged 0 · remaining 3")
+    assert root.locator(".rl-progress").inner_text().startswith("labelled 5 · skipped 1 · prompts flagged 0 · "
+                                                                "remaining 3")
 
 
 def test_model_text_and_guidelines_payloads_run_nothing(session):

@@ -149,7 +149,8 @@ def test_a_resent_answer_is_stored_once_and_an_answer_is_never_reported_lost_aft
     labeler.observe(lambda change: shown.append(change["new"]), "item")
     for _ in range(2):  # Edit twice on one entry: each answer redraws the item, which unlocks the widget
         labeler._on_message(labeler, {"action": "edit", "event_id": labeler.history[0]["event_id"]}, [])
-    assert len(shown) == 2 and shown[0]["item_id"] == shown[1]["item_id"] and shown[0]["event_id"] != shown[1]["event_id"]
+    assert (len(shown) == 2 and shown[0]["item_id"] == shown[1]["item_id"]
+            and shown[0]["event_id"] != shown[1]["event_id"])
 
     monkeypatch.setattr(store, "next_item", lambda *a, **k: (_ for _ in ()).throw(OSError("disk gone")))
     labeler._on_message(labeler, {"action": "label", "item_id": labeler.item["item_id"], "choice": "both_bad"}, [])
@@ -253,7 +254,8 @@ def tiny_policy():
 
 def test_generation_queue_runs_ahead_in_the_background(tmp_path, world, tiny_policy):
     store = LabelStore(tmp_path / "l.db")
-    prompts = [q.text for q in world.questions("train", 12, seed=2)] + [world.questions("train", 1, seed=2)[0].text.upper()]
+    prompts = ([q.text for q in world.questions("train", 12, seed=2)]
+               + [world.questions("train", 1, seed=2)[0].text.upper()])
     queue = GenerationQueue(store, prompts, [tiny_policy, tiny_policy], GenerationConfig(batch_size=4, ahead=4,
                             max_new_tokens=16), temperatures=[0.7, 1.3])
     labeler = PairwiseLabeler(store, "ada", queue=queue)
@@ -421,7 +423,8 @@ def test_an_item_whose_lease_ran_out_off_screen_and_went_to_someone_else_takes_n
     store.record(taken.item_id, "bob", choice="a")
     ada.handle({"action": "label", "item_id": stale["item_id"], "event_id": stale["event_id"], "choice": "left"})
     assert [label["annotator"] for label in store.labels()] == ["bob"]  # one label, as overlap 1 asks
-    assert ada.status.startswith("not saved: this item went to someone else") and ada.item["item_id"] != stale["item_id"]
+    assert (ada.status.startswith("not saved: this item went to someone else")
+            and ada.item["item_id"] != stale["item_id"])
     on_screen, status = ada.item, ada.status
     time.sleep(0.4)  # hidden again, but nobody wanted this item: the tab's first tick takes it back, quietly
     ada.handle({"action": "still_here", "item_id": on_screen["item_id"]})
@@ -436,7 +439,8 @@ def test_a_label_reaches_the_browser_as_one_message_with_the_next_item_and_the_p
     import asyncio
     labeler = PairwiseLabeler(store, "ada")
     sent = []
-    monkeypatch.setattr(labeler, "send_state", lambda key=None: sent.append({key} if isinstance(key, str) else set(key)))
+    monkeypatch.setattr(labeler, "send_state",
+                        lambda key=None: sent.append({key} if isinstance(key, str) else set(key)))
 
     async def press():
         labeler.handle({"action": "label", "item_id": labeler.item["item_id"], "event_id": labeler.item["event_id"],

@@ -141,7 +141,8 @@ def test_bad_options_name_the_choices():
 
 def test_precision_per_device(monkeypatch):
     cpu = precision_for("cpu")
-    assert (cpu.compute, cpu.mixed_precision, cpu.weights(trained_in_full=False)) == (torch.float32, "no", torch.float32)
+    assert ((cpu.compute, cpu.mixed_precision, cpu.weights(trained_in_full=False))
+            == (torch.float32, "no", torch.float32))
     assert cpu.trainer_args() == {"use_cpu": True, "bf16": False, "fp16": False}
     assert cpu.adapter_weights == torch.float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what a T4 answers (emulated)

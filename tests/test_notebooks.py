@@ -272,9 +272,11 @@ def test_setup_runs_where_torch_metadata_omits_the_cuda_build_tag(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="1.0.0+cu130"))
     assert notebook.replaced_under_the_kernel() == [f"torch 1.0.0+cu130 -> {public}"]  # a real change still stops
     monkeypatch.setattr(notebook.importlib.metadata, "version",
-                        lambda name: f"{public}+cpu" if name == "torch" else importlib.metadata.distribution(name).version)
+                        lambda name: (f"{public}+cpu" if name == "torch"
+                                      else importlib.metadata.distribution(name).version))
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__=f"{public}+cu130"))
-    assert notebook.replaced_under_the_kernel() == [f"torch {public}+cu130 -> {public}+cpu"]  # CUDA build swapped for CPU
+    # CUDA build swapped for CPU
+    assert notebook.replaced_under_the_kernel() == [f"torch {public}+cu130 -> {public}+cpu"]
 
 
 def test_label_store_says_whether_labels_outlive_the_session(tmp_path, monkeypatch, capsys):

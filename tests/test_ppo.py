@@ -141,7 +141,8 @@ def test_short_ppo_beats_sft_on_reward_and_gold(world, gold, recipe, sft_answers
     assert {"objective/kl", "objective/kl_coef", "objective/scores", "objective/gold_scores", "objective/entropy",
             "val/response_length", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/value_avg",
             "val/explained_variance"} <= names
-    outcome, _ = evaluate(load(config, result.output_dir / "checkpoint"), sft_answers, WorldTask(world, gold), config, trainer.reward)
+    outcome, _ = evaluate(load(config, result.output_dir / "checkpoint"), sft_answers, WorldTask(world, gold), config,
+                          trainer.reward)
     assert outcome["reward/mean"] > outcome["reward/sft_mean"], outcome
     assert outcome["gold/mean"] > outcome["gold/sft_mean"], outcome
     assert (Path(tmp_path) / "ppo" / "checkpoint" / "adapter_model.safetensors").exists()
@@ -192,7 +193,8 @@ def test_rollout_logprobs_are_those_the_sampler_drew_from(shipped_sampling_setti
 
     policy.model.generate = recording
     batch = trainer.rollout(prompts(world, 4))
-    drawn = torch.cat([torch.nn.functional.pad(s, (0, 0, 0, batch["responses"].shape[1] - s.shape[1])) for s in captured])
+    drawn = torch.cat([torch.nn.functional.pad(s, (0, 0, 0, batch["responses"].shape[1] - s.shape[1]))
+                       for s in captured])
     sampler = torch.log_softmax(drawn, -1).gather(2, batch["responses"][..., None]).squeeze(-1)
     mask = batch["mask"].bool()
     assert torch.allclose(batch["logprobs"][mask], sampler[mask], atol=1e-4)
@@ -203,7 +205,8 @@ def test_lm_head_sees_response_positions_only_and_the_rollout_runs_in_micro_batc
     policy = load_policy("tiny", lora=True)
     trainer = PPOTrainer(policy, prompts(world), GoldReward(gold), small(tmp_path, rollout_batch_size=2))
     head_inputs, generate_rows = [], []
-    policy.model.get_output_embeddings().register_forward_hook(lambda m, i, o: head_inputs.append(tuple(i[0].shape[:2])))
+    policy.model.get_output_embeddings().register_forward_hook(
+        lambda m, i, o: head_inputs.append(tuple(i[0].shape[:2])))
     original = policy.model.generate
 
     def recording(**kwargs):
@@ -288,11 +291,13 @@ def test_value_adapter_starts_from_the_reward_model_and_learns_beside_the_policy
     first = trainer.update(batch)
     assert first["ratio"] == 1.0 and first["approxkl"] == 0.0
     changed = {n.split(".")[-2] if "lora_" in n else n for n, p in params.items() if not torch.equal(p, before[n])}
-    assert {"default", "value", "value_head.weight"} <= changed and "reward" not in changed and "reference" not in changed
+    assert ({"default", "value", "value_head.weight"} <= changed and "reward" not in changed
+            and "reference" not in changed)
     trainer.save_checkpoint()
     assert (tmp_path / "checkpoint" / "value" / "adapter_model.safetensors").exists()
     with pytest.raises(ValueError, match="value_from"):
-        PPOTrainer(load_policy("tiny", lora=True), prompts(world), GoldReward(gold), small(tmp_path / "x", value_model="adapter"))
+        PPOTrainer(load_policy("tiny", lora=True), prompts(world), GoldReward(gold),
+                   small(tmp_path / "x", value_model="adapter"))
 
 
 # -- NLPO: PPO within the masked policy's nucleus ------------------------------------------------

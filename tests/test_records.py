@@ -8,7 +8,8 @@ import pytest
 
 from rlhflab.labeling.exports import (comparisons, kto_rows, ratings, to_dataframe, to_jsonl, to_kto_jsonl, to_openrlhf,
                                       to_openrlhf_prompts, to_trl_dataset, to_verl_prompts, trl_rows)
-from rlhflab.labeling.records import Conversation, Item, dedup, import_comparisons, import_hh_rlhf, read_comparisons, read_hh_rlhf
+from rlhflab.labeling.records import (Conversation, Item, dedup, import_comparisons, import_hh_rlhf, read_comparisons,
+                                      read_hh_rlhf)
 from rlhflab.labeling.store import LabelStore
 
 HH = Path(__file__).parent.parent.parent / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
@@ -122,7 +123,8 @@ def test_dedup_exact_then_normalised_and_reports_what_was_dropped():
 
 
 @pytest.mark.parametrize("make_file, message", [
-    (lambda: [{"prompt": "p", "chosen": "c"}], "column 'rejected' is missing from data; found: chosen, prompt; pass columns="),
+    (lambda: [{"prompt": "p", "chosen": "c"}],
+     "column 'rejected' is missing from data; found: chosen, prompt; pass columns="),
     (lambda: [{"prompt": "  ", "chosen": "c", "rejected": "r"}], "row 0: 'prompt' is empty; drop that row"),
     (lambda: [{"prompt": "p", "chosen": 3, "rejected": "r"}], "row 0: 'chosen' must be text, not int"),
     (lambda: [{"prompt": "p", "chosen": None, "rejected": "r"}], "must be text, not NoneType"),
@@ -163,7 +165,8 @@ def test_export_keeps_margins_flags_annotators_and_expands_rankings(tmp_path, st
     rows = comparisons(store)
     assert [(r["chosen"], r["rejected"], r["label"], r["margin"]) for r in rows] == [
         ("Go away.", "The fox is red.", "preferred", 1.0),
-        ("forest", "desert", "preferred", 2 / 3), ("forest", "cave", "tie", 0.0), ("cave", "desert", "preferred", 2 / 3)]
+        ("forest", "desert", "preferred", 2 / 3), ("forest", "cave", "tie", 0.0),
+        ("cave", "desert", "preferred", 2 / 3)]
     assert rows[0]["flags"] == ["rejected:harmful"] and rows[0]["shown_left"] is True
     assert rows[0]["annotator"] == "ada" and rows[0]["chosen_source"] == "ppo"
     dataset = to_trl_dataset(store)

@@ -180,7 +180,8 @@ def test_an_empty_reply_is_kept_and_counted_at_import_and_trains_every_judged_me
             {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}]
     report = import_comparisons(LabelStore(tmp_path / "labels.db"), rows)
     assert report.empty_replies == 1 and "stored 2 (1 with an empty reply, kept)" in str(report)
-    assert dpo_rows(rows) == rows and kto_data([{"prompt": "p", "completion": "", "label": True}])[0]["completion"] == ""
+    assert (dpo_rows(rows) == rows
+            and kto_data([{"prompt": "p", "completion": "", "label": True}])[0]["completion"] == "")
     result = train_reward_model(load_reward_model("tiny", lora=True), rows,
                                 RewardConfig(output_dir=str(tmp_path / "reward"), max_steps=1, batch_size=2))
     assert result["train/loss"] > 0

@@ -403,7 +403,8 @@ def test_a_bulk_write_on_postgres_refreshes_the_planners_statistics(postgres_url
 
     def analyzed() -> dict:
         with store.engine.connect() as conn:
-            return dict(conn.exec_driver_sql("SELECT relname, coalesce(analyze_count, 0) FROM pg_stat_user_tables").all())
+            return dict(conn.exec_driver_sql("SELECT relname, coalesce(analyze_count, 0) "
+                                             "FROM pg_stat_user_tables").all())
 
     def rises(before: dict, after: dict) -> set:
         return {table for table in after if after[table] > before.get(table, 0)}
@@ -412,7 +413,8 @@ def test_a_bulk_write_on_postgres_refreshes_the_planners_statistics(postgres_url
     start = analyzed()
     store.add_items([pair(n) for n in range(3, 3 + BULK_ROWS)])
     added = analyzed()
-    store.record_many([{"item_id": item_id, "annotator": "ada", "choice": "a"} for item_id in list(store.items())[:BULK_ROWS]])
+    store.record_many([{"item_id": item_id, "annotator": "ada", "choice": "a"}
+                       for item_id in list(store.items())[:BULK_ROWS]])
     labelled = analyzed()
     store.record(list(store.items())[-1], "ada", choice="a")  # a click analyzes nothing
     assert (rises(start, added), rises(added, labelled), rises(labelled, analyzed())) == (
@@ -716,7 +718,8 @@ def test_the_annotator_role_can_label_but_never_change_or_delete_a_label(postgre
 
     def columns() -> set:
         with owner.engine.connect() as conn:
-            return set(conn.scalars(text("SELECT column_name FROM information_schema.columns WHERE table_name = 'coverage'")))
+            return set(conn.scalars(text("SELECT column_name FROM information_schema.columns "
+                                         "WHERE table_name = 'coverage'")))
 
     with owner.engine.begin() as conn:  # as a store written before coverage.answers: only the owner may add it
         conn.exec_driver_sql("ALTER TABLE coverage DROP COLUMN answers")

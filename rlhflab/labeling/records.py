@@ -238,7 +238,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{Path(path).name} line {number} is not JSON ({error.msg}); fix or remove that line") from None
+            raise ValueError(f"{Path(path).name} line {number} is not JSON ({error.msg}); "
+                             "fix or remove that line") from None
         if not isinstance(row, dict):
             raise ValueError(f"{Path(path).name} line {number} is a JSON {type(row).__name__}, not an object; "
                              "each line must be one {\"column\": value, ...} record")
@@ -400,8 +401,9 @@ def import_comparisons(store, source, columns: Mapping[str, str] | None = None, 
         >>> from rlhflab.labeling.store import LabelStore
         >>> store = LabelStore(os.path.join(tempfile.mkdtemp(), "labels.db"))
         >>> rows = [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}] * 2
-        >>> str(import_comparisons(store, rows))
-        'read 2; kept 1; dropped 1 exact duplicates (rows [1]) and 0 case/whitespace duplicates (rows []); stored 1, already stored 0'
+        >>> str(import_comparisons(store, rows))  # doctest: +NORMALIZE_WHITESPACE
+        'read 2; kept 1; dropped 1 exact duplicates (rows [1]) and 0 case/whitespace duplicates (rows []); stored 1,
+        already stored 0'
     """
     rows = read_comparisons(source, columns, max_chars, allow_empty)
     report = None

@@ -297,7 +297,8 @@ class _Labeler(anywidget.AnyWidget):
             self.say("nothing to undo" if message.get("target") is None else "already undone")
             return
         self._commits += 1
-        stored = self.store.in_force(undone["item_id"], self.annotator)  # an earlier label the undo brought back, if any
+        # an earlier label the undo brought back, if any
+        stored = self.store.in_force(undone["item_id"], self.annotator)
         self.say(f"undid your {undone['action'].replace('_', ' ')}")
         self.show(self.store.item(undone["item_id"]), previous=stored or undone, editing=stored is not None)
 
@@ -305,7 +306,8 @@ class _Labeler(anywidget.AnyWidget):
         clicked = self.store.event(message.get("event_id"))
         if clicked is None or clicked["annotator"] != self.annotator:
             raise ValueError("that entry is not one of your events; pick one from 'Your recent labels'")
-        stored = self.store.in_force(clicked["item_id"], self.annotator)  # the answer in force, even if the entry is an older one
+        # the answer in force, even if the entry is an older one
+        stored = self.store.in_force(clicked["item_id"], self.annotator)
         if stored is None:
             raise ValueError("that answer was undone, so there is nothing to edit; the item is back in your queue")
         self.say("editing an earlier answer: a new one replaces it, Cancel keeps it")
@@ -357,7 +359,8 @@ class _Labeler(anywidget.AnyWidget):
         self._commits += 1
         # One message to the browser: every message is one more for the Jupyter server to pass on before the next item
         with self.hold_sync():
-            self.feedback = self._gold_feedback(answer, order) if action == "label" and self.config.gold_feedback else {}
+            self.feedback = (self._gold_feedback(answer, order) if action == "label" and self.config.gold_feedback
+                             else {})
             self.say("saved")
             self.show_next()  # only after the commit above returned
 

@@ -40,7 +40,8 @@ def label_with_gold(store: LabelStore, gold, annotator: str = "gold", n: int | N
     """Label up to `n` items (all available when None) as the gold annotator would, through the store API.
 
     Pairs are shown in a random left/right order and judged by `gold.compare` (whose `noise` flips
-    some verdicts); rankings sort by gold score; a lone response is rated by `gold.rate`. Response flags follow the gold score's parts
+    some verdicts); rankings sort by gold score; a lone response is rated by `gold.rate`.
+    Response flags follow the gold score's parts
     (a wrong fact -> 'false fact', another topic -> 'off-topic'). Returns the event ids.
     """
     rng = random.Random(f"label_with_gold:{seed}:{annotator}")

@@ -7,7 +7,8 @@ Each chart answers one question ("Is the policy getting better?"): its axes have
 most 4 curves, and every axis holds one scale. The layout is the run's kind, `LAYOUTS[kind]`: given
 (`LivePlot(..., layout="ppo")`) or recognised from the first metrics logged (PPO's `objective/kl`,
 KTO's `kl`, DPO's `rewards/margins`, ILQL's `loss/q`, the reward trainer's `accuracy`, the loop's
-`gold/win_rate_vs_sft`, else SFT). A group of charts (PPO's health checks, the loop's rounds) is drawn as small multiples in one
+`gold/win_rate_vs_sft`, else SFT).
+A group of charts (PPO's health checks, the loop's rounds) is drawn as small multiples in one
 figure, each on its own scale. Health charts mark the published rules of thumb: points past them
 turn red. Metrics that no chart draws stay in `metrics.jsonl`.
 
@@ -146,7 +147,8 @@ LAYOUTS: dict[str, tuple[Chart, ...]] = {
         Chart("How far has it moved from the reference?", "KL estimate z (nats per response)", (Curve("kl", "KL"),)),
     ),
     "ilql": (
-        Chart("Are the Q and V heads fitting?", "loss", (Curve("loss/q", "Q (TD error)"), Curve("loss/v", "V (expectile)"))),
+        Chart("Are the Q and V heads fitting?", "loss",
+              (Curve("loss/q", "Q (TD error)"), Curve("loss/v", "V (expectile)"))),
         Chart("Is the LM staying with the data?", "loss (nats per token)",
               (Curve("loss/awac", "behaviour cloning (AWAC)"), Curve("loss/cql", "CQL (both Q heads)"))),
         Chart("What do the heads expect?", "value (standardised reward)",

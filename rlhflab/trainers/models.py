@@ -165,7 +165,8 @@ def transcript_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, response:
     return tokenizer(text + response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0, chunk: int = 4) -> torch.Tensor:
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
+                   chunk: int = 4) -> torch.Tensor:
     """log softmax(logits / T) at the given tokens: (B, R) from (B, R, V) and (B, R).
 
     Only the chosen token's log-prob is kept, a few rows at a time in fp32, so no full
@@ -258,7 +259,8 @@ def sample_tokens(model, tokenizer: PreTrainedTokenizerBase, inputs: dict, max_n
     """
     backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
     shipped = backbone.generation_config
-    backbone.generation_config = GenerationConfig(bos_token_id=shipped.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    backbone.generation_config = GenerationConfig(bos_token_id=shipped.bos_token_id,
+                                                  eos_token_id=tokenizer.eos_token_id,
                                                   pad_token_id=tokenizer.pad_token_id)
     sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
     try:
@@ -295,7 +297,8 @@ def resolve(name_or_path: str) -> str:
         return str(path)
     if name_or_path.startswith((".", "/", "~")) or path.suffix or name_or_path.count("/") > 1:
         raise FileNotFoundError(f"no model directory at {name_or_path!r}; pass 'tiny', 'smollm2-135m', an existing "
-                                "directory saved with save_pretrained, or a hub id such as 'Qwen/Qwen2.5-0.5B-Instruct'")
+                                "directory saved with save_pretrained, "
+                                "or a hub id such as 'Qwen/Qwen2.5-0.5B-Instruct'")
     return name_or_path
 
 
@@ -334,7 +337,8 @@ def lora_config(lora, task_type: str = "CAUSAL_LM"):
     if isinstance(lora, dict):
         settings.update(lora)
     elif lora is not True:
-        raise TypeError(f"lora must be True, a dict of LoraConfig fields or a peft.LoraConfig, not {type(lora).__name__}")
+        raise TypeError(f"lora must be True, a dict of LoraConfig fields or a peft.LoraConfig, "
+                        f"not {type(lora).__name__}")
     return LoraConfig(task_type=task_type, **settings)
 
 

@@ -107,7 +107,8 @@ class PPOConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size "
                              f"({self.mini_batch_size})")
         if (self.batch_size // self.mini_batch_size) % self.gradient_accumulation_steps:
-            raise ValueError(f"the {self.batch_size // self.mini_batch_size} minibatches of an epoch must be a multiple "
+            raise ValueError(f"the {self.batch_size // self.mini_batch_size} minibatches "
+                             "of an epoch must be a multiple "
                              f"of gradient_accumulation_steps ({self.gradient_accumulation_steps}); otherwise "
                              "gradients of one epoch would be applied with the next one's")
         if self.value_model not in ("head", "adapter"):
@@ -487,7 +488,8 @@ class PPOTrainer:
             # is deprecated in transformers 5 but is the one every 5.x release has)
             backbone = policy.model.get_base_model() if policy.is_lora else policy.model
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.masked_policy = (MaskedPolicy(policy.model, config.nlpo_top_p, policy.is_lora, policy.tokenizer.eos_token_id)
+        self.masked_policy = (MaskedPolicy(policy.model, config.nlpo_top_p, policy.is_lora,
+                                           policy.tokenizer.eos_token_id)
                               if config.nlpo_top_p is not None else None)
         module = self.value_module(policy, value_from)
         disable_dropout(policy.model)  # after every adapter is on (reference, NLPO's mask, value): each has its own
@@ -521,7 +523,8 @@ class PPOTrainer:
         c, tokenizer, device = self.config, self.policy.tokenizer, self.accelerator.device
         model = self.unwrapped.model
         model.eval()
-        prompt_ids = [tokenizer(self.policy.chat_prompt(p), add_special_tokens=False)["input_ids"][-c.max_prompt_length:]
+        prompt_ids = [tokenizer(self.policy.chat_prompt(p),
+                                add_special_tokens=False)["input_ids"][-c.max_prompt_length:]
                       for p in prompts]  # cut from the left: the turn's end and the reply's start stay
         queries = tokenizer.pad({"input_ids": prompt_ids}, return_tensors="pt", padding_side="left").to(device)
         query_len = queries["input_ids"].shape[1]  # one left-padded width for every micro-batch
@@ -733,7 +736,8 @@ class PPOTrainer:
                 module.model.save_pretrained(path, selected_adapters=["default", *filter(None, [module.value_adapter])])
             else:
                 module.model.save_pretrained(path, safe_serialization=True)
-            save_file({k: v.contiguous() for k, v in module.value_head.state_dict().items()}, path / "value_head.safetensors")
+            save_file({k: v.contiguous() for k, v in module.value_head.state_dict().items()},
+                      path / "value_head.safetensors")
             if self.masked_policy is not None:
                 self.masked_policy.save(path)
             torch.save(self.optimizer.state_dict(), path / "optimizer.pt")

@@ -90,7 +90,8 @@ def tokenized(rows: list[dict], tokenizer, max_length: int, use_margin: bool) ->
     def ids(prompt, response):
         return reward_ids(tokenizer, prompt, response, max_length)
 
-    return Dataset.from_list([{"chosen_ids": ids(r["prompt"], r["chosen"]), "rejected_ids": ids(r["prompt"], r["rejected"]),
+    return Dataset.from_list([{"chosen_ids": ids(r["prompt"], r["chosen"]),
+                               "rejected_ids": ids(r["prompt"], r["rejected"]),
                                "margin": r["margin"] if use_margin else 0.0} for r in rows])
 
 

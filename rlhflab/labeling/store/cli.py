@@ -14,7 +14,8 @@ def annotator_role_sql(database: str, role: str = "annotator") -> str:
     items and labels, take and renew leases, and read everything, but can never change or delete a stored label.
 
     The tables of current state (`in_force`, `coverage`, `open_leases`) are writable, since every write keeps
-    them in step; they hold nothing that `LabelStore` cannot rebuild from the log but live leases. The owner opens the store once
+    them in step; they hold nothing that `LabelStore` cannot rebuild from the log but live leases.
+    The owner opens the store once
     (`LabelStore(url)`) first, so that the tables exist. No password is part of the SQL: the owner sets it
     in psql with `\\password <role>` and hands it over outside the notebook.
     """

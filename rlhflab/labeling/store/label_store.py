@@ -83,8 +83,8 @@ class LabelStore(EventLogMixin, ViewsMixin, QueueMixin):
                 conn.exec_driver_sql(f"PRAGMA application_id = {APPLICATION_ID}")
             _add_missing_columns(conn, items_table)  # create_all adds no column to a table that exists: stores
             _add_missing_columns(conn, events_table)  # written before items.conversation, events.shown_at, or
-            if _add_missing_columns(conn, coverage_table):  # coverage.answers: every
-                conn.execute(update(coverage_table).values(answers=_answers_on_item()))  # project's, not just this one's
+            if _add_missing_columns(conn, coverage_table):  # coverage.answers: every project's,
+                conn.execute(update(coverage_table).values(answers=_answers_on_item()))  # not just this one's
             for index in (*events_table.indexes, *coverage_table.indexes):  # nor an index
                 index.create(conn, checkfirst=True)
             count = func.count()
@@ -245,8 +245,8 @@ class LabelStore(EventLogMixin, ViewsMixin, QueueMixin):
 
 
 class _WriteTransaction:
-    """`with store._write() as conn:` - BEGIN IMMEDIATE on SQLite; on Postgres, optionally the project's advisory lock and an
-    asynchronous commit."""
+    """`with store._write() as conn:` - BEGIN IMMEDIATE on SQLite; on Postgres, optionally the project's advisory lock
+    and an asynchronous commit."""
 
     def __init__(self, store: LabelStore, serialise: bool, durable: bool):
         self.store, self.serialise, self.durable = store, serialise, durable

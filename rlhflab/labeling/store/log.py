@@ -245,7 +245,8 @@ class EventLogMixin:
         """Delete the rows of `table` (in_force or open_leases) of these (item "i", annotator "a") pairs."""
         def build():
             c = table.c
-            return delete(table).where(c.project == self.project, c.item_id == bindparam("i"), c.annotator == bindparam("a"))
+            return delete(table).where(c.project == self.project, c.item_id == bindparam("i"),
+                                       c.annotator == bindparam("a"))
         conn.execute(self._built(("delete", table.name), build), pairs)
 
     def _lock_items(self, conn: Connection, item_ids):
@@ -320,8 +321,9 @@ def _new_events(rows: list[dict], stored: dict[str, dict]) -> list[dict]:
             continue
         differs = [k for k in ("project", *CONTENT) if earlier[k] != row[k]]
         if differs:
-            raise ValueError(f"event {row['event_id']!r} is already stored with different content ({', '.join(differs)} "
-                             f"differ: {[earlier[k] for k in differs]} stored, {[row[k] for k in differs]} sent); nothing "
+            raise ValueError(f"event {row['event_id']!r} is already stored with different content "
+                             f"({', '.join(differs)} differ: {[earlier[k] for k in differs]} stored, "
+                             f"{[row[k] for k in differs]} sent); nothing "
                              f"was written. A retry must resend the same event; a new answer needs a new event_id")
     return new
 

@@ -18,7 +18,8 @@ __all__ = ["QueueMixin", "ANNOTATOR", "matches_gold", "QualificationFailed"]
 
 UNPREDICTABLE = secrets.SystemRandom()  # the gold schedule's draws
 # The values the assignment query binds when it runs (see `LabelStore._assignment`)
-ANNOTATOR, NOW, EXCLUDE = bindparam("annotator", type_=String), bindparam("now", type_=Float), bindparam("exclude", expanding=True)
+ANNOTATOR, NOW, EXCLUDE = (bindparam("annotator", type_=String), bindparam("now", type_=Float),
+                           bindparam("exclude", expanding=True))
 IN_QUEUE_ORDER, QUALIFYING = (None,), (True,)  # plans (see `LabelStore._plan`): any open item; gold items only
 
 
@@ -42,7 +43,8 @@ class QueueMixin:
             with self._write(durable=False) as conn:
                 plan = self._plan(conn, annotator)
                 chosen = conn.execute(self._assignment(plan, excluding=bool(exclude)),
-                                      {"annotator": annotator, "now": now, "exclude": sorted(exclude)}).mappings().first()
+                                      {"annotator": annotator, "now": now,
+                                       "exclude": sorted(exclude)}).mappings().first()
                 if chosen is None and plan == QUALIFYING:
                     round_ = self._qualification(conn, annotator)
                     raise QualificationFailed(
@@ -50,8 +52,9 @@ class QueueMixin:
                         f"the qualification round and none is left for them (skipped ones do not count): add gold "
                         f"items (Item(..., gold=...)) or lower StoreConfig.qualification")
                 if chosen is not None:
-                    self._upsert(conn, leases_table, [{"project": self.project, "item_id": chosen["item_id"], "annotator":
-                                                       annotator, "expires_at": now + self.config.lease_seconds}],
+                    self._upsert(conn, leases_table, [{"project": self.project, "item_id": chosen["item_id"],
+                                                       "annotator": annotator,
+                                                       "expires_at": now + self.config.lease_seconds}],
                                  ("expires_at",))
                     self._responses[chosen["item_id"]] = len(chosen["responses"])
                 return chosen
@@ -166,7 +169,8 @@ class QueueMixin:
     def _own_lease(self, excluding: bool):
         """A candidate (see `_assignment`): the annotator's oldest live lease on an item they have not answered."""
         lease, c = leases_table.c, coverage_table.c
-        query = (select(c.item_id, c.position).join(leases_table, (c.project == lease.project) & (c.item_id == lease.item_id))
+        query = (select(c.item_id, c.position)
+                 .join(leases_table, (c.project == lease.project) & (c.item_id == lease.item_id))
                  .where(lease.project == self.project, lease.annotator == ANNOTATOR, lease.expires_at > NOW,
                         ~self._answered(ANNOTATOR, lease.item_id)).order_by(c.position).limit(1))
         return query.where(lease.item_id.not_in(EXCLUDE)) if excluding else query
@@ -204,9 +208,10 @@ class QueueMixin:
         c, f = coverage_table.c, in_force_table.c
         with self._read() as conn:
             items = conn.scalar(select(func.count()).where(c.project == self.project))
-            # The `answers = 0` range of `coverage_untouched`, each item checked in `in_force`: a kernel still running an
-            # older rlhflab answers without counting, and an item it answered must not look untouched, or a generation
-            # queue waiting for fewer untouched items would wait for good (20 ms at 100,000 untouched items, 3.7 unchecked)
+            # The `answers = 0` range of `coverage_untouched`, each item checked in `in_force`: a kernel still running
+            # an older rlhflab answers without counting, and an item it answered must not look untouched, or a
+            # generation queue waiting for fewer untouched items would wait for good (20 ms at 100,000 untouched items,
+            # 3.7 unchecked)
             untouched = conn.scalar(select(func.count()).where(c.project == self.project, c.answers == 0,
                                                               ~self._answered(None, c.item_id)))
             done = dict(conn.execute(select(f.annotator, func.count()).where(f.project == self.project)
@@ -246,7 +251,8 @@ class QueueMixin:
         scores: dict[str, list[bool]] = defaultdict(list)
         for (who, _), hit in first.items():
             scores[who].append(hit)
-        return {who: {"gold_items": len(hits), "accuracy": sum(hits) / len(hits)} for who, hits in sorted(scores.items())}
+        return {who: {"gold_items": len(hits), "accuracy": sum(hits) / len(hits)}
+                for who, hits in sorted(scores.items())}
 
 
 def matches_gold(label, gold) -> bool:

@@ -172,7 +172,8 @@ def _chunks(values: list, size: int = 500):
 
 
 def _item_of(row) -> Item:
-    return Item(prompt=row["conversation"] or row["prompt"], responses=tuple(row["responses"]), sources=tuple(row["sources"]),
+    return Item(prompt=row["conversation"] or row["prompt"], responses=tuple(row["responses"]),
+                sources=tuple(row["sources"]),
                 gold=row["gold"], meta=row["meta"] or {}, item_id=row["item_id"])
 
 
@@ -185,5 +186,6 @@ def _add_missing_columns(conn: Connection, table: Table) -> list[str]:
         if not column.nullable and column.server_default is None:
             raise TypeError(f"{table.name}.{column.name} is NOT NULL without a server default, so it cannot be "
                             "added to a table that has rows")
-        conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {CreateColumn(column).compile(dialect=conn.dialect)}")
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} "
+                             f"ADD COLUMN {CreateColumn(column).compile(dialect=conn.dialect)}")
     return [column.name for column in missing]
