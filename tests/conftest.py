@@ -171,3 +171,22 @@ def smollm2():
 
     model_dir(SMOLLM2)
     return SMOLLM2
+
+
+@pytest.fixture
+def bf16_autocast_on_the_cpu(monkeypatch):
+    """What a bf16 GPU does, on the CPU: the trainers' `precision_for` says bf16, so Accelerate runs their
+    forward passes under bf16 autocast. Accelerate's process-wide state is reset before and after, since it
+    refuses a second precision in one process."""
+    import torch
+    from accelerate.state import AcceleratorState
+
+    import rlhflab.trainers.ilql
+    import rlhflab.trainers.ppo
+    from rlhflab.trainers.models import Precision
+
+    for module in (rlhflab.trainers.ppo, rlhflab.trainers.ilql):
+        monkeypatch.setattr(module, "precision_for", lambda device: Precision(torch.bfloat16, "cpu"))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

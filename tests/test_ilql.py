@@ -128,7 +128,7 @@ def test_actions_are_the_response_tokens_and_the_reward_sits_on_the_last():
             {"prompt": "Where does the owl live?", "response": "Go away.", "reward": -1.0}]
     examples = tokenized(policy.tokenizer, rows, max_length=256)
     batch = collate(examples, policy.tokenizer.pad_token_id)
-    for row, (example, data) in enumerate(zip(examples, rows)):
+    for row, (_, data) in enumerate(zip(examples, rows)):
         taken = batch["input_ids"][row, 1:][batch["actions"][row]].tolist()
         response = policy.tokenizer(data["response"], add_special_tokens=False)["input_ids"]
         assert taken == response + [policy.tokenizer.eos_token_id]  # the response, then EOS: nothing of the prompt
@@ -200,3 +200,29 @@ def test_ilql_on_lora_or_qlora_saves_adapter_and_heads_that_reload_and_decode(tm
     assert isinstance(reply, str)
     with pytest.raises(ValueError, match="lora=True"):
         train_ilql(load_policy("tiny"), rows, ILQLConfig(output_dir=str(tmp_path / "full")))
+
+
+def test_heads_and_their_polyak_targets_train_in_fp32_on_a_bf16_device(tmp_path, monkeypatch,
+                                                                       bf16_autocast_on_the_cpu):
+    """Issue 29, defect 8: on a bf16 GPU the heads and their targets were bf16 weights, and a Polyak step
+    (0.05 of a small difference) below half a bf16 ulp was lost. The CPU under bf16 autocast shows the
+    rule: the heads keep fp32 weights wherever the forward pass computes, and the targets move every step."""
+    import rlhflab.trainers.ilql as ilql
+    from safetensors.torch import load_file
+
+    moved = []
+    polyak = ilql.polyak_update
+
+    def watched(targets, online, rate):
+        before = [t.detach().clone() for t in targets.parameters()]
+        polyak(targets, online, rate)
+        moved.append(sum((t - b).abs().sum().item() for t, b in zip(targets.parameters(), before)))
+        assert all(t.dtype == torch.float32 for t in targets.parameters())
+
+    monkeypatch.setattr(ilql, "polyak_update", watched)
+    rows = [{"prompt": "What color is the fox?", "response": "The fox is red.", "reward": 1.0},
+            {"prompt": "What color is the fox?", "response": "Go away.", "reward": -1.0}] * 4
+    train_ilql(load_policy("tiny", lora=True), rows, ILQLConfig(output_dir=str(tmp_path), steps=2, batch_size=4,
+                                                                 polyak=1e-4))
+    assert len(moved) == 2 and all(m > 0 for m in moved)
+    assert {w.dtype for w in load_file(tmp_path / "ilql_heads.safetensors").values()} == {torch.float32}

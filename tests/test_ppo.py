@@ -11,7 +11,8 @@ from rlhflab import load_policy
 from rlhflab.lab.stages import evaluate, load, ppo_trainer, sft_baseline
 from rlhflab.tiny.task import WorldTask
 from rlhflab.trainers.models import left_padded_positions, token_logprobs
-from rlhflab.trainers.ppo import MaskedPolicy, PPOConfig, PPOTrainer, masked_logits, nucleus_mask, train_ppo
+from rlhflab.trainers.nlpo import MaskedPolicy, masked_logits, nucleus_mask
+from rlhflab.trainers.ppo import PPOConfig, PPOTrainer, train_ppo
 from rlhflab.trainers.reward import GoldReward, SharedReward
 
 
@@ -392,7 +393,7 @@ def test_an_nlpo_checkpoint_is_evaluated_within_its_nucleus(world, gold, tmp_pat
     """Issue 29, defect 2: NLPO trained within its masked policy's nucleus but was saved, loaded and evaluated
     without it, so evaluation sampled tokens NLPO never trained. The stages' loader now gives a policy that
     samples within the nucleus, and scores its replies under the same mask."""
-    from rlhflab.trainers.ppo import NucleusPolicy
+    from rlhflab.trainers.nlpo import NucleusPolicy
     from rlhflab.lab.stages import RLHFConfig, load
 
     trainer = PPOTrainer(load_policy("tiny", lora=True), prompts(world), GoldReward(gold),
@@ -408,3 +409,16 @@ def test_an_nlpo_checkpoint_is_evaluated_within_its_nucleus(world, gold, tmp_pat
         assert nuclei.gather(-1, torch.tensor(ids)[:, None]).all()  # every sampled token is inside its nucleus
         assert nuclei.sum(-1).float().mean() < 0.5 * nuclei.shape[-1]  # and the nucleus is a real cut
     assert torch.isfinite(policy.reply_logprobs(prompts(world)[:6], sampled)).all()  # scored under the same mask
+
+
+def test_reference_and_policy_log_probs_share_the_autocast_of_a_mixed_precision_device(world, gold, tmp_path,
+                                                                                        bf16_autocast_on_the_cpu):
+    """Issue 29, defect 7: on a bf16 GPU the policy's rollout log-probs ran under Accelerate's autocast and the
+    reference's outside it, so KL was not 0 at step 0 with identical weights. The CPU shows the same with
+    bf16 autocast: a LoRA policy whose adapter is still zero is its own reference."""
+    policy = load_policy("tiny", lora=True)  # a fresh adapter: B = 0, so policy == reference exactly
+    trainer = PPOTrainer(policy, prompts(world), GoldReward(gold), small(tmp_path))
+    assert trainer.accelerator.mixed_precision == "bf16"
+    batch = trainer.rollout(prompts(world, 8))
+    assert batch["mask"].sum() > 8
+    assert batch["k1"].abs().max().item() == 0.0

@@ -6,8 +6,9 @@ import random
 import pytest
 import torch
 
-from rlhflab.trainers.ppo import (AdaptiveKLController, PPOConfig, compute_gae, kl_per_token, masked_mean,
-                                  masked_whiten, truncate_after_eos)
+from rlhflab.trainers.ppo import PPOConfig
+from rlhflab.trainers.ppo_math import (AdaptiveKLController, compute_gae, kl_per_token, masked_mean, masked_whiten,
+                                       truncate_after_eos)
 
 
 def slow_gae(rewards, values, lengths, gamma, lam):

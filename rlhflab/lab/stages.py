@@ -40,7 +40,8 @@ from ..trainers.ilql import HEADS_WEIGHTS, ILQLConfig, load_ilql, train_ilql
 from ..trainers.kto import KTOConfig, train_kto
 from ..trainers.live import LAYOUTS, Chart, LivePlot
 from ..trainers.models import Policy, load_policy
-from ..trainers.ppo import PPOConfig, PPOTrainer, is_nlpo_checkpoint, load_nlpo
+from ..trainers.nlpo import is_nlpo_checkpoint, load_nlpo
+from ..trainers.ppo import PPOConfig, PPOTrainer
 from ..trainers.reward import (ADAPTER_WEIGHTS, RewardConfig, RewardModel, SharedReward, evaluate_reward_model,
                                load_reward_model, train_reward_model)
 from ..trainers.sft import SFTConfig, train_sft
@@ -138,7 +139,7 @@ def ppo_prompts(task, config: RLHFConfig) -> list[str]:
 def load(config: RLHFConfig, adapter: str | Path | None = None, trainable: bool = False) -> Policy:
     """The base with `adapter` on it; `trainable` adds (or keeps training) a LoRA adapter. A directory
     that ILQL wrote gives a policy that decodes with its heads (`rlhflab.trainers.ilql.ILQLPolicy`), and an NLPO
-    checkpoint one that samples within its masked policy's nucleus (`rlhflab.trainers.ppo.NucleusPolicy`)."""
+    checkpoint one that samples within its masked policy's nucleus (`rlhflab.trainers.nlpo.NucleusPolicy`)."""
     if adapter is not None and (Path(adapter) / HEADS_WEIGHTS).exists() and not trainable:
         return load_ilql(config.base, adapter, quantization=config.quantization)
     if adapter is not None and is_nlpo_checkpoint(adapter) and not trainable:

@@ -423,7 +423,9 @@ def train_ilql(policy: Policy, data, config: ILQLConfig | None = None, *, reward
     torch.manual_seed(config.seed)
     hidden = policy.model.config.get_text_config().hidden_size
     heads = ILQLHeads(hidden, policy.model.get_output_embeddings().weight.shape[0])
-    heads.to(device=policy.device, dtype=precision_for(policy.device).adapter_weights)
+    # fp32 weights on every device, as master weights: a Polyak step of the targets is a small share of a small
+    # difference, below half a bf16 ulp, and autocast still computes the heads in the device's precision
+    heads.to(device=policy.device, dtype=torch.float32)
     module = ILQLModule(policy.model, heads)
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=config.learning_rate)
     module, optimizer = accelerator.prepare(module, optimizer)

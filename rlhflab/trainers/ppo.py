@@ -17,9 +17,11 @@ Huang et al. 2022/2024 ("The N Implementation Details of RLHF with PPO"). One PP
 NLPO (Ramamurthy et al. 2023, "Is Reinforcement Learning (Not) for Natural Language Processing?",
 RL4LMs) is an option of this PPO, `nlpo_top_p`: step 1 samples only within the top-p nucleus of a
 masked policy (a frozen copy of the policy, synced every `nlpo_sync_every` steps), and steps 3 and
-7 score the policy on that same masked distribution, with the masks the sampler applied.
+7 score the policy on that same masked distribution, with the masks the sampler applied. The masked
+policy and its sampling live in `rlhflab.trainers.nlpo`, and the tensor maths of steps 2 and 5-8 (GAE,
+whitening, the KL estimators and controller) in `rlhflab.trainers.ppo_math`.
 
-Memory (DESIGN.md): with LoRA one base model, optionally 4-bit, serves every role: the policy is
+Memory: with LoRA one base model, optionally 4-bit, serves every role: the policy is
 its adapter plus a value head, the reference is the base with adapters disabled, and the reward
 model can be a second adapter with its score head on the same base (`SharedReward`).
 Everything runs through Accelerate, so `accelerate launch` spreads rollouts over processes.
@@ -39,19 +41,18 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessorList
 
 from .live import LivePlot
-from .models import (Policy, cache_keyword, disable_dropout, left_padded_positions, load_policy, precision_for,
-                     sample_tokens, token_logprobs)
+from .models import Policy, disable_dropout, left_padded_positions, precision_for, sample_tokens, token_logprobs
+from .nlpo import MaskedPolicy, NucleusSampling, masked_logits
+from .ppo_math import (AdaptiveKLController, compute_gae, entropy_of, kl_per_token, masked_mean, masked_var,
+                       masked_whiten, truncate_after_eos)
 from .reward import ADAPTER_WEIGHTS, checked_scores, score_weight
 from .reward_functions import as_reward
 from .training import refuse_to_train_quantized
 
-__all__ = ["PPOConfig", "masked_mean", "masked_whiten", "compute_gae", "kl_per_token",
-           "AdaptiveKLController", "truncate_after_eos", "nucleus_mask", "masked_logits", "PolicyWithValue",
-           "MaskedPolicy", "NucleusSampling", "NucleusPolicy", "is_nlpo_checkpoint", "load_nlpo",
-           "PPOResult", "PPOTrainer", "train_ppo"]
+__all__ = ["PPOConfig", "PolicyWithValue", "PPOResult", "PPOTrainer", "train_ppo"]
 
 VALUE_ADAPTER = "value"  # the adapter name of PPOConfig(value_model='adapter')
 
@@ -126,110 +127,6 @@ class PPOConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Pure helpers (tested against slow references in tests/test_ppo.py)
-# ---------------------------------------------------------------------------------------------
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    if dim is None:
-        return (values * mask).sum() / mask.sum().clamp(min=1)
-    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
-
-
-def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unbiased variance over the masked entries."""
-    mean = masked_mean(values, mask)
-    n = mask.sum()
-    return ((values - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1)
-
-
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over masked entries; with shift_mean=False the mean is added back."""
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
-    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
-    return (whitened if shift_mean else whitened + mean) * mask
-
-
-def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-                lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation (Schulman et al. 2016) over (B, T) masked responses.
-
-    Masked (post-EOS) positions have no value and no reward, so each response ends at its EOS.
-    Returns (advantages, returns), both (B, T).
-    """
-    values, rewards = values * mask, rewards * mask
-    advantages = torch.zeros_like(rewards)
-    last = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(rewards.shape[1])):
-        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(last)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        last = delta + gamma * lam * last
-        advantages[:, t] = last
-    advantages = advantages * mask
-    return advantages, advantages + values
-
-
-def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Estimates of KL(policy || reference) per sampled token (Schulman 2020, "Approximating KL")."""
-    log_ratio = logprobs - ref_logprobs
-    if estimator == "k1":
-        return log_ratio
-    return torch.expm1(-log_ratio) + log_ratio  # k3 = (r - 1) - log r with r = p_ref / p
-
-
-@dataclass
-class AdaptiveKLController:
-    """beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon)  (Ziegler et al. 2019)."""
-
-    value: float
-    target: float
-    horizon: int
-
-    def update(self, kl: float, n_responses: int) -> None:
-        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_responses / self.horizon
-
-
-def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad everything after the first EOS. Returns (responses, mask incl. the EOS, has_eos)."""
-    is_eos = responses == eos_id
-    has_eos = is_eos.any(dim=1)
-    first = torch.where(has_eos, is_eos.float().argmax(dim=1), torch.full_like(has_eos, responses.shape[1], dtype=torch.long))
-    positions = torch.arange(responses.shape[1], device=responses.device)
-    mask = positions[None, :] <= first[:, None]  # (B, T)
-    return torch.where(mask, responses, pad_id), mask.float(), has_eos
-
-
-@torch.no_grad()
-def entropy_of(logits: torch.Tensor, temperature: float, chunk: int = 4) -> torch.Tensor:
-    """Entropy of softmax(logits / T) per position, a few rows at a time: (B, R). Tokens masked to
-    -inf (NLPO) have probability 0 and add nothing."""
-    rows = []
-    for row_logits in logits.split(chunk):
-        logp = F.log_softmax(row_logits.float() / temperature, dim=-1)
-        rows.append(-torch.where(torch.isinf(logp), 0.0, logp.exp() * logp).sum(-1))
-    return torch.cat(rows)
-
-
-def nucleus_mask(logits: torch.Tensor, top_p: float, eos_token_id: int | None = None) -> torch.Tensor:
-    """The top-p nucleus of softmax(logits) as a bool mask of the same shape (..., V): the most likely
-    tokens, in order, while the probability before them is below top_p. The top token always stays, and so
-    does `eos_token_id`, as in RL4LMs: a reply may always end."""
-    probs = F.softmax(logits.float(), dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
-    keep[..., 0] = True
-    nucleus = torch.zeros_like(keep).scatter(-1, order, keep)
-    if eos_token_id is not None:
-        nucleus[..., eos_token_id] = True
-    return nucleus
-
-
-def masked_logits(logits: torch.Tensor, nucleus: torch.Tensor | None) -> torch.Tensor:
-    """Logits with every token outside the nucleus at -inf (unchanged without NLPO)."""
-    return logits if nucleus is None else logits.masked_fill(~nucleus, float("-inf"))
-
-
-# ---------------------------------------------------------------------------------------------
 # Models: the policy with its value head (rewards live in rlhflab.trainers.reward)
 # ---------------------------------------------------------------------------------------------
 
@@ -278,145 +175,6 @@ class PolicyWithValue(torch.nn.Module):
                 self.model.set_requires_grad(self.value_adapter, requires_grad=True)
         values = self.value_head(hidden[:, query_len - 1: -1].to(self.value_head.weight.dtype)).squeeze(-1)  # (B, R)
         return out.logits[:, :-1], values  # (B, R, V), (B, R)
-
-
-class MaskedPolicy:
-    """NLPO's masked policy: a frozen copy of the policy whose top-p nucleus, at every position, is the
-    only set of tokens the policy may sample and is scored on.
-
-    With LoRA the copy is one more adapter on the same base, routed per sample; with full weights it
-    is a copy of the model. `sync` copies the policy's current weights into it.
-    """
-
-    ADAPTER = "nlpo_mask"
-
-    def __init__(self, model, top_p: float, is_lora: bool, eos_token_id: int | None):
-        self.model, self.top_p, self.is_lora, self.eos_token_id = model, top_p, is_lora, eos_token_id
-        self.cache_name = cache_keyword(model)  # read once: nucleus() runs at every sampled token
-        if is_lora:
-            model.add_adapter(self.ADAPTER, model.peft_config["default"])
-            for name, parameter in model.named_parameters():
-                if f".{self.ADAPTER}." in name:
-                    parameter.requires_grad_(False)
-            self.copy = None
-        else:
-            self.copy = copy.deepcopy(model).requires_grad_(False).eval()
-        self.sync()
-
-    def save(self, checkpoint: Path) -> None:
-        """The mask's weights beside a checkpoint: its adapter (LoRA) or its copy of the model."""
-        from peft import get_peft_model_state_dict
-
-        if self.is_lora:
-            weights = get_peft_model_state_dict(self.model, adapter_name=self.ADAPTER)
-            save_file({k: v.contiguous() for k, v in weights.items()}, checkpoint / f"{self.ADAPTER}.safetensors")
-        else:
-            self.copy.save_pretrained(checkpoint / self.ADAPTER, safe_serialization=True)
-
-    @torch.no_grad()
-    def load(self, checkpoint: Path) -> None:
-        """The mask as `save` left it, so a resumed run samples from the nucleus it had, not from a fresh copy."""
-        from peft import set_peft_model_state_dict
-
-        if self.is_lora:
-            set_peft_model_state_dict(self.model, load_file(checkpoint / f"{self.ADAPTER}.safetensors"),
-                                      adapter_name=self.ADAPTER)
-        else:
-            weights = {}
-            for shard in (checkpoint / self.ADAPTER).glob("model*.safetensors"):
-                weights.update(load_file(shard))
-            self.copy.load_state_dict(weights, strict=False)
-
-    @torch.no_grad()
-    def sync(self):
-        if self.is_lora:
-            from peft import get_peft_model_state_dict, set_peft_model_state_dict
-
-            set_peft_model_state_dict(self.model, get_peft_model_state_dict(self.model, adapter_name="default"),
-                                      adapter_name=self.ADAPTER)
-        else:
-            self.copy.load_state_dict(self.model.state_dict())
-
-    @torch.no_grad()
-    def nucleus(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> torch.Tensor:
-        """The nucleus for the token after each row's last position: (B, V).
-
-        With a `cache` (a transformers `DynamicCache` that only this call fills), only the positions it
-        has not seen yet are run, so a whole rollout costs one pass instead of one pass per token.
-        """
-        seen = cache.get_seq_length() if cache is not None else 0
-        logits = self.logits(input_ids=input_ids[:, seen:], attention_mask=attention_mask, logits_to_keep=1,
-                             position_ids=left_padded_positions(attention_mask)[:, seen:],
-                             use_cache=cache is not None, **{self.cache_name: cache})
-        return nucleus_mask(logits[:, -1], self.top_p, self.eos_token_id)
-
-    @torch.no_grad()
-    def nuclei(self, batch: dict, keep: int) -> torch.Tensor:
-        """The nuclei at the `keep` positions that predict a left-padded batch's last `keep` tokens: (B, keep, V)."""
-        logits = self.logits(**batch, position_ids=left_padded_positions(batch["attention_mask"]),
-                             logits_to_keep=keep + 1)
-        return nucleus_mask(logits[:, :-1], self.top_p, self.eos_token_id)
-
-    def logits(self, **inputs) -> torch.Tensor:
-        if self.is_lora:
-            return self.model(**inputs, adapter_names=[self.ADAPTER] * len(inputs["input_ids"])).logits
-        return self.copy(**inputs).logits
-
-
-class NucleusSampling(LogitsProcessor):
-    """Masks each sampling step to the masked policy's nucleus, and keeps the masks it applied, so that
-    the rollout's and the update's log-probs score exactly the distribution that was sampled. One
-    instance serves one `generate` call: it keeps the masked policy's KV cache between steps."""
-
-    def __init__(self, masked: MaskedPolicy, query_mask: torch.Tensor):
-        self.masked, self.query_mask, self.applied = masked, query_mask, []
-        self.cache = DynamicCache()
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        new = input_ids.shape[1] - self.query_mask.shape[1]
-        attention_mask = torch.cat([self.query_mask, self.query_mask.new_ones(len(input_ids), new)], dim=1)
-        nucleus = self.masked.nucleus(input_ids, attention_mask, self.cache)
-        self.applied.append(nucleus)
-        return scores.masked_fill(~nucleus, float("-inf"))
-
-    def masks(self, length: int, response_mask: torch.Tensor) -> torch.Tensor:
-        """(B, length, V): the applied masks, all-true where nothing was sampled or after the response."""
-        stacked = torch.stack(self.applied, dim=1)
-        stacked = F.pad(stacked, (0, 0, 0, length - stacked.shape[1]), value=True)
-        return stacked | ~response_mask.bool()[..., None]
-
-
-@dataclass
-class NucleusPolicy(Policy):
-    """A policy as NLPO trained it: it samples, and is scored, only within its masked policy's top-p nucleus
-    at every token, as RL4LMs decodes at evaluation too. `load_nlpo` builds one from an NLPO checkpoint."""
-
-    masked: MaskedPolicy | None = None
-
-    def sample_tokens(self, inputs: dict, max_new_tokens: int, temperature: float, do_sample: bool) -> torch.Tensor:
-        sampling = NucleusSampling(self.masked, inputs["attention_mask"])
-        return sample_tokens(self.model, self.tokenizer, inputs, max_new_tokens, temperature, do_sample,
-                             LogitsProcessorList([sampling]))
-
-    def response_logits(self, batch: dict, keep: int) -> torch.Tensor:
-        return masked_logits(super().response_logits(batch, keep), self.masked.nuclei(batch, keep))
-
-
-def is_nlpo_checkpoint(directory: str | Path) -> bool:
-    """Whether `directory` is a checkpoint of an NLPO run (it holds the masked policy beside the policy)."""
-    directory = Path(directory)
-    return (directory / f"{MaskedPolicy.ADAPTER}.safetensors").exists() or (directory / MaskedPolicy.ADAPTER).is_dir()
-
-
-def load_nlpo(base: str, checkpoint: str | Path, quantization: str | None = None) -> NucleusPolicy:
-    """The policy of an NLPO checkpoint on `base`, with its masked policy and top_p, sampling as it trained."""
-    checkpoint = Path(checkpoint)
-    top_p = json.loads((checkpoint / "ppo_state.json").read_text())["config"]["nlpo_top_p"]
-    policy = load_policy(base, adapter=str(checkpoint), quantization=quantization)
-    masked = MaskedPolicy(policy.model, top_p, policy.is_lora, policy.tokenizer.eos_token_id)
-    masked.load(checkpoint)
-    policy.model.eval()
-    return NucleusPolicy(policy.model, policy.tokenizer, f"NLPO({policy.name})", masked=masked)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -577,16 +335,20 @@ class PPOTrainer:
         return batch
 
     def reference_logits(self, input_ids, attention_mask, query_len: int) -> torch.Tensor:
-        """The reference policy's logits at the response positions: (B, R, V)."""
+        """The reference policy's logits at the response positions: (B, R, V), under the same autocast as the
+        policy's forward pass (Accelerate wraps only the prepared module's), so that identical weights give
+        identical log-probs and a KL of 0 on a bf16 or fp16 GPU too."""
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                       position_ids=left_padded_positions(attention_mask),
                       logits_to_keep=input_ids.shape[1] - query_len + 1)
-        if self.reference is not None:
-            return self.reference(**kwargs).logits[:, :-1]
-        if self.reference_adapter is not None:  # routed per sample; the model is in eval mode here
-            return self.unwrapped.model(**kwargs, adapter_names=[self.reference_adapter] * len(input_ids)).logits[:, :-1]
-        with self.unwrapped.model.disable_adapter():
-            return self.unwrapped.model(**kwargs).logits[:, :-1]
+        with self.accelerator.autocast():
+            if self.reference is not None:
+                return self.reference(**kwargs).logits[:, :-1]
+            if self.reference_adapter is not None:  # routed per sample; the model is in eval mode here
+                names = [self.reference_adapter] * len(input_ids)
+                return self.unwrapped.model(**kwargs, adapter_names=names).logits[:, :-1]
+            with self.unwrapped.model.disable_adapter():
+                return self.unwrapped.model(**kwargs).logits[:, :-1]
 
     # -- update ----------------------------------------------------------------------------------
 
