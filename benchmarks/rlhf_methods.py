@@ -178,7 +178,7 @@ def report_active(curve: pd.DataFrame) -> None:
           "gain over random: mean [95% t-interval]; decided: share of labels that became a training pair)\n")
     columns = ["labels", *strategies, *(f"{s} - random" for s in others), *(f"decided: {s}" for s in strategies)]
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
-    for batch, rows in curve.groupby("batch"):
+    for _, rows in curve.groupby("batch"):
         by = {s: rows[rows["strategy"] == s].set_index("seed")["reward/gold_agreement_sft_samples"]
               for s in strategies}  # aligned by seed: a seed's strategies share SFT, the pool and the held-out pairs
         decided = [spread(rows[rows["strategy"] == s]["decided_share"], percent=True) for s in strategies]

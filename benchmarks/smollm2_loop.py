@@ -66,7 +66,7 @@ def main() -> None:
           "reward model's gold agreement | wall (s) |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
-        def cell(key, form):
+        def cell(key, form, row=row):
             return form.format(row[key]) if row.get(key) is not None else ""
         print(f"| {row['stage']} | {cell('labels', '{}')} | {cell('gold/win_rate_vs_sft', '{:.1%}')} | "
               f"{cell('gold/mean', '{:.2f}')} | {cell('kl/to_sft', '{:.2f}')} | "

@@ -83,7 +83,7 @@ def test_undo_brings_the_item_back_and_edit_replaces_an_earlier_label(store):
     labeler.handle({"action": "edit", "event_id": earlier["event_id"]})
     assert labeler.item["item_id"] == first and labeler.item["editing"] and labeler.item["previous"]["choice"] == "tie"
     labeler.handle({"action": "label", "item_id": first, "choice": "left", "strength": "slightly"})
-    current = {l["item_id"]: l["choice"] for l in store.labels()}
+    current = {label["item_id"]: label["choice"] for label in store.labels()}
     assert current[second] == "both_bad" and current[first] in ("a", "b")
     assert [e["action"] for e in store.events()] == ["label", "skip", "undo", "label", "label"]
 
@@ -127,7 +127,7 @@ def test_strength_is_stored_only_when_the_person_gives_one(store):
     labeler = PairwiseLabeler(store, "ada", LabelerConfig(seed=0))
     labeler.handle({"action": "label", "item_id": labeler.item["item_id"], "choice": "left", "strength": None})
     labeler.handle({"action": "label", "item_id": labeler.item["item_id"], "choice": "right", "strength": "slightly"})
-    assert [l["strength"] for l in store.labels()] == [None, "slightly"]
+    assert [label["strength"] for label in store.labels()] == [None, "slightly"]
 
 
 def test_a_resent_answer_is_stored_once_and_an_answer_is_never_reported_lost_after_its_commit(store, monkeypatch):
@@ -171,7 +171,7 @@ def test_an_edit_starts_from_the_stored_label_and_only_a_new_answer_replaces_it(
         assert labeler.status.startswith("not saved: you already answered this item")
     labeler.handle({"action": "cancel"})
     assert labeler.item["item_id"] != item_id and labeler.status == "edit cancelled: your earlier answer stays"
-    assert [(l["choice"], l["strength"]) for l in store.labels()] == [("ab"[order[0]], "much")]
+    assert [(label["choice"], label["strength"]) for label in store.labels()] == [("ab"[order[0]], "much")]
 
     labeler.handle({"action": "edit", "event_id": labeler.history[0]["event_id"]})
     labeler.handle({"action": "label", "item_id": item_id, "choice": "tie"})  # the edit
@@ -179,7 +179,7 @@ def test_an_edit_starts_from_the_stored_label_and_only_a_new_answer_replaces_it(
     assert labeler.item["item_id"] == item_id and labeler.item["editing"]
     assert labeler.item["previous"]["choice"] == "left"
     labeler._on_message(labeler, {"action": "skip", "item_id": item_id}, [])
-    assert labeler.status.startswith("not saved") and [l["choice"] for l in store.labels()] == ["ab"[order[0]]]
+    assert labeler.status.startswith("not saved") and [label["choice"] for label in store.labels()] == ["ab"[order[0]]]
 
 
 def test_progress_counts_labels_skips_and_prompt_flags_apart(store):

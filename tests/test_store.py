@@ -45,10 +45,10 @@ def test_undo_and_edit_are_new_events_and_the_view_follows(store):
     e1 = store.record(first, "ada", choice="a", strength="much", shown_order=[1, 0])
     e2 = store.record(second, "ada", choice="tie", shown_order=[0, 1])
     e3 = store.record(first, "ada", choice="b", strength="slightly", shown_order=[1, 0])  # edit
-    assert [(l["event_id"], l["choice"]) for l in store.labels()] == [(e2, "tie"), (e3, "b")]
+    assert [(label["event_id"], label["choice"]) for label in store.labels()] == [(e2, "tie"), (e3, "b")]
     undone = store.undo("ada")  # the edit goes; the first answer is in force again
     assert undone["event_id"] == e3
-    assert {l["event_id"] for l in store.labels()} == {e1, e2}
+    assert {label["event_id"] for label in store.labels()} == {e1, e2}
     store.undo("ada")
     store.undo("ada")
     assert store.labels() == [] and store.undo("ada") is None
@@ -428,7 +428,7 @@ def test_postgres_store_derives_the_same_view(postgres_url):
     store.record(Item("rank?", ("x", "y", "z")).item_id, "ada", ranking=[1, 2, 2])
     store.undo("ada")
     store.record(Item("rank?", ("x", "y", "z")).item_id, "ada", ranking=[1, 2, 2])
-    assert [l["flags"] for l in store.labels()] == [{"b": ["harmful"]}, None]
+    assert [label["flags"] for label in store.labels()] == [{"b": ["harmful"]}, None]
     snapshot = store.snapshot()  # what exports read: one repeatable-read transaction on Postgres
     assert snapshot.labels() == store.labels() and snapshot.items() == store.items()
     assert store.gold_accuracy() == {"ada": {"gold_items": 1, "accuracy": 1.0}}

@@ -27,7 +27,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 __all__ = ["DEMONSTRATION_COLUMNS", "COMPARISON_COLUMNS", "REPLIES", "MARGINS", "Message", "Conversation",
            "Prompt", "as_prompt", "as_messages", "prompt_text", "as_rows", "letter", "Item", "read_records",
@@ -75,7 +75,7 @@ class Conversation(tuple):
         return "\n\n".join(f"{m.role.capitalize()}: {m.content}" for m in self)
 
 
-Prompt = Union[str, Conversation]
+Prompt = str | Conversation
 
 
 def as_prompt(value, where: str = "prompt") -> Prompt:
