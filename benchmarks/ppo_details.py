@@ -1,13 +1,14 @@
-"""PPO's implementation details on the tiny world, scored by gold: the learning-rate schedule
-(constant or linear decay) and the value model (a head on the policy's trunk, or its own adapter
-initialised from the reward model).
+"""PPO's settings on the tiny world, scored by gold. `--study details`: the learning-rate schedule (constant or
+linear decay) and the value model (a head on the policy's trunk, or its own adapter initialised from the reward
+model). `--study defaults`: the learning rate and initial KL coefficient that `PPOConfig` and `RLHFConfig`
+share, against the two sets they had before (issue 29) and one between.
 
-    .venv/bin/python benchmarks/ppo_details.py [--seeds 0 1 2] [--ppo-steps 32]
+    .venv/bin/python benchmarks/ppo_details.py [--study defaults] [--seeds 0 1 2] [--ppo-steps 32]
 
 One SFT adapter and one reward model (`rlhflab.lab.stages`, as the tests' fixture makes them) serve every run;
 each run is PPO from SFT with one variant and one seed, scored on the held-out prompts: gold
 win-rate against SFT, gold mean, KL to SFT and wall time. Runs of the variants alternate. Prints a
-Markdown table of per-seed values and their mean; writes benchmarks/results/ppo_details.json.
+Markdown table of per-seed values and their mean; writes benchmarks/results/ppo_<study>.json.
 """
 
 from __future__ import annotations
@@ -30,10 +31,17 @@ from rlhflab.tiny.annotate import gold_comparisons  # noqa: E402
 from rlhflab.tiny.task import WorldTask  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = {  # name: PPOConfig fields
-    "constant lr, value head": dict(lr_schedule="constant", value_model="head"),
-    "linear lr, value head": dict(lr_schedule="linear", value_model="head"),
-    "constant lr, value adapter": dict(lr_schedule="constant", value_model="adapter"),
+STUDIES = {  # study: {variant: PPOConfig fields}
+    "details": {
+        "constant lr, value head": dict(lr_schedule="constant", value_model="head"),
+        "linear lr, value head": dict(lr_schedule="linear", value_model="head"),
+        "constant lr, value adapter": dict(lr_schedule="constant", value_model="adapter"),
+    },
+    "defaults": {
+        "lr 1e-4, beta 0.2 (RLHFConfig's before)": dict(learning_rate=1e-4, kl_coef=0.2),
+        "lr 2e-4, beta 0.1": dict(learning_rate=2e-4, kl_coef=0.1),
+        "lr 5e-4, beta 0.05 (PPOConfig's before)": dict(learning_rate=5e-4, kl_coef=0.05),
+    },
 }
 
 
@@ -41,7 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ppo-steps", type=int, default=32)
+    parser.add_argument("--study", choices=STUDIES, default="details")
     args = parser.parse_args()
+    variants = STUDIES[args.study]
     world = TinyWorld(seed=0)
     gold = GoldAnnotator(world)
     task = WorldTask(world, gold)
@@ -53,7 +63,7 @@ def main() -> None:
                                 config, baseline, reward_dir)
     rows = []
     for seed in args.seeds:
-        for variant, fields in VARIANTS.items():
+        for variant, fields in variants.items():
             run = replace(config, seed=seed, out_dir=str(Path(config.out_dir) / f"{len(rows)}"))
             started = time.perf_counter()
             result = ppo_trainer(task, run, sft_dir, reward_dir, ppo_fields=fields).train()
@@ -64,10 +74,10 @@ def main() -> None:
                             for k in ("gold/win_rate_vs_sft", "gold/mean", "kl/to_sft", "gold/sft_mean")}})
             print(json.dumps(rows[-1]), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ppo_details.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (RESULTS / f"ppo_{args.study}.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("\n| variant | gold win-rate vs SFT (per seed; mean) | gold mean | KL to SFT (nats) | PPO time (s) |"
           "\n|---|---|---|---|---|")
-    for variant in VARIANTS:
+    for variant in variants:
         runs = [r for r in rows if r["variant"] == variant]
         cells = []
         for key, form in (("gold/win_rate_vs_sft", "{:.1%}"), ("gold/mean", "{:.2f}"), ("kl/to_sft", "{:.2f}"),
