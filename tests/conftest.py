@@ -20,6 +20,7 @@ from rlhflab.tiny import GoldAnnotator, TinyWorld  # noqa: E402
 from rlhflab.tiny.task import WorldTask  # noqa: E402
 
 SHARED_FIXTURES = ("smollm2", "recipe", "quickstart", "lab")  # costly to build, each built once
+WHOLE_RUNS = ("test_notebooks", "test_browser", "test_pages", "test_readme")  # notebooks, Chromium, README code
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
@@ -27,7 +28,8 @@ def pytest_collection_modifyitems(items):
     """The tests that share a costly fixture run on one xdist worker, and the longest work starts first.
 
     Only with `--dist loadgroup` (as `make test` runs) does the group mean anything; without xdist
-    the order is the only change.
+    the order is the only change. The tests of a costly fixture, and every notebook, browser and README run,
+    are `slow` as well, so `make test-fast` (`-m "not slow"`) leaves them out.
     """
     def shared(item):
         return next((name for name in SHARED_FIXTURES if name in item.fixturenames), None)
@@ -40,6 +42,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if group := shared(item):
             item.add_marker(pytest.mark.xdist_group(group))
+        if shared(item) or item.module.__name__ in WHOLE_RUNS:
+            item.add_marker(pytest.mark.slow)
     items.sort(key=start)
 
 

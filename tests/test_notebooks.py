@@ -2,6 +2,7 @@
 in a real browser."""
 
 import importlib.metadata
+import json
 import os
 import re
 import subprocess
@@ -368,3 +369,16 @@ def test_a_headless_notebook_runs_its_kernel_without_the_tcp_warning(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "42", out.stderr[-2000:]
     assert "without encryption" not in out.stderr and "IPKernelApp" not in out.stderr, out.stderr[-2000:]
+
+
+def test_no_notebook_cell_holds_a_credential():
+    """A Postgres URL with its password in a cell ends up in the saved notebook and in every copy of it:
+    notebook 06 asks for it with getpass, and no notebook writes one out."""
+    credential = re.compile(r"postgres(?:ql)?(?:\+\w+)?://[^\s:/@\"']+:(?!password@)[^\s@\"']+@")
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            assert not credential.search("".join(cell["source"])), f"{path.name} holds a Postgres password"
+    team = json.loads((NOTEBOOKS / "06_team_labeling.ipynb").read_text())["cells"]
+    team = "".join("".join(cell["source"]) for cell in team)
+    assert "getpass(" in team
+    assert credential.search('STORE_URL = "postgresql://ada:s3cret@db.example.org:5432/labels"')

@@ -1,6 +1,7 @@
 """The README's code runs as written."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,3 +31,17 @@ def test_your_model_your_data_runs_as_written(tmp_path):
         rate, low, high = map(float, line.split()[1:4])
         assert 0 <= low <= rate <= high <= 1
     assert (tmp_path / "runs/mine/round_2/ppo/checkpoint/adapter_model.safetensors").exists()
+
+
+def test_every_security_guarantee_names_a_test_that_exists():
+    """Issue 30: the README said an annotator login "can never change or delete" a label while the store let
+    anyone undo anyone's. Each guarantee of the Security section now names the test that shows it."""
+    import ast
+
+    section = (ROOT / "README.md").read_text().split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
+    guarantees = [item for item in section.split("\n- ")[1:]]
+    named = {name for item in guarantees for name in re.findall(r"`(test_\w+)`", item)}
+    tests = {node.name for path in (ROOT / "tests").glob("test_*.py") for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+    assert len(guarantees) >= 6 and all(re.search(r"`test_\w+`", item) for item in guarantees)
+    assert named - tests == set()
