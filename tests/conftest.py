@@ -194,3 +194,26 @@ def bf16_autocast_on_the_cpu(monkeypatch):
     AcceleratorState._reset_state(reset_partial_state=True)
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="session")
+def tolerance():
+    """`tolerance(device, atol=..., rtol=...)`: the `atol` and `rtol` to compare floats a model computed on `device`.
+
+    Where the device computes in fp32 (the CPU) they are the test's own, tight ones, given as `atol` and `rtol`.
+    bf16 and fp16 round every activation to 8 or 11 bits, so there they widen to 16 and 4 of the format's
+    epsilons: on an H200 in bf16 the first rollout's per-token KL reached 0.04 nats and a shared and a separate
+    reward model's scores differed by 0.006, where the CPU gives 0 (issue 29).
+    """
+    import torch
+
+    from rlhflab.trainers.models import precision_for
+
+    def by_precision(device, atol: float = 1e-8, rtol: float = 1e-5) -> dict:  # torch.allclose's defaults
+        compute = precision_for(device).compute
+        if compute == torch.float32:
+            return {"atol": atol, "rtol": rtol}
+        eps = torch.finfo(compute).eps  # 2**-7 in bf16, 2**-10 in fp16
+        return {"atol": max(atol, 16 * eps), "rtol": max(rtol, 4 * eps)}
+
+    return by_precision

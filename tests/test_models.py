@@ -19,7 +19,7 @@ def source(name, random_models):
 def one_training_step(policy):
     """One AdamW step on a chat transcript; returns {name: (before, after)} for every parameter."""
     text = policy.chat_prompt("What color is the fox?") + "Sure! The fox is red.<|end|>"
-    batch = policy.tokenizer([text], return_tensors="pt", add_special_tokens=False)
+    batch = policy.tokenizer([text], return_tensors="pt", add_special_tokens=False).to(policy.device)
     params = {n: p for n, p in policy.model.named_parameters()}
     before = {n: p.detach().clone() for n, p in params.items()}
     trainable = [p for p in params.values() if p.requires_grad]
@@ -179,12 +179,12 @@ def test_each_process_takes_its_own_gpu(monkeypatch):
     assert default_device() == "cuda:0"
 
 
-def test_sampling_ignores_the_checkpoints_generation_settings(shipped_sampling_settings):
+def test_sampling_ignores_the_checkpoints_generation_settings(shipped_sampling_settings, tolerance):
     """The tokens come from softmax(logits / T) although the checkpoint ships other settings."""
     policy = load_policy(str(shipped_sampling_settings))
     assert policy.model.generation_config.repetition_penalty == 1.5
     inputs = policy.tokenizer([policy.chat_prompt("What color is the fox?")] * 4, return_tensors="pt",
-                              add_special_tokens=False)
+                              add_special_tokens=False).to(policy.device)
     original, captured = policy.model.generate, []
 
     def recording(**kwargs):
@@ -196,7 +196,7 @@ def test_sampling_ignores_the_checkpoints_generation_settings(shipped_sampling_s
     torch.manual_seed(0)
     sequences = sample_tokens(policy.model, policy.tokenizer, inputs, 12, temperature=0.7)
     expected = torch.log_softmax(policy.model(sequences).logits[:, inputs["input_ids"].shape[1] - 1: -1] / 0.7, -1)
-    assert torch.allclose(torch.log_softmax(captured[0], -1), expected, atol=1e-4)
+    assert torch.allclose(torch.log_softmax(captured[0], -1), expected, **tolerance(policy.device, atol=1e-4))
     assert policy.model.generation_config.repetition_penalty == 1.5  # the checkpoint's own settings are back
 
 
@@ -210,7 +210,7 @@ def test_smollm2_loads_offline_and_generates(smollm2):
 
 
 @pytest.mark.parametrize("arch", ["tiny", "gpt2"])
-def test_response_logprobs_match_a_row_by_row_reference(arch, random_models):
+def test_response_logprobs_match_a_row_by_row_reference(arch, random_models, tolerance):
     policy = load_policy(source(arch, random_models))
     prompts = ["What color is the fox?", "Hi! Where does the cat live? Thanks!", "Name a food."]
     responses = ["Red.", "The cat lives in the barn, and it sleeps there all day long.", ""]
@@ -219,21 +219,23 @@ def test_response_logprobs_match_a_row_by_row_reference(arch, random_models):
         for prompt, response in zip(prompts, responses):
             ids = transcript_ids(policy.tokenizer, prompt, response)
             start = len(policy.tokenizer(policy.chat_prompt(prompt), add_special_tokens=False)["input_ids"])
-            logp = torch.log_softmax(policy.model(torch.tensor([ids])).logits[0, :-1].float(), -1)
+            logp = torch.log_softmax(policy.model(torch.tensor([ids], device=policy.device)).logits[0, :-1].float(), -1)
             expected.append(sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids))))
-    assert torch.allclose(policy.response_logprobs(prompts, responses, batch_size=3), torch.tensor(expected), atol=1e-3)
+    assert torch.allclose(policy.response_logprobs(prompts, responses, batch_size=3), torch.tensor(expected),
+                          **tolerance(policy.device, atol=1e-3))
 
 
 def slow_reply_logprob(policy, prompt: str, reply_ids: list[int]) -> float:
     """The obvious way: one unpadded forward pass over prompt + reply, log-softmax, the reply's tokens summed."""
     ids = policy.prompt_ids(prompt) + reply_ids
     with torch.no_grad():
-        logits = policy.model(input_ids=torch.tensor([ids])).logits[0, :-1]  # (T - 1, V)
-    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+        logits = policy.model(input_ids=torch.tensor([ids], device=policy.device)).logits[0, :-1]  # (T - 1, V)
+    targets = torch.tensor(ids[1:], device=policy.device)[:, None]  # (T - 1, 1)
+    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(1, targets)[:, 0]
     return logprobs[-len(reply_ids):].sum().item()
 
 
-def test_an_evaluations_kl_is_k1_on_the_token_ids_it_sampled():
+def test_an_evaluations_kl_is_k1_on_the_token_ids_it_sampled(tolerance):
     """Issue 29, defect 4: evaluate's kl/to_sft tokenized the decoded replies again and closed each with EOS, so a
     reply cut off at response_length was scored with an EOS it never sampled (9 of 24 held-out replies at 32
     tokens on the tiny model), and the estimate could go negative. It is now k1 on the sampled ids."""
@@ -253,11 +255,13 @@ def test_an_evaluations_kl_is_k1_on_the_token_ids_it_sampled():
     assert all(len(ids) == 6 or ids[-1] == eos for ids in reply_ids) and any(eos not in ids for ids in reply_ids)
     assert [policy.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in reply_ids] == replies
     expected = [slow_reply_logprob(policy, p, ids) for p, ids in zip(prompts, reply_ids)]
-    assert torch.allclose(policy.reply_logprobs(prompts, reply_ids), torch.tensor(expected), atol=1e-4)
+    assert torch.allclose(policy.reply_logprobs(prompts, reply_ids), torch.tensor(expected),
+                          **tolerance(policy.device, atol=1e-4))
 
     config = RLHFConfig(response_length=6, seed=0)
     _, evaluated = policy.sample(prompts, max_new_tokens=6, seed=config.seed + 41)  # what evaluate samples
     k1 = [slow_reply_logprob(policy, p, ids) - slow_reply_logprob(sft, p, ids) for p, ids in zip(prompts, evaluated)]
     task = Task(prompts=["Say hi."], heldout=prompts)
     metrics, _ = evaluate(policy, Baseline(sft, prompts, sft.generate(prompts, seed=1), None), task, config)
-    assert metrics["kl/to_sft"] == pytest.approx(sum(k1) / len(k1), abs=1e-4)
+    tol = tolerance(policy.device, atol=1e-4, rtol=1e-6)  # pytest.approx's own rel
+    assert metrics["kl/to_sft"] == pytest.approx(sum(k1) / len(k1), abs=tol["atol"], rel=tol["rtol"])

@@ -338,13 +338,13 @@ logging.getLogger("kernels._internals.hf_hub").warning("Skipping publisher trust
 logging.getLogger("kernels._internals.hf_hub").warning("Skipping publisher trust check for 'someone/else' because "
                                                        "Hugging Face Hub is in offline mode.")
 from rlhflab.trainers.sft import SFTConfig
-from rlhflab.trainers.training import trl_args
+from rlhflab.trainers.training import trl_config
 logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward from "
                                                            "kernels-community: No module named 'kernels'")
 logging.getLogger("bitsandbytes.backends.cpu.ops").warning("another bitsandbytes notice")
 with warnings.catch_warnings(record=True) as caught:
     rlhflab.load_policy("tiny", lora=True)
-    trl_args(trl.SFTConfig, SFTConfig(output_dir="unused"), "cpu")
+    trl_config(trl.SFTConfig, SFTConfig(output_dir="unused"), "cpu")
     warnings.warn("another FutureWarning", FutureWarning)
 print([str(w.message) for w in caught if issubclass(w.category, FutureWarning)])
 """

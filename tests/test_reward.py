@@ -36,34 +36,37 @@ def test_score_head_is_trained_and_saved_with_the_adapter(recipe, heldout):
     reward_model = load_reward_model(str(reward_dir))
     score = reward_model.model.base_model.model.score  # peft's ModulesToSaveWrapper
     assert not torch.equal(score.modules_to_save["default"].weight, score.original_module.weight)
-    base = load_reward_model("tiny")
-    base_weights = dict(base.model.named_parameters())
+    base = load_reward_model("tiny", lora=True)  # a fresh adapter: its base loads in the dtype the trained one's did
+    base_weights = dict(base.model.base_model.model.named_parameters())
     for name, param in reward_model.model.base_model.model.named_parameters():
         if "lora_" not in name and "score" not in name:  # the base stays frozen
-            assert torch.equal(param, base_weights[name.replace(".base_layer", "")]), name
+            assert torch.equal(param, base_weights[name]), name
     prompts, responses = [r["prompt"] for r in heldout[:8]], [r["chosen"] for r in heldout[:8]]
     assert not torch.allclose(base.score(prompts, responses), reward_model.score(prompts, responses), atol=1e-3)
 
 
-def test_normalised_on_sft_samples_and_shared_adapter_scores_the_same(recipe, heldout):
+def test_normalised_on_sft_samples_and_shared_adapter_scores_the_same(recipe, heldout, tolerance):
     config, sft_dir, reward_dir, _ = recipe
     reward_model = load_reward_model(str(reward_dir))
     assert reward_model.std != 1.0 and reward_model.mean != 0.0
     prompts, responses = [r["prompt"] for r in heldout[:16]], [r["chosen"] for r in heldout[:16]]
     raw = reward_model.score(prompts, responses, normalized=False)
-    assert torch.allclose(reward_model.score(prompts, responses), (raw - reward_model.mean) / reward_model.std)
+    assert torch.allclose(reward_model.score(prompts, responses), (raw - reward_model.mean) / reward_model.std,
+                          **tolerance(reward_model.device))
     shared = SharedReward(load_policy("tiny", lora=True, adapter=str(sft_dir)), reward_dir)
-    assert torch.allclose(shared.score(prompts, responses), reward_model.score(prompts, responses), atol=1e-3)
+    assert torch.allclose(shared.score(prompts, responses), reward_model.score(prompts, responses),
+                          **tolerance(reward_model.device, atol=1e-3))
 
 
-def test_normalize_on_gives_mean_0_std_1(recipe, heldout, tmp_path):
+def test_normalize_on_gives_mean_0_std_1(recipe, heldout, tmp_path, tolerance):
     reward_model = load_reward_model(str(recipe[2]))
     prompts, responses = [r["prompt"] for r in heldout], [r["chosen"] for r in heldout]
     reward_model.normalize_on(prompts, responses)
     scores = reward_model.score(prompts, responses)
     assert abs(scores.mean().item()) < 1e-4 and abs(scores.std().item() - 1) < 1e-4
     reward_model.save(tmp_path)
-    assert torch.allclose(load_reward_model(str(tmp_path)).score(prompts, responses), scores, atol=1e-5)
+    assert torch.allclose(load_reward_model(str(tmp_path)).score(prompts, responses), scores,
+                          **tolerance(reward_model.device, atol=1e-5))
 
 
 def test_strength_becomes_a_margin_and_bad_rows_are_named():
@@ -92,7 +95,7 @@ def test_4bit_reward_model_trains_with_lora(heldout, tmp_path):
 # -- real-model defects: each of these failed before its fix ------------------------------------
 
 @pytest.mark.parametrize("pad", ["pad != eos", "pad == eos"])
-def test_shared_adapter_reads_the_score_where_the_reward_model_does(pad, pad_is_eos, heldout, tmp_path):
+def test_shared_adapter_reads_the_score_where_the_reward_model_does(pad, pad_is_eos, heldout, tmp_path, tolerance):
     base = str(pad_is_eos) if pad == "pad == eos" else "tiny"
     torch.manual_seed(0)
     reward_model = load_reward_model(base, lora=True)
@@ -104,7 +107,7 @@ def test_shared_adapter_reads_the_score_where_the_reward_model_does(pad, pad_is_
     responses[0] += " and more words, so the rows pad differently"
     shared = SharedReward(load_policy(base, lora=True), tmp_path)
     assert torch.allclose(shared.score(prompts, responses), load_reward_model(str(tmp_path)).score(prompts, responses),
-                          atol=1e-4)
+                          **tolerance(reward_model.device, atol=1e-4))
 
 
 def test_4bit_reward_model_scores_with_the_dtypes_a_gpu_leaves(heldout):
@@ -118,7 +121,7 @@ def test_4bit_reward_model_scores_with_the_dtypes_a_gpu_leaves(heldout):
     assert scores.shape == (4,) and torch.isfinite(scores).all()
 
 
-def test_scoring_reads_the_tokens_training_read(heldout, tmp_path):
+def test_scoring_reads_the_tokens_training_read(heldout, tmp_path, tolerance):
     reward_model = load_reward_model("tiny", lora=True)
     train_reward_model(reward_model, heldout[:16], RewardConfig(output_dir=str(tmp_path), max_steps=1, batch_size=8,
                                                                 max_length=24))
@@ -128,8 +131,9 @@ def test_scoring_reads_the_tokens_training_read(heldout, tmp_path):
     ids = reward_ids(reloaded.tokenizer, prompt, response, 24)
     assert len(ids) == 24
     with torch.no_grad():
-        expected = reloaded.model(input_ids=torch.tensor([ids])).logits[0, 0]
-    assert torch.allclose(reloaded.score([prompt], [response], normalized=False), expected[None], atol=1e-5)
+        expected = reloaded.model(input_ids=torch.tensor([ids], device=reloaded.device)).logits[0, 0].float().cpu()
+    assert torch.allclose(reloaded.score([prompt], [response], normalized=False), expected[None],
+                          **tolerance(reloaded.device, atol=1e-5))
 
 
 def test_bad_reward_output_names_the_reward(gold):
@@ -164,7 +168,8 @@ def test_a_saved_reward_model_loads_without_a_missing_head_report_and_real_repor
     finally:
         reports.removeHandler(shown)
     assert not [message for message in after_the_reward_model if "LOAD REPORT" in message]
-    assert torch.allclose(reloaded.model.base_model.model.score.modules_to_save["default"].weight, torch.tensor(0.5))
+    assert torch.allclose(reloaded.model.base_model.model.score.modules_to_save["default"].weight.float().cpu(),
+                          torch.tensor(0.5))
     assert any("score.weight | UNEXPECTED" in record.getMessage() for record in shown.buffer)
 
 

@@ -4,10 +4,10 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 from datasets import Dataset
 
 from rlhflab import load_policy
+from rlhflab.trainers.models import precision_for
 from rlhflab.trainers.sft import SFTConfig, conversations, train_sft
 
 
@@ -54,8 +54,10 @@ def test_qlora_sft_accepts_each_input_type_and_saves_the_adapter(world, tmp_path
     assert result.metrics["train/loss"] > 0
     after = dict(policy.model.named_parameters())
     assert any(not (after[n].detach() == b).all() for n, b in before.items())
-    # TRL casts QLoRA adapters to bf16; on a CPU (and a T4's GradScaler) they must stay fp32
-    assert {p.dtype for p in policy.model.parameters() if p.requires_grad} == {torch.float32}
+    # TRL casts QLoRA adapters to bf16; they end in the device's adapter dtype: fp32 on a CPU (and under a T4's
+    # GradScaler), bf16 where it is native
+    adapter_dtype = precision_for(policy.device).adapter_weights
+    assert {p.dtype for p in policy.model.parameters() if p.requires_grad} == {adapter_dtype}
     reloaded = load_policy("tiny", adapter=str(tmp_path), quantization="4bit")
     assert reloaded.is_lora
 

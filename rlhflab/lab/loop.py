@@ -85,6 +85,7 @@ class RLHFLoop:
         self.store = LabelStore(self.out_dir / "labels.db")
         self.live = live or LivePlot(self.out_dir / "ppo", title="PPO over the rounds", layout="ppo")
         self.rounds_live = LivePlot(self.out_dir / "rounds", title="per round", layout="rounds")
+        self.rounds_live.track(self.config.report_to)
         self.heldout = heldout_prompts(task, self.config)  # every round is scored on these
         self.sft_dir: Path | None = None  # set by sft()
         self.baseline: Baseline | None = None  # SFT's held-out answers: what every round is scored against

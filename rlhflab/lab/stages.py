@@ -104,6 +104,8 @@ class RLHFConfig:
     labels_per_round: int = 300  # pairs sent to annotators per round
     pool_per_label: int = 2  # candidate pairs generated per label spent; active learning picks among them
     random_share: float = 0.25  # share of each round's pairs drawn at random (see rlhflab.labeling.active)
+    # -- tracking
+    report_to: str = "none"  # every stage's and the rounds' metrics: "tensorboard" writes event files beside them
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -169,7 +171,8 @@ def sft_stage(task, config: RLHFConfig, out: str | Path | None = None, live: Liv
         torch.manual_seed(config.seed)  # the new adapter's first weights follow the seed, not what ran before
         policy = load(config, trainable=True)
         if demonstrations:
-            train_sft(policy, demonstrations, SFTConfig(output_dir=str(out), seed=config.seed, logging_steps=2),
+            train_sft(policy, demonstrations, SFTConfig(output_dir=str(out), seed=config.seed, logging_steps=2,
+                                                               report_to=config.report_to),
                       live=live)
         else:
             policy.model.save_pretrained(out)
@@ -204,7 +207,8 @@ def reward_stage(comparisons, config: RLHFConfig, baseline: Baseline, out: str |
     torch.manual_seed(config.seed)  # the new adapter's and score head's first weights follow the seed
     reward_model = load_reward_model(config.base, lora=True, quantization=config.quantization)
     train_reward_model(reward_model, comparisons, RewardConfig(output_dir=str(out), epochs=config.reward_epochs,
-                                                               seed=config.seed, logging_steps=10), live=live)
+                                                               seed=config.seed, logging_steps=10,
+                                                               report_to=config.report_to), live=live)
     reward_model.normalize_on(baseline.prompts, baseline.responses)
     reward_model.save(out)
     return reward_model
@@ -251,7 +255,7 @@ def ppo_trainer(task, config: RLHFConfig, sft_dir: Path, reward_dir: Path, *, st
                            learning_rate=config.ppo_learning_rate, kl_coef=config.kl_coef,
                            target_kl=config.target_kl, kl_horizon=50 * config.ppo_batch_size,
                            response_length=config.response_length, seed=config.seed if seed is None else seed,
-                           **(ppo_fields or {}))
+                           report_to=config.report_to, **(ppo_fields or {}))
     trainer = PPOTrainer(policy, ppo_prompts(task, config), reward, ppo_config, gold=task.gold, live=live,
                          reference_adapter=sft_dir, value_from=reward_dir)
     trainer.step = first_step
@@ -352,14 +356,16 @@ def _critic_free(update: PolicyUpdate, method: str) -> tuple[Path, int]:
     train_critic_free(load(c, update.start, trainable=True), ppo_prompts(update.task, c), reward, CriticFreeConfig(
         method=method, output_dir=str(update.out), max_steps=c.ppo_steps, batch_size=c.ppo_batch_size,
         mini_batch_size=c.ppo_mini_batch_size, num_generations=c.group_size, learning_rate=c.ppo_learning_rate,
-        beta=c.critic_free_beta, max_completion_length=c.response_length, seed=update.seed), live=update.live)
+        beta=c.critic_free_beta, max_completion_length=c.response_length, seed=update.seed, report_to=c.report_to),
+        live=update.live)
     return update.out, update.first_step
 
 
 def _dpo(update: PolicyUpdate) -> tuple[Path, int]:
     c = update.config
     train_dpo(load(c, update.start, trainable=True), update.comparisons, DPOConfig(
-        output_dir=str(update.out), epochs=c.dpo_epochs, beta=c.dpo_beta, seed=update.seed, logging_steps=2),
+        output_dir=str(update.out), epochs=c.dpo_epochs, beta=c.dpo_beta, seed=update.seed, logging_steps=2,
+        report_to=c.report_to),
         live=update.live)
     return update.out, update.first_step
 
@@ -367,7 +373,8 @@ def _dpo(update: PolicyUpdate) -> tuple[Path, int]:
 def _kto(update: PolicyUpdate) -> tuple[Path, int]:
     c = update.config
     train_kto(load(c, update.start, trainable=True), update.comparisons, KTOConfig(
-        output_dir=str(update.out), epochs=c.kto_epochs, beta=c.kto_beta, seed=update.seed, logging_steps=2),
+        output_dir=str(update.out), epochs=c.kto_epochs, beta=c.kto_beta, seed=update.seed, logging_steps=2,
+        report_to=c.report_to),
         live=update.live)
     return update.out, update.first_step
 
@@ -375,7 +382,8 @@ def _kto(update: PolicyUpdate) -> tuple[Path, int]:
 def _ilql(update: PolicyUpdate) -> tuple[Path, int]:
     c = update.config
     train_ilql(load(c, update.start, trainable=True), update.comparisons, ILQLConfig(
-        output_dir=str(update.out), steps=c.ilql_steps, beta=c.ilql_beta, seed=update.seed), live=update.live)
+        output_dir=str(update.out), steps=c.ilql_steps, beta=c.ilql_beta, seed=update.seed, report_to=c.report_to),
+        live=update.live)
     return update.out, update.first_step
 
 

@@ -37,7 +37,8 @@ from .live import LivePlot
 from .models import Policy, disable_dropout
 from .reward import checked_scores
 from .reward_functions import as_reward
-from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
+from .training import (TrainingConfig, chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference,
+                       trl_config)
 
 __all__ = ["METHODS", "LOGGED", "CriticFreeConfig", "CriticFreeResult", "trl_reward", "critic_free_args",
            "train_critic_free"]
@@ -47,12 +48,11 @@ LOGGED = ("reward", "reward_std", "kl", "entropy", "completions/mean_length")
 
 
 @dataclass
-class CriticFreeConfig:
-    """Settings of one RLOO or GRPO run."""
+class CriticFreeConfig(TrainingConfig):
+    """Settings of one RLOO or GRPO run (and `TrainingConfig`'s)."""
 
     method: str = "grpo"  # 'grpo' or 'rloo'
     output_dir: str = "runs/grpo"  # the adapter (peft format) or full model, tokenizer and metrics
-    epochs: float = 1.0  # passes over the prompts
     max_steps: int = 50  # batches of batch_size sampled completions, as PPO's steps (-1: run all epochs)
     batch_size: int = 16  # completions sampled per batch (per device); a multiple of num_generations
     mini_batch_size: int = 8  # completions per optimizer step
@@ -63,7 +63,6 @@ class CriticFreeConfig:
     max_completion_length: int = 32  # most tokens sampled per response
     temperature: float = 1.0  # sampling temperature
     logging_steps: int = 1  # log (and plot) every this many optimizer steps (batch / minibatch x epochs per step)
-    seed: int = 0
     optimizer_steps: int = field(init=False)  # derived: TRL's max_steps
 
     def __post_init__(self):
@@ -108,11 +107,11 @@ def critic_free_args(trl_config_class, config: CriticFreeConfig, device):
     """TRL's RLOOConfig / GRPOConfig for `config`. No activation recomputation, even on a GPU: TRL samples
     the groups with the model it trains, and checkpointing in training mode turns transformers' KV cache
     off, so every sampled token would run the whole sequence again."""
-    return trl_args(trl_config_class, config, device, recompute=False, max_steps=config.optimizer_steps,
-                    per_device_train_batch_size=config.mini_batch_size,
-                    steps_per_generation=config.batch_size // config.mini_batch_size,
-                    num_iterations=config.ppo_epochs, num_generations=config.num_generations, beta=config.beta,
-                    max_completion_length=config.max_completion_length, temperature=config.temperature)
+    return trl_config(trl_config_class, config, device, recompute=False, max_steps=config.optimizer_steps,
+                      per_device_train_batch_size=config.mini_batch_size,
+                      steps_per_generation=config.batch_size // config.mini_batch_size,
+                      num_iterations=config.ppo_epochs, num_generations=config.num_generations, beta=config.beta,
+                      max_completion_length=config.max_completion_length, temperature=config.temperature)
 
 
 def train_critic_free(policy: Policy, prompts: list[str], reward, config: CriticFreeConfig | None = None, *,
@@ -138,14 +137,14 @@ def train_critic_free(policy: Policy, prompts: list[str], reward, config: Critic
     # TRL 1.16 leaves dropout on for RLOO and GRPO and samples in train mode: sampling, old, reference and new
     # log-probs would each see other dropout masks, so the first ratio is not 1 (our PPO does the same)
     disable_dropout(policy.model)
-    trl_config, trl_trainer = METHODS[config.method]
+    trl_config_class, trl_trainer = METHODS[config.method]
     output_dir = Path(config.output_dir)
     live = live or LivePlot(output_dir, title=config.method.upper(), layout="critic_free")
-    args = critic_free_args(trl_config, config, policy.device)
+    args = critic_free_args(trl_config_class, config, policy.device)
     trainer = trl_trainer(model=policy.model, reward_funcs=[trl_reward(reward)], args=args,
                           train_dataset=chat_dataset([{"prompt": p} for p in prompts], ()),
                           processing_class=policy.tokenizer, callbacks=[live])
-    outcome = train_against_reference(trainer, policy, output_dir)
+    outcome = train_against_reference(trainer, policy, config)
     return CriticFreeResult({"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"],
                              "train/optimizer_steps": trainer.state.global_step,
                              **last_logged(trainer, LOGGED)}, output_dir)

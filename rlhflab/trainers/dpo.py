@@ -28,24 +28,20 @@ from ..labeling.records import COMPARISON_COLUMNS, REPLIES, as_rows
 from ..labeling.store import LabelStore
 from .live import LivePlot
 from .models import Policy
-from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
+from .training import (TrainingConfig, chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference,
+                       trl_config)
 
 __all__ = ["DPOConfig", "DPOResult", "dpo_rows", "train_dpo"]
 
 
 @dataclass
-class DPOConfig:
-    """Settings of one DPO run."""
+class DPOConfig(TrainingConfig):
+    """Settings of one DPO run (and `TrainingConfig`'s)."""
 
     output_dir: str = "runs/dpo"  # the adapter (peft format) or full model, tokenizer and metrics
-    epochs: float = 1.0  # passes over the comparisons
-    max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
-    batch_size: int = 16  # comparisons per device per step
     learning_rate: float = 5e-4  # peak rate; LoRA takes ~5e-4 here, full fine-tuning ~5e-7 (Rafailov et al.)
     beta: float = 0.1  # strength of the implicit KL penalty to the reference (Rafailov et al. used 0.1)
     max_length: int = 256  # tokens per prompt + response; longer ones are truncated
-    logging_steps: int = 5  # log (and plot) every this many steps
-    seed: int = 0  # seeds the shuffling
 
 
 @dataclass
@@ -86,9 +82,9 @@ def train_dpo(policy: Policy, preferences, config: DPOConfig | None = None, *, c
     rows = dpo_rows(preferences, columns, include_flagged)
     output_dir = Path(config.output_dir)
     live = live or LivePlot(output_dir, title="DPO", layout="dpo")
-    args = trl_args(trl.DPOConfig, config, policy.device, beta=config.beta)
+    args = trl_config(trl.DPOConfig, config, policy.device, beta=config.beta)
     trainer = trl.DPOTrainer(model=policy.model, args=args, train_dataset=chat_dataset(rows, ("chosen", "rejected")),
                              processing_class=policy.tokenizer, callbacks=[live])
-    outcome = train_against_reference(trainer, policy, output_dir)
+    outcome = train_against_reference(trainer, policy, config)
     return DPOResult({"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"],
                       **last_logged(trainer, ("rewards/margins", "rewards/accuracies"))}, output_dir)

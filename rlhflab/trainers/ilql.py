@@ -99,6 +99,7 @@ class ILQLConfig:
     # -- bookkeeping
     logging_steps: int = 5  # log (and plot) every this many steps
     seed: int = 0  # seeds the heads' initialisation and the batch order
+    report_to: str | list[str] = "none"  # "tensorboard": the logged metrics as event files under output_dir/runs/
 
     def __post_init__(self):
         if not 0 < self.tau < 1:
@@ -417,6 +418,7 @@ def train_ilql(policy: Policy, data, config: ILQLConfig | None = None, *, reward
     examples = tokenized(policy.tokenizer, [{**r, "reward": s} for r, s in zip(rows, rewards)], config.max_length)
     output_dir = Path(config.output_dir)
     live = live or LivePlot(output_dir, title="ILQL", layout="ilql")
+    live.track(config.report_to)
     accelerator = Accelerator(cpu=policy.device.type == "cpu",
                               mixed_precision=precision_for(policy.device).mixed_precision)
     disable_dropout(policy.model)

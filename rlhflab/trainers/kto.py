@@ -33,7 +33,8 @@ from ..labeling.records import REPLIES, as_rows
 from ..labeling.store import LabelStore
 from .live import LivePlot
 from .models import Policy
-from .training import chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference, trl_args
+from .training import (TrainingConfig, chat_dataset, last_logged, refuse_to_train_quantized, train_against_reference,
+                       trl_config)
 
 __all__ = ["LOGGED", "KTOConfig", "KTOResult", "kto_data", "train_kto"]
 
@@ -41,19 +42,15 @@ LOGGED = ("rewards/chosen", "rewards/rejected", "rewards/margins", "kl")
 
 
 @dataclass
-class KTOConfig:
-    """Settings of one KTO run."""
+class KTOConfig(TrainingConfig):
+    """Settings of one KTO run (and `TrainingConfig`'s). The batch size matters more than elsewhere: the KL
+    estimate pairs each row with another of its batch."""
 
     output_dir: str = "runs/kto"  # the adapter (peft format) or full model, tokenizer and metrics
-    epochs: float = 1.0  # passes over the rows
-    max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
-    batch_size: int = 16  # rows per device per step; the KL estimate pairs each row with another of its batch
     learning_rate: float = 5e-4  # peak rate; LoRA takes ~5e-4 here, full fine-tuning ~5e-7
     beta: float = 0.1  # strength of the implicit KL penalty to the reference (Ethayarajh et al. used 0.1)
     balance: bool = True  # weigh desirable rows by n_undesirable / n_desirable when there are fewer of them
     max_length: int = 256  # tokens per prompt + completion; longer ones are truncated
-    logging_steps: int = 5  # log (and plot) every this many steps
-    seed: int = 0  # seeds the shuffling
 
 
 @dataclass
@@ -133,12 +130,12 @@ def train_kto(policy: Policy, feedback, config: KTOConfig | None = None, *, colu
     output_dir = Path(config.output_dir)
     live = live or LivePlot(output_dir, title="KTO", layout="kto")
     weight = max(1.0, undesirable / desirable) if config.balance else 1.0
-    args = trl_args(trl.KTOConfig, config, policy.device, beta=config.beta, desirable_weight=weight)
+    args = trl_config(trl.KTOConfig, config, policy.device, beta=config.beta, desirable_weight=weight)
     trainer = trl.KTOTrainer(model=policy.model, args=args,
                              train_dataset=chat_dataset(spread_prompts(rows, config.seed), ("completion",),
                                                         keep=("label",)),
                              processing_class=policy.tokenizer, callbacks=[live])
-    outcome = train_against_reference(trainer, policy, output_dir)
+    outcome = train_against_reference(trainer, policy, config)
     return KTOResult({"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"],
                       "rows/desirable": desirable, "rows/undesirable": undesirable,
                       **last_logged(trainer, LOGGED)}, output_dir)

@@ -292,6 +292,7 @@ class LivePlot(TrainerCallback):
         self._figures: dict = {}  # panel title -> FigureWidget
         self._box = None
         self._samples = None  # HTML widget with the latest sample table
+        self._tensorboard = None  # a SummaryWriter once `track("tensorboard")` asked for one
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.jsonl_path.write_text("")
@@ -311,6 +312,21 @@ class LivePlot(TrainerCallback):
 
     # -- what trainers call ---------------------------------------------------------------------
 
+    def track(self, report_to: str | list[str]) -> None:
+        """Also write every logged metric where `report_to` says, as transformers' `report_to` does for the
+        TRL-backed stages: "tensorboard" (or "all") writes event files under run_dir/runs/; "none" nothing.
+        Our own trainers (PPO, NLPO, ILQL) and the loop's rounds call it with their config's `report_to`."""
+        names = {report_to} if isinstance(report_to, str) else set(report_to)
+        unknown = names - {"none", "tensorboard", "all"}
+        if unknown:
+            raise ValueError(f"report_to={sorted(unknown)}: our own trainers and the loop report to 'tensorboard' "
+                             "(or 'all', which is tensorboard here) or 'none'; W&B and MLflow take the TRL-backed "
+                             "stages only")
+        if names & {"tensorboard", "all"} and self.run_dir is not None and self._tensorboard is None:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+            self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "runs"))
+
     def log(self, step: int, metrics: dict) -> None:
         """Record one step's metrics (non-numeric and non-finite values are kept out of the curves)."""
         curves = {k: float(v) for k, v in metrics.items()
@@ -322,6 +338,9 @@ class LivePlot(TrainerCallback):
         if self.run_dir is not None:
             with self.jsonl_path.open("a") as f:
                 f.write(json.dumps({"step": step, **curves}) + "\n")
+        if self._tensorboard is not None:
+            for name, value in curves.items():
+                self._tensorboard.add_scalar(name, value, step)
         if self.widgets and curves:
             self._draw(curves)
 
@@ -357,6 +376,8 @@ class LivePlot(TrainerCallback):
         """Write the static dashboard; call when training ends (trainers do it for you)."""
         if self.run_dir is not None and self.history:
             self.html_path.write_text(page(self.title, self.sections(include_plotlyjs=True)))
+        if self._tensorboard is not None:
+            self._tensorboard.flush()
 
     # -- transformers TrainerCallback hooks --------------------------------------------------------
 

@@ -100,6 +100,7 @@ class PPOConfig:
     # bookkeeping
     sample_every: int = 10  # show a prompt / response / reward table every this many steps
     save_every: int = 25  # checkpoint every this many steps (and at the end or on interrupt)
+    report_to: str | list[str] = "none"  # "tensorboard": the logged metrics as event files under output_dir/runs/
     seed: int = 0  # seeds prompt order, sampling and minibatch order
     minibatches: int = field(init=False)  # derived: minibatches per epoch
 
@@ -231,6 +232,7 @@ class PPOTrainer:
                                        gradient_accumulation_steps=config.gradient_accumulation_steps)
         self.live = live or (LivePlot(self.output_dir, title="PPO", layout="ppo") if self.accelerator.is_main_process
                              else LivePlot(None, widgets=False))
+        self.live.track(config.report_to)
         self.kl_ctl = AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
         if config.adaptive_kl:
             self.live.reference("objective/kl", config.target_kl, "target KL")

@@ -31,7 +31,7 @@ from transformers import AutoModelForSequenceClassification
 from ..labeling.records import COMPARISON_COLUMNS, MARGINS, REPLIES, as_rows
 from .live import LivePlot
 from .models import attach_adapter, default_device, left_padded_positions, load_pretrained, transcript_ids
-from .training import refuse_to_train_quantized, restore_adapter_dtype, trl_args
+from .training import TrainingConfig, fit, refuse_to_train_quantized, restore_adapter_dtype, trl_config
 
 __all__ = ["NORMALIZATION_FILE", "ADAPTER_WEIGHTS", "RewardConfig", "preference_rows", "reward_ids",
            "tokenized", "score_positions", "RewardModel", "load_reward_model", "score_weight",
@@ -44,18 +44,13 @@ DEFAULT_MAX_LENGTH = 256  # tokens per prompt + response, in training and in sco
 
 
 @dataclass
-class RewardConfig:
-    """Settings of one reward-model training run."""
+class RewardConfig(TrainingConfig):
+    """Settings of one reward-model training run (and `TrainingConfig`'s)."""
 
     output_dir: str = "runs/reward"  # adapter with score head, tokenizer, normalisation, metrics
-    epochs: float = 1.0  # passes over the comparisons
-    max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
-    batch_size: int = 16  # comparisons per device per step
     learning_rate: float = 1e-3  # peak rate (LoRA); ~1e-5 for full fine-tuning
     max_length: int = DEFAULT_MAX_LENGTH  # tokens per prompt + response; longer ones keep their end
     use_margin: bool = True  # subtract the strength margin inside the loss
-    logging_steps: int = 5  # log (and plot) every this many steps
-    seed: int = 0  # seeds shuffling and the head's initialisation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +291,7 @@ def train_reward_model(reward_model: RewardModel, preferences, config: RewardCon
     output_dir = Path(config.output_dir)
     live = live or LivePlot(output_dir, title="Reward model", layout="reward")
     tokenizer = reward_model.tokenizer
-    args = trl_args(trl.RewardConfig, config, reward_model.device)
+    args = trl_config(trl.RewardConfig, config, reward_model.device)
     trainer = trl.RewardTrainer(
         model=reward_model.model, args=args, processing_class=tokenizer, callbacks=[live],
         train_dataset=tokenized(train_rows, tokenizer, config.max_length, config.use_margin),
@@ -304,7 +299,7 @@ def train_reward_model(reward_model: RewardModel, preferences, config: RewardCon
     )
     restore_adapter_dtype(trainer)
     reward_model.max_length = config.max_length
-    outcome = trainer.train()
+    outcome = fit(trainer, config)
     metrics = {"train/loss": outcome.training_loss, "train/runtime_s": outcome.metrics["train_runtime"]}
     if eval_rows:
         evaluation = evaluate_reward_model(reward_model, eval_rows)

@@ -16,25 +16,22 @@ from datasets import Dataset
 from ..labeling.records import DEMONSTRATION_COLUMNS, as_rows
 from .live import LivePlot
 from .models import Policy
-from .training import chat_dataset, refuse_to_train_quantized, restore_adapter_dtype, save_trained, trl_args
+from .training import (TrainingConfig, chat_dataset, fit, refuse_to_train_quantized, restore_adapter_dtype,
+                       save_trained, trl_config)
 
 __all__ = ["SFTConfig", "SFTResult", "conversations", "train_sft"]
 
 
 @dataclass
-class SFTConfig:
-    """Settings of one supervised fine-tuning run."""
+class SFTConfig(TrainingConfig):
+    """Settings of one supervised fine-tuning run (and `TrainingConfig`'s: epochs, batch size, checkpoints,
+    report_to, ...)."""
 
     output_dir: str = "runs/sft"  # the adapter (or full model), tokenizer and metrics go here
-    epochs: float = 1.0  # passes over the demonstrations
-    max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
-    batch_size: int = 16  # demonstrations per device per step
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     learning_rate: float = 1e-3  # peak rate; LoRA takes ~1e-3, full fine-tuning ~5e-5
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     warmup_ratio: float = 0.05  # share of steps spent warming the rate up
     max_length: int = 256  # tokens per prompt + response; longer ones are truncated
-    logging_steps: int = 5  # log (and plot) every this many steps
-    seed: int = 0  # seeds the shuffling and any dropout
 
 
 @dataclass
@@ -75,7 +72,7 @@ def train_sft(policy: Policy, demonstrations, config: SFTConfig | None = None, *
     output_dir = Path(config.output_dir)
     live = live or LivePlot(output_dir, title="SFT", layout="sft")
 
-    args = trl_args(trl.SFTConfig, config, policy.device, warmup_steps=config.warmup_ratio,
+    args = trl_config(trl.SFTConfig, config, policy.device, warmup_steps=config.warmup_ratio,
                     gradient_accumulation_steps=config.gradient_accumulation_steps, completion_only_loss=True)
     trainer = trl.SFTTrainer(model=policy.model, args=args, train_dataset=conversations(train_rows),
                              eval_dataset=conversations(eval_rows) if eval_rows else None,
@@ -84,7 +81,7 @@ def train_sft(policy: Policy, demonstrations, config: SFTConfig | None = None, *
     metrics: dict = {}
     if eval_rows:
         metrics["eval/loss_before"] = trainer.evaluate()["eval_loss"]
-    outcome = trainer.train()
+    outcome = fit(trainer, config)
     metrics["train/loss"] = outcome.training_loss
     metrics["train/runtime_s"] = outcome.metrics["train_runtime"]
     if eval_rows:

@@ -1,26 +1,52 @@
-"""What every TRL-backed stage (SFT, reward model, DPO, KTO, RLOO, GRPO) shares, written once: the mapping of a
-stage's flat config onto its `trl.*Config`, the device and precision rule (also for the adapters TRL
-casts), the QLoRA refusal, training against a frozen copy of the starting adapter, and saving.
+"""What every TRL-backed stage (SFT, reward model, DPO, KTO, RLOO, GRPO) shares, written once: the fields of
+its config (`TrainingConfig`), their mapping onto the stage's `trl.*Config`, the device and precision rule (also
+for the adapters TRL casts), the QLoRA refusal, checkpoints and resuming, training against a frozen copy of the
+starting adapter, and saving.
 
-A stage config has the fields below; each stage adds its own TRL fields (DPO's beta, SFT's warmup
-and gradient accumulation) through `**fields`.
-
-    output_dir, epochs, max_steps, batch_size, learning_rate, logging_steps, seed, and max_length (not RLOO / GRPO)
+Each stage's config adds its own fields (DPO's beta, SFT's warmup) to `TrainingConfig`'s, and passes the
+TRL fields they set through `trl_config(..., **fields)`; `TrainingConfig.trl_args` passes any other.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from datasets import Dataset
+from transformers.trainer_utils import get_last_checkpoint
 
 from ..labeling.records import as_messages
 from .models import keep_trainable_weights_in_adapter_dtype, precision_for
 
-__all__ = ["chat_dataset", "refuse_to_train_quantized", "trl_args", "restore_adapter_dtype", "save_trained",
-           "train_against_reference", "last_logged"]
+__all__ = ["TrainingConfig", "chat_dataset", "refuse_to_train_quantized", "trl_config", "fit", "restore_adapter_dtype",
+           "save_trained", "train_against_reference", "last_logged"]
+
+
+@dataclass
+class TrainingConfig:
+    """The settings every TRL-backed stage shares; each stage's config (`SFTConfig`, `RewardConfig`,
+    `DPOConfig`, `KTOConfig`, `CriticFreeConfig`) adds its own and its defaults.
+
+    `report_to` takes transformers' integrations: "tensorboard" (event files under output_dir/runs/), "wandb",
+    "mlflow", "trackio" or "all", each where its package is installed. With `save_steps`, a checkpoint lands in
+    output_dir/checkpoint-<step> every that many optimizer steps, and `resume=True` continues from the last
+    one after a crash or a kill. `trl_args` sets any other field of the `trl.*Config`, e.g.
+    {"weight_decay": 0.01} (it wins over the fields above).
+    """
+
+    output_dir: str = "runs/train"  # what the stage trained, its tokenizer and metrics go here
+    epochs: float = 1.0  # passes over the data
+    max_steps: int = -1  # stop after this many optimizer steps (-1: run all epochs)
+    batch_size: int = 16  # rows per device per step
+    learning_rate: float = 1e-3  # peak rate (LoRA)
+    logging_steps: int = 5  # log (and plot) every this many steps
+    seed: int = 0  # seeds the shuffling and any new weights
+    report_to: str | list[str] = "none"  # "tensorboard", "wandb", "mlflow", "trackio", "all" or "none"
+    save_steps: int = 0  # a checkpoint every this many optimizer steps (0: none)
+    resume: bool = False  # continue from output_dir's last checkpoint, if it has one
+    trl_args: dict = field(default_factory=dict)  # any other trl.*Config field, passed as is
 
 
 def chat_dataset(rows: list[dict], replies: tuple[str, ...], keep: tuple[str, ...] = ()) -> Dataset:
@@ -38,16 +64,18 @@ def refuse_to_train_quantized(model: torch.nn.Module, is_lora: bool, loader: str
                          "to train a LoRA adapter on it (QLoRA)")
 
 
-def trl_args(trl_config_class, config, device: str | torch.device, recompute: bool = True, **fields):
+def trl_config(trl_config_class, config: TrainingConfig, device: str | torch.device, recompute: bool = True,
+               **fields):
     """`trl_config_class` (e.g. `trl.DPOConfig`) from a stage config, training where the weights are and in
     the device's precision (`rlhflab.trainers.models.precision_for`): fp32 on a CPU, bf16 on Ampere and newer,
-    fp16 with loss scaling on a T4. Checkpoints and reporting are off: the stage saves what it trained.
+    fp16 with loss scaling on a T4. Checkpoints only with `save_steps`: the stage saves what it trained.
     Activations are recomputed in the backward pass only on a GPU, and never with `recompute=False`."""
     shared = dict(output_dir=str(config.output_dir), num_train_epochs=config.epochs, max_steps=config.max_steps,
                   per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
                   learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
-                  logging_steps=config.logging_steps, seed=config.seed,
-                  save_strategy="no", report_to="none", **precision_for(device).trainer_args())
+                  logging_steps=config.logging_steps, seed=config.seed, report_to=config.report_to,
+                  save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
+                  **precision_for(device).trainer_args())
     # Recompute activations in the backward pass on a GPU, where memory runs out first (TRL's default); on a
     # CPU, RAM is large next to the compute and recomputing only costs time (96 labels, tiny model, one
     # thread: DPO 16.6 s with, 14.4 s without; KTO 24.2 s, 20.7 s). Set under transformers' new name where
@@ -59,7 +87,18 @@ def trl_args(trl_config_class, config, device: str | torch.device, recompute: bo
     shared["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = recompute
     if hasattr(config, "max_length"):  # RLOO and GRPO cap the completion instead
         shared["max_length"] = config.max_length
-    return trl_config_class(**{**shared, **fields})
+    unknown = sorted(set(config.trl_args) - names)
+    if unknown:
+        raise ValueError(f"trl_args names {', '.join(map(repr, unknown))}, which {trl_config_class.__name__} does not "
+                         "have; see its fields in TRL's documentation")
+    return trl_config_class(**{**shared, **fields, **config.trl_args})
+
+
+def fit(trainer, config: TrainingConfig):
+    """`trainer.train()`, from output_dir's last checkpoint when `config.resume` finds one; returns TRL's
+    TrainOutput."""
+    last = get_last_checkpoint(config.output_dir) if config.resume and Path(config.output_dir).is_dir() else None
+    return trainer.train(resume_from_checkpoint=last)
 
 
 def restore_adapter_dtype(trainer) -> None:
@@ -76,17 +115,17 @@ def save_trained(trainer, output_dir: Path, tokenizer) -> None:
     tokenizer.save_pretrained(output_dir)
 
 
-def train_against_reference(trainer, policy, output_dir: Path):
+def train_against_reference(trainer, policy, config: TrainingConfig):
     """Train a TRL preference trainer (DPO, KTO) and save what it trained; returns TRL's TrainOutput.
 
     With a LoRA policy loaded on a trained adapter, TRL keeps a frozen copy of that adapter, named
     'ref', as the reference; it is dropped before saving, so only the trained adapter is written.
     """
     restore_adapter_dtype(trainer)
-    outcome = trainer.train()
+    outcome = fit(trainer, config)
     if policy.is_lora and "ref" in policy.model.peft_config:
         policy.model.delete_adapter("ref")
-    save_trained(trainer, output_dir, policy.tokenizer)
+    save_trained(trainer, Path(config.output_dir), policy.tokenizer)
     policy.model.eval()
     return outcome
 
