@@ -31,16 +31,16 @@ from rlhflab.tiny.annotate import gold_comparisons  # noqa: E402
 from rlhflab.tiny.task import WorldTask  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-STUDIES = {  # study: {variant: PPOConfig fields}
+STUDIES = {  # study: {variant: (RLHFConfig fields, further PPOConfig fields)}
     "details": {
-        "constant lr, value head": dict(lr_schedule="constant", value_model="head"),
-        "linear lr, value head": dict(lr_schedule="linear", value_model="head"),
-        "constant lr, value adapter": dict(lr_schedule="constant", value_model="adapter"),
+        "constant lr, value head": ({}, dict(lr_schedule="constant", value_model="head")),
+        "linear lr, value head": ({}, dict(lr_schedule="linear", value_model="head")),
+        "constant lr, value adapter": ({}, dict(lr_schedule="constant", value_model="adapter")),
     },
     "defaults": {
-        "lr 1e-4, beta 0.2 (RLHFConfig's before)": dict(learning_rate=1e-4, kl_coef=0.2),
-        "lr 2e-4, beta 0.1": dict(learning_rate=2e-4, kl_coef=0.1),
-        "lr 5e-4, beta 0.05 (PPOConfig's before)": dict(learning_rate=5e-4, kl_coef=0.05),
+        "lr 1e-4, beta 0.2 (RLHFConfig's before)": (dict(ppo_learning_rate=1e-4, kl_coef=0.2), {}),
+        "lr 2e-4, beta 0.1": (dict(ppo_learning_rate=2e-4, kl_coef=0.1), {}),
+        "lr 5e-4, beta 0.05 (PPOConfig's before)": (dict(ppo_learning_rate=5e-4, kl_coef=0.05), {}),
     },
 }
 
@@ -63,8 +63,8 @@ def main() -> None:
                                 config, baseline, reward_dir)
     rows = []
     for seed in args.seeds:
-        for variant, fields in variants.items():
-            run = replace(config, seed=seed, out_dir=str(Path(config.out_dir) / f"{len(rows)}"))
+        for variant, (settings, fields) in variants.items():
+            run = replace(config, seed=seed, out_dir=str(Path(config.out_dir) / f"{len(rows)}"), **settings)
             started = time.perf_counter()
             result = ppo_trainer(task, run, sft_dir, reward_dir, ppo_fields=fields).train()
             seconds = time.perf_counter() - started
