@@ -91,3 +91,13 @@ def test_config_checks():
     with pytest.raises(ValueError, match="'k1' or 'k3'"):
         PPOConfig(kl_estimator="k2")
     assert PPOConfig(batch_size=16, mini_batch_size=4).minibatches == 4
+
+
+def test_ppo_and_the_loop_share_one_set_of_defaults():
+    """Issue 29: `train_ppo(...)` as a user calls it ran at 5e-4 and beta 0.05, five times the rate and a
+    quarter of the penalty of every notebook's RLHFConfig, and had never been measured. One set now."""
+    from rlhflab.lab.stages import RLHFConfig
+
+    ppo, loop = PPOConfig(), RLHFConfig()
+    assert (loop.ppo_learning_rate, loop.kl_coef, loop.target_kl) == (ppo.learning_rate, ppo.kl_coef, ppo.target_kl)
+    assert (ppo.learning_rate, ppo.kl_coef) == (1e-4, 0.2)  # benchmarks/ppo_details.py --study defaults

@@ -84,9 +84,9 @@ class RLHFConfig:
     # so active learning falls back to random picks
     ppo_steps: int = 16  # PPO steps of ppo_batch_size responses (per round in the loop)
     ppo_batch_size: int = 16  # responses per PPO step
-    ppo_learning_rate: float = 1e-4  # LoRA learning rate of PPO
-    kl_coef: float = 0.2  # initial KL penalty (adaptive toward target_kl)
-    target_kl: float = 3.0  # nats per response the adaptive controller steers to
+    ppo_learning_rate: float = PPOConfig.learning_rate  # PPO's LoRA rate: PPOConfig's one set of defaults
+    kl_coef: float = PPOConfig.kl_coef  # initial KL penalty (adaptive toward target_kl)
+    target_kl: float = PPOConfig.target_kl  # nats per response the adaptive controller steers to
     dpo_epochs: float = 2.0  # DPO passes over the comparisons
     dpo_beta: float = 0.1  # DPO's implicit KL strength
     kto_epochs: float = 2.0  # KTO passes over its rows (two per decided pair, one per rating)

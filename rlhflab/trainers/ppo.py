@@ -70,7 +70,7 @@ class PPOConfig:
     ppo_epochs: int = 4  # passes over each rollout batch
     response_length: int = 32  # most tokens sampled per response
     temperature: float = 1.0  # sampling temperature, also applied to the log-probs
-    learning_rate: float = 5e-4  # AdamW rate for adapter and value head (~1e-5 for full weights)
+    learning_rate: float = 1e-4  # AdamW rate for adapter and value head (~1e-5 for full weights); see kl_coef
     lr_schedule: str = "constant"  # 'constant', or 'linear': decays to 0 over `steps` (Huang et al. 2024)
     adam_eps: float = 1e-5  # AdamW epsilon; 1e-5 as in lm-human-preferences (Huang et al. 2024, detail 5)
     max_prompt_length: int = 256  # prompt tokens kept (the chat prompt's end); longer prompts lose their start
@@ -79,7 +79,9 @@ class PPOConfig:
     # on the same base, initialised from the reward model (Huang et al. 2024), at one more forward pass
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: far less memory, ~1.3x time
     # KL penalty
-    kl_coef: float = 0.05  # initial beta of the per-token KL penalty
+    # initial beta of the per-token KL penalty. With learning_rate, chosen by benchmarks/ppo_details.py --study
+    # defaults (docs/results.md): the one pair of three that kept KL to SFT under 2 nats in every seed
+    kl_coef: float = 0.2
     adaptive_kl: bool = True  # adapt beta toward target_kl (False: beta stays fixed)
     target_kl: float = 3.0  # target KL per response in nats (Ziegler et al. used 6 for text)
     kl_horizon: int = 10_000  # responses over which beta adapts (Ziegler et al. 2019)
