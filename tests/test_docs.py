@@ -20,6 +20,10 @@ COINCIDENCES = {
     "67.7%": "README: the demo's round 1; results: the mean of PPO with a linear learning rate over 2 seeds",
     "72.9%": "README: the demo's round 3; results: PPO with a linear learning rate, seed 0",
     "0.54": "README: the demo's round-1 KL; results: the 4-bit shared base's memory against TRL's, before a fix",
+    "0.61": "README: Pythia-1.4B's accuracy on HH (an anchor); results: a KL of PPO with a linear learning rate",
+    "53.1%": "README: the HH loop's round 2; results: the tiny world's loop, seed 1, round 1",
+    "34.4": "README: the HH loop's interval (%); results: a label round trip on Postgres (ms)",
+    "0.28": "README: the HH loop's round-1 KL; results: a KL of PPO with a linear learning rate, seed 1",
 }
 
 
