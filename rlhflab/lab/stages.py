@@ -361,30 +361,25 @@ def _critic_free(update: PolicyUpdate, method: str) -> tuple[Path, int]:
     return update.out, update.first_step
 
 
-def _dpo(update: PolicyUpdate) -> tuple[Path, int]:
-    c = update.config
-    train_dpo(load(c, update.start, trainable=True), update.comparisons, DPOConfig(
-        output_dir=str(update.out), epochs=c.dpo_epochs, beta=c.dpo_beta, seed=update.seed, logging_steps=2,
-        report_to=c.report_to),
-        live=update.live)
-    return update.out, update.first_step
+def _from_labels(train, settings) -> Callable[[PolicyUpdate], tuple[Path, int]]:
+    """An update that learns from the labels themselves (DPO, KTO, ILQL): `train(policy, comparisons, config,
+    live=...)` with the stage config `settings(update)` builds."""
+    def update_policy(update: PolicyUpdate) -> tuple[Path, int]:
+        train(load(update.config, update.start, trainable=True), update.comparisons, settings(update),
+              live=update.live)
+        return update.out, update.first_step
+    return update_policy
 
 
-def _kto(update: PolicyUpdate) -> tuple[Path, int]:
-    c = update.config
-    train_kto(load(c, update.start, trainable=True), update.comparisons, KTOConfig(
-        output_dir=str(update.out), epochs=c.kto_epochs, beta=c.kto_beta, seed=update.seed, logging_steps=2,
-        report_to=c.report_to),
-        live=update.live)
-    return update.out, update.first_step
-
-
-def _ilql(update: PolicyUpdate) -> tuple[Path, int]:
-    c = update.config
-    train_ilql(load(c, update.start, trainable=True), update.comparisons, ILQLConfig(
-        output_dir=str(update.out), steps=c.ilql_steps, beta=c.ilql_beta, seed=update.seed, report_to=c.report_to),
-        live=update.live)
-    return update.out, update.first_step
+_dpo = _from_labels(train_dpo, lambda u: DPOConfig(
+    output_dir=str(u.out), epochs=u.config.dpo_epochs, beta=u.config.dpo_beta, seed=u.seed, logging_steps=2,
+    report_to=u.config.report_to))
+_kto = _from_labels(train_kto, lambda u: KTOConfig(
+    output_dir=str(u.out), epochs=u.config.kto_epochs, beta=u.config.kto_beta, seed=u.seed, logging_steps=2,
+    report_to=u.config.report_to))
+_ilql = _from_labels(train_ilql, lambda u: ILQLConfig(
+    output_dir=str(u.out), steps=u.config.ilql_steps, beta=u.config.ilql_beta, seed=u.seed,
+    report_to=u.config.report_to))
 
 
 register_method(Method("ppo", _ppo, reward_model=True))

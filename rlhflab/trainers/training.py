@@ -74,8 +74,8 @@ def trl_config(trl_config_class, config: TrainingConfig, device: str | torch.dev
                   per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
                   learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
                   logging_steps=config.logging_steps, seed=config.seed, report_to=config.report_to,
-                  save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
-                  **precision_for(device).trainer_args())
+                  **({"save_strategy": "steps", "save_steps": config.save_steps} if config.save_steps
+                     else {"save_strategy": "no"}), **precision_for(device).trainer_args())
     # Recompute activations in the backward pass on a GPU, where memory runs out first (TRL's default); on a
     # CPU, RAM is large next to the compute and recomputing only costs time (96 labels, tiny model, one
     # thread: DPO 16.6 s with, 14.4 s without; KTO 24.2 s, 20.7 s). Set under transformers' new name where
